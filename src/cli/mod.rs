@@ -1,0 +1,67 @@
+//! The `isoclip` command line. Each subcommand lives in its own file; this one parses arguments,
+//! runs the command and maps errors to exit codes.
+//!
+//! Exit codes: 0 success; 1 the command failed (bad input file, I/O error, impossible band, ...);
+//! 2 the command line itself is wrong (unknown flag, missing value: clap's usage errors).
+
+mod fit;
+mod inspect;
+mod spectrum;
+mod weights_args;
+
+use clap::{Parser, Subcommand};
+
+pub const EXIT_OK: i32 = 0;
+pub const EXIT_FAILURE: i32 = 1;
+pub const EXIT_USAGE: i32 = 2;
+
+const EXIT_CODES: &str = "Exit codes: 0 success; 1 the command failed (the message names the file and the problem); 2 invalid command line.";
+
+#[derive(Parser, Debug)]
+#[command(
+    name = "isoclip",
+    version,
+    about = "IsoCLIP: training-free intra-modal alignment for CLIP embeddings",
+    long_about = "IsoCLIP makes CLIP embeddings better at image-to-image and text-to-text search by \
+projecting through the well-aligned middle band of the inter-modal operator Ψ = P_i P_tᵀ. \
+`fit` computes the aligned projectors from a checkpoint; `inspect` and `spectrum` explain them.",
+    after_help = format!("Examples:\n  isoclip fit --preset openai-vit-b-16 --checkpoint model.safetensors -o b16.isoclip\n  isoclip inspect b16.isoclip\n  isoclip spectrum --checkpoint model.safetensors --preset openai-vit-b-16 --svg spectrum.svg\n\n{EXIT_CODES}")
+)]
+pub struct Cli {
+    #[command(subcommand)]
+    pub command: Command,
+}
+
+#[derive(Subcommand, Debug)]
+pub enum Command {
+    /// Compute IsoCLIP's aligned projectors from projector weights and write a projector file.
+    Fit(fit::FitArgs),
+    /// Summarise a projector file (human text, or --json).
+    Inspect(inspect::InspectArgs),
+    /// Plot Ψ's normalised spectrum with the kept band marked (SVG) and summarise it.
+    Spectrum(spectrum::SpectrumArgs),
+}
+
+/// Runs the CLI with the process arguments; returns the exit code.
+pub fn main() -> i32 {
+    let cli = match Cli::try_parse() {
+        Ok(c) => c,
+        Err(e) => {
+            let code = if e.use_stderr() { EXIT_USAGE } else { EXIT_OK };
+            let _ = e.print();
+            return code;
+        }
+    };
+    let result = match cli.command {
+        Command::Fit(a) => fit::run(a),
+        Command::Inspect(a) => inspect::run(a),
+        Command::Spectrum(a) => spectrum::run(a),
+    };
+    match result {
+        Ok(()) => EXIT_OK,
+        Err(e) => {
+            eprintln!("error: {e}");
+            EXIT_FAILURE
+        }
+    }
+}

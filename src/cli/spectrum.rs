@@ -1,0 +1,150 @@
+//! `isoclip spectrum`: Ψ's normalised spectrum σ_j/σ_1 with the kept band marked.
+
+use std::path::PathBuf;
+
+use clap::Args;
+
+use super::weights_args::{BandArgs, WeightsArgs};
+use crate::align::{BandSpec, Modality, PsiSpectrum};
+use crate::error::{Error, Result};
+use crate::formats::projector_file;
+use crate::report::svg::{Plot, Series, Shade};
+
+#[derive(Args, Debug)]
+#[command(
+    after_help = "Examples:\n  isoclip spectrum                                  # built-in SYNTHETIC model\n  isoclip spectrum --checkpoint model.safetensors --preset openai-vit-b-16 --svg b16.svg\n  isoclip spectrum --projector b16.safetensors --svg b16.svg\n\nExit codes: 0 success; 1 failure; 2 invalid command line."
+)]
+pub struct SpectrumArgs {
+    /// Read the spectrum (and band) from a projector file instead of weights.
+    #[arg(long, value_name = "FILE", conflicts_with_all = ["checkpoint", "image_proj"])]
+    pub projector: Option<PathBuf>,
+    #[command(flatten)]
+    pub weights: WeightsArgs,
+    #[command(flatten)]
+    pub band: BandArgs,
+    /// Which modality's band to mark.
+    #[arg(long, default_value = "image", value_parser = ["image", "text"])]
+    pub modality: String,
+    /// Where to write the SVG plot.
+    #[arg(long, value_name = "FILE", default_value = "spectrum.svg")]
+    pub svg: PathBuf,
+}
+
+pub fn run(a: SpectrumArgs) -> Result<()> {
+    let modality = Modality::parse(&a.modality).unwrap();
+    let (sigma, band, label) = if let Some(p) = &a.projector {
+        let proj = projector_file::load(p)?;
+        let maps = proj
+            .maps(modality)
+            .ok_or_else(|| Error::invalid(format!("{} holds no {modality} maps", p.display())))?;
+        let label = if proj.synthetic {
+            "SYNTHETIC model".to_string()
+        } else {
+            proj.source.clone()
+        };
+        (proj.sigma.clone(), Some(maps.band), label)
+    } else {
+        let loaded = a.weights.load()?;
+        let spectrum = PsiSpectrum::compute(&loaded.weights)?;
+        let band = a.band.band_for(modality, loaded.synthetic).ok();
+        let label = if loaded.synthetic {
+            "SYNTHETIC model".to_string()
+        } else {
+            loaded.weights.source.clone()
+        };
+        (spectrum.sigma, band, label)
+    };
+    let r = sigma.len();
+    let s1 = sigma.first().copied().unwrap_or(1.0).max(f64::MIN_POSITIVE);
+    let norm: Vec<f64> = sigma.iter().map(|s| s / s1).collect();
+    let mut plot = Plot {
+        title: format!("Normalised spectrum of Ψ — {label}"),
+        x_label: "singular direction j".into(),
+        y_label: "σ_j / σ_1".into(),
+        y_range: Some((0.0, 1.0)),
+        x_range: Some((0.0, r as f64)),
+        series: vec![Series {
+            label: "σ_j / σ_1".into(),
+            color: "#1f77b4".into(),
+            points: norm
+                .iter()
+                .enumerate()
+                .map(|(j, v)| (j as f64, *v))
+                .collect(),
+            bars: false,
+        }],
+        ..Default::default()
+    };
+    if let Some(b) = band {
+        if let Ok(m) = b.kept(r) {
+            plot.shades.push(Shade {
+                x0: b.k_top as f64,
+                x1: (r - b.k_bottom) as f64,
+                label: format!("kept band ({modality}): {m} directions"),
+                color: "#2ca02c".into(),
+            });
+        }
+    }
+    crate::formats::atomic_write(&a.svg, plot.render().as_bytes())?;
+    print_terminal_summary(&norm, band, &label);
+    println!("wrote {}", a.svg.display());
+    Ok(())
+}
+
+fn print_terminal_summary(norm: &[f64], band: Option<BandSpec>, label: &str) {
+    let r = norm.len();
+    println!("Ψ spectrum of {label}: r = {r}");
+    let at = |j: usize| norm.get(j).copied().unwrap_or(0.0);
+    let picks = [
+        0,
+        1,
+        2,
+        5,
+        10,
+        r / 4,
+        r / 2,
+        3 * r / 4,
+        r.saturating_sub(30),
+        r.saturating_sub(10),
+        r.saturating_sub(1),
+    ];
+    let mut line = String::from("  σ_j/σ_1 at j =");
+    let mut last = usize::MAX;
+    for j in picks {
+        if j < r && j != last {
+            line.push_str(&format!(" {j}:{:.3}", at(j)));
+            last = j;
+        }
+    }
+    println!("{line}");
+    if let Some(b) = band {
+        match b.kept(r) {
+            Ok(m) => {
+                let lo = b.k_top;
+                let hi = r - b.k_bottom;
+                println!(
+                    "  kept band [{lo}, {hi}): {m} directions, σ/σ_1 from {:.3} down to {:.3} (flatness {:.2}x)",
+                    at(lo),
+                    at(hi - 1),
+                    at(lo) / at(hi - 1).max(f64::MIN_POSITIVE)
+                );
+                if lo > 0 {
+                    println!(
+                        "  dropped top {lo}: σ/σ_1 from {:.3} to {:.3}",
+                        at(0),
+                        at(lo - 1)
+                    );
+                }
+                if b.k_bottom > 0 {
+                    println!(
+                        "  dropped bottom {}: σ/σ_1 from {:.3} to {:.3e}",
+                        b.k_bottom,
+                        at(hi),
+                        at(r - 1)
+                    );
+                }
+            }
+            Err(e) => println!("  band: {e}"),
+        }
+    }
+}

@@ -1,0 +1,429 @@
+//! The projector file: a safetensors file with `__metadata__`, so Python users can open it with
+//! `safetensors.numpy.load_file` and read the metadata with `safe_open(...).metadata()`.
+//!
+//! We write it ourselves (the format is an 8-byte length, a JSON header, raw little-endian data)
+//! so the bytes are fully determined: keys sorted, tensors in name order, no hash-map order
+//! anywhere. Two fits of the same weights and band give byte-identical files.
+//!
+//! Layout (per modality M in {image, text}; `.bias` only for bias-augmented projectors):
+//!   spectrum                     F64 [r]         singular values of Ψ, descending
+//!   M.full.weight / .bias        F32 [d_in, d]   the paper's map U_m U_mᵀ P
+//!   M.compact.weight / .bias     F32 [d_in, k]   same cosines, k = min(m, d) dims
+//!   M.embedding.compact          F32 [d, k]      from already-projected embeddings (if exact)
+//!   M.embedding.full             F32 [d, d]
+//!   M.plain.weight / .bias       F32 [d_in, d]   the original projector (baseline)
+
+use std::collections::BTreeMap;
+use std::path::Path;
+
+use safetensors::{Dtype, SafeTensors};
+use serde_json::{json, Value};
+use sha2::{Digest, Sha256};
+
+use crate::align::{hex, AlignedProjector, BandSpec, LinearMap, MatrixF32, Modality, ModalityMaps};
+use crate::error::{Error, Result};
+
+pub const FORMAT_NAME: &str = "isoclip-projector";
+pub const FORMAT_VERSION: u32 = 1;
+
+enum TensorData<'a> {
+    F32(&'a [f32]),
+    F64(&'a [f64]),
+}
+
+struct Entry<'a> {
+    shape: Vec<usize>,
+    data: TensorData<'a>,
+}
+
+fn collect_tensors(p: &AlignedProjector) -> BTreeMap<String, Entry<'_>> {
+    let mut t = BTreeMap::new();
+    t.insert(
+        "spectrum".to_string(),
+        Entry {
+            shape: vec![p.sigma.len()],
+            data: TensorData::F64(&p.sigma),
+        },
+    );
+    for maps in [&p.image, &p.text].into_iter().flatten() {
+        let mname = maps.modality.name();
+        for (kind, map) in [
+            ("full", &maps.full),
+            ("compact", &maps.compact),
+            ("plain", &maps.plain),
+        ] {
+            t.insert(
+                format!("{mname}.{kind}.weight"),
+                Entry {
+                    shape: vec![map.weight.rows, map.weight.cols],
+                    data: TensorData::F32(&map.weight.data),
+                },
+            );
+            if let Some(b) = &map.bias {
+                t.insert(
+                    format!("{mname}.{kind}.bias"),
+                    Entry {
+                        shape: vec![b.len()],
+                        data: TensorData::F32(b),
+                    },
+                );
+            }
+        }
+        for (kind, m) in [
+            ("compact", &maps.embedding_compact),
+            ("full", &maps.embedding_full),
+        ] {
+            if let Ok(m) = m {
+                t.insert(
+                    format!("{mname}.embedding.{kind}"),
+                    Entry {
+                        shape: vec![m.rows, m.cols],
+                        data: TensorData::F32(&m.data),
+                    },
+                );
+            }
+        }
+    }
+    t
+}
+
+fn entry_bytes(e: &Entry) -> Vec<u8> {
+    match e.data {
+        TensorData::F32(d) => d.iter().flat_map(|v| v.to_le_bytes()).collect(),
+        TensorData::F64(d) => d.iter().flat_map(|v| v.to_le_bytes()).collect(),
+    }
+}
+
+/// SHA-256 over every tensor's name, shape and bytes, in name order: identifies the projector
+/// (weights *and* band) in output manifests, and detects corruption on load.
+pub fn content_digest(p: &AlignedProjector) -> String {
+    let mut h = Sha256::new();
+    for (name, e) in collect_tensors(p) {
+        h.update(name.as_bytes());
+        h.update([0]);
+        for s in &e.shape {
+            h.update((*s as u64).to_le_bytes());
+        }
+        h.update(entry_bytes(&e));
+    }
+    hex(&h.finalize())
+}
+
+fn opt_f64(v: Option<f64>) -> String {
+    v.map(|x| format!("{x:e}")).unwrap_or_else(|| "none".into())
+}
+
+fn metadata(p: &AlignedProjector, digest: &str) -> BTreeMap<String, String> {
+    let mut md = BTreeMap::new();
+    md.insert("format".into(), FORMAT_NAME.into());
+    md.insert("format_version".into(), FORMAT_VERSION.to_string());
+    md.insert("tool_version".into(), env!("CARGO_PKG_VERSION").into());
+    md.insert("fingerprint".into(), p.fingerprint.clone());
+    md.insert("content_sha256".into(), digest.into());
+    md.insert("source".into(), p.source.clone());
+    md.insert(
+        "preset".into(),
+        p.preset.clone().unwrap_or_else(|| "none".into()),
+    );
+    md.insert("synthetic".into(), p.synthetic.to_string());
+    let mods: Vec<&str> = p.modalities().iter().map(|m| m.name()).collect();
+    md.insert(
+        "modality".into(),
+        if mods.len() == 2 {
+            "both".into()
+        } else {
+            mods.join(",")
+        },
+    );
+    md.insert("r".into(), p.r().to_string());
+    md.insert("d".into(), p.d.to_string());
+    let s1 = p.sigma.first().copied().unwrap_or(1.0);
+    let norm: Vec<Value> = p
+        .sigma
+        .iter()
+        .map(|s| json!((s / s1 * 1e6).round() / 1e6))
+        .collect();
+    md.insert("spectrum_normalized".into(), Value::Array(norm).to_string());
+    for maps in [&p.image, &p.text].into_iter().flatten() {
+        let m = maps.modality.name();
+        md.insert(format!("{m}.k_top"), maps.band.k_top.to_string());
+        md.insert(format!("{m}.k_bottom"), maps.band.k_bottom.to_string());
+        md.insert(format!("{m}.m"), maps.m.to_string());
+        md.insert(format!("{m}.d_in"), maps.d_in.to_string());
+        md.insert(format!("{m}.compact_dim"), maps.compact_dim().to_string());
+        md.insert(format!("{m}.bias"), maps.full.bias.is_some().to_string());
+        md.insert(format!("{m}.gap_top"), opt_f64(maps.gap_top));
+        md.insert(format!("{m}.gap_bottom"), opt_f64(maps.gap_bottom));
+        md.insert(
+            format!("{m}.embedding_route"),
+            match &maps.embedding_compact {
+                Ok(_) => "exact".into(),
+                Err(reason) => reason.clone(),
+            },
+        );
+    }
+    md
+}
+
+/// Serialises the projector to bytes (deterministic).
+pub fn to_bytes(p: &AlignedProjector) -> Vec<u8> {
+    let tensors = collect_tensors(p);
+    let digest = content_digest(p);
+    let mut header = serde_json::Map::new();
+    let md: serde_json::Map<String, Value> = metadata(p, &digest)
+        .into_iter()
+        .map(|(k, v)| (k, Value::String(v)))
+        .collect();
+    header.insert("__metadata__".into(), Value::Object(md));
+    let mut offset = 0usize;
+    let mut blobs = Vec::new();
+    for (name, e) in &tensors {
+        let bytes = entry_bytes(e);
+        let dtype = match e.data {
+            TensorData::F32(_) => "F32",
+            TensorData::F64(_) => "F64",
+        };
+        header.insert(
+            name.clone(),
+            json!({"dtype": dtype, "shape": e.shape, "data_offsets": [offset, offset + bytes.len()]}),
+        );
+        offset += bytes.len();
+        blobs.push(bytes);
+    }
+    let mut header_text = Value::Object(header).to_string().into_bytes();
+    while header_text.len() % 8 != 0 {
+        header_text.push(b' ');
+    }
+    let mut out = Vec::with_capacity(8 + header_text.len() + offset);
+    out.extend_from_slice(&(header_text.len() as u64).to_le_bytes());
+    out.extend_from_slice(&header_text);
+    for b in blobs {
+        out.extend_from_slice(&b);
+    }
+    out
+}
+
+/// Writes the projector file atomically.
+pub fn save(p: &AlignedProjector, path: &Path) -> Result<()> {
+    crate::formats::atomic_write(path, &to_bytes(p))
+}
+
+/// Reads and verifies a projector file: format and version, shapes against the metadata,
+/// the content checksum, finite values, and that the compact map reproduces the full map's
+/// inner products on fixed probe vectors.
+pub fn load(path: &Path) -> Result<AlignedProjector> {
+    let bytes = std::fs::read(path).map_err(|e| Error::io(path, e))?;
+    from_bytes(&bytes, path)
+}
+
+pub fn from_bytes(bytes: &[u8], path: &Path) -> Result<AlignedProjector> {
+    let bad = |m: String| Error::format(path, m);
+    let st = SafeTensors::deserialize(bytes)
+        .map_err(|e| bad(format!("not a readable projector file (safetensors): {e}")))?;
+    let (_, meta) = SafeTensors::read_metadata(bytes)
+        .map_err(|e| bad(format!("not a readable projector file (safetensors): {e}")))?;
+    let md = meta
+        .metadata()
+        .clone()
+        .ok_or_else(|| bad("no isoclip metadata: this is a safetensors file but not an isoclip projector file (make one with `isoclip fit`)".into()))?;
+    let get = |k: &str| -> Result<&String> {
+        md.get(k)
+            .ok_or_else(|| bad(format!("projector metadata lacks '{k}'")))
+    };
+    let get_usize = |k: &str| -> Result<usize> {
+        get(k)?
+            .parse::<usize>()
+            .map_err(|_| bad(format!("projector metadata '{k}' is not an integer")))
+    };
+    if get("format")? != FORMAT_NAME {
+        return Err(bad(format!(
+            "not an isoclip projector file (format '{}')",
+            get("format")?
+        )));
+    }
+    let version: u32 = get("format_version")?
+        .parse()
+        .map_err(|_| bad("format_version is not an integer".into()))?;
+    if version != FORMAT_VERSION {
+        return Err(Error::unsupported(
+            path,
+            format!(
+                "projector format version {version} is not supported by isoclip {} (it reads version {FORMAT_VERSION}); refit with this version",
+                env!("CARGO_PKG_VERSION")
+            ),
+        ));
+    }
+    let r = get_usize("r")?;
+    let d = get_usize("d")?;
+
+    let read_f32 = |name: &str, shape: &[usize]| -> Result<Vec<f32>> {
+        let v = st
+            .tensor(name)
+            .map_err(|_| bad(format!("tensor '{name}' is missing")))?;
+        if v.dtype() != Dtype::F32 || v.shape() != shape {
+            return Err(bad(format!(
+                "tensor '{name}' is {:?} {:?}, expected F32 {:?}",
+                v.dtype(),
+                v.shape(),
+                shape
+            )));
+        }
+        let data: Vec<f32> = v
+            .data()
+            .chunks_exact(4)
+            .map(|c| f32::from_le_bytes([c[0], c[1], c[2], c[3]]))
+            .collect();
+        if let Some(i) = data.iter().position(|x| !x.is_finite()) {
+            return Err(bad(format!(
+                "tensor '{name}' has a non-finite value at index {i}"
+            )));
+        }
+        Ok(data)
+    };
+    let spec = st
+        .tensor("spectrum")
+        .map_err(|_| bad("tensor 'spectrum' is missing".into()))?;
+    if spec.dtype() != Dtype::F64 || spec.shape() != [r] {
+        return Err(bad(format!(
+            "tensor 'spectrum' is {:?} {:?}, expected F64 [{r}]",
+            spec.dtype(),
+            spec.shape()
+        )));
+    }
+    let sigma: Vec<f64> = spec
+        .data()
+        .chunks_exact(8)
+        .map(|c| f64::from_le_bytes(c.try_into().unwrap()))
+        .collect();
+
+    let mut out = AlignedProjector {
+        fingerprint: get("fingerprint")?.clone(),
+        source: get("source")?.clone(),
+        preset: Some(get("preset")?.clone()).filter(|p| p != "none"),
+        sigma,
+        d,
+        image: None,
+        text: None,
+        synthetic: get("synthetic")? == "true",
+    };
+    for modality in [Modality::Image, Modality::Text] {
+        let m = modality.name();
+        if !md.contains_key(&format!("{m}.k_top")) {
+            continue;
+        }
+        let band = BandSpec::new(
+            get_usize(&format!("{m}.k_top"))?,
+            get_usize(&format!("{m}.k_bottom"))?,
+        );
+        let kept = band.kept(r).map_err(|e| bad(e.to_string()))?;
+        if get_usize(&format!("{m}.m"))? != kept {
+            return Err(bad(format!("{m}.m disagrees with r, k_top and k_bottom")));
+        }
+        let d_in = get_usize(&format!("{m}.d_in"))?;
+        let k = get_usize(&format!("{m}.compact_dim"))?;
+        if k != kept.min(d) {
+            return Err(bad(format!(
+                "{m}.compact_dim {k} is not min(m, d) = {}",
+                kept.min(d)
+            )));
+        }
+        let has_bias = get(&format!("{m}.bias"))? == "true";
+        let read_map = |kind: &str, cols: usize| -> Result<LinearMap> {
+            let w = read_f32(&format!("{m}.{kind}.weight"), &[d_in, cols])?;
+            let bias = if has_bias {
+                Some(read_f32(&format!("{m}.{kind}.bias"), &[cols])?)
+            } else {
+                None
+            };
+            Ok(LinearMap {
+                weight: MatrixF32 {
+                    rows: d_in,
+                    cols,
+                    data: w,
+                },
+                bias,
+            })
+        };
+        let route = get(&format!("{m}.embedding_route"))?.clone();
+        let (embedding_compact, embedding_full) = if route == "exact" {
+            (
+                Ok(MatrixF32 {
+                    rows: d,
+                    cols: k,
+                    data: read_f32(&format!("{m}.embedding.compact"), &[d, k])?,
+                }),
+                Ok(MatrixF32 {
+                    rows: d,
+                    cols: d,
+                    data: read_f32(&format!("{m}.embedding.full"), &[d, d])?,
+                }),
+            )
+        } else {
+            (Err(route.clone()), Err(route))
+        };
+        let parse_gap = |k: &str| -> Result<Option<f64>> {
+            let s = get(k)?;
+            if s == "none" {
+                Ok(None)
+            } else {
+                s.parse::<f64>()
+                    .map(Some)
+                    .map_err(|_| bad(format!("'{k}' is not a number")))
+            }
+        };
+        let maps = ModalityMaps {
+            modality,
+            band,
+            m: kept,
+            d_in,
+            d,
+            full: read_map("full", d)?,
+            compact: read_map("compact", k)?,
+            embedding_compact,
+            embedding_full,
+            plain: read_map("plain", d)?,
+            gap_top: parse_gap(&format!("{m}.gap_top"))?,
+            gap_bottom: parse_gap(&format!("{m}.gap_bottom"))?,
+        };
+        check_compact_matches_full(&maps).map_err(bad)?;
+        match modality {
+            Modality::Image => out.image = Some(maps),
+            Modality::Text => out.text = Some(maps),
+        }
+    }
+    if out.image.is_none() && out.text.is_none() {
+        return Err(bad("projector file holds no modality".into()));
+    }
+    let digest = content_digest(&out);
+    if &digest != get("content_sha256")? {
+        return Err(bad(
+            "content checksum mismatch: the file was modified or corrupted after it was written; refit it".into(),
+        ));
+    }
+    Ok(out)
+}
+
+/// The compact and full maps must give the same inner products; checked on fixed probes.
+fn check_compact_matches_full(maps: &ModalityMaps) -> std::result::Result<(), String> {
+    let mut rng = crate::align::synthetic::Rng::new(7);
+    let probes: Vec<Vec<f32>> = (0..4)
+        .map(|_| (0..maps.d_in).map(|_| rng.normal() as f32).collect())
+        .collect();
+    let full: Vec<Vec<f64>> = probes.iter().map(|x| maps.full.apply_row(x)).collect();
+    let comp: Vec<Vec<f64>> = probes.iter().map(|x| maps.compact.apply_row(x)).collect();
+    let dot = |a: &[f64], b: &[f64]| a.iter().zip(b).map(|(x, y)| x * y).sum::<f64>();
+    for i in 0..probes.len() {
+        for j in 0..probes.len() {
+            let a = dot(&full[i], &full[j]);
+            let b = dot(&comp[i], &comp[j]);
+            let scale = dot(&full[i], &full[i]).sqrt() * dot(&full[j], &full[j]).sqrt();
+            if (a - b).abs() > 1e-3 * scale.max(1e-30) {
+                return Err(format!(
+                    "{} maps are inconsistent: the compact map does not reproduce the full map's inner products; the file cannot be trusted, refit it",
+                    maps.modality
+                ));
+            }
+        }
+    }
+    Ok(())
+}

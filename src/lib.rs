@@ -1,0 +1,16 @@
+//! isoclip: the production engine for IsoCLIP (Magistri et al., CVPR 2026).
+//!
+//! Layers, from the bottom up:
+//! - [`formats`]: `.npy` arrays, safetensors checkpoints, the projector file;
+//! - [`align`]: the pure math — Ψ, its SVD, the band, the full/compact/embedding maps;
+//! - [`report`]: SVG plots for people;
+//! - [`cli`]: the `isoclip` command line.
+
+pub mod align;
+pub mod cli;
+pub mod error;
+pub mod formats;
+pub mod report;
+
+pub use align::{fit, AlignedProjector, BandSpec, Modality, ProjectorWeights};
+pub use error::{Error, Result};

@@ -1,0 +1,3 @@
+//! Human-facing output: SVG plots.
+
+pub mod svg;
