@@ -458,7 +458,7 @@ pub fn fit_modality(
     let w_m = other_basis.subcols(lo, m); // other d_in' x m
 
     // Full map: U_m U_mᵀ P  (d_in' x d).
-    let full = &u_m * (u_m.transpose() * &own);
+    let full = u_m * (u_m.transpose() * &own);
 
     // Compact map: thin QR of B = Pᵀ U_m (d x m) = Q R, z = x U_m Rᵀ.
     let b = own.transpose() * u_m;

@@ -4,6 +4,7 @@
 //! Exit codes: 0 success; 1 the command failed (bad input file, I/O error, impossible band, ...);
 //! 2 the command line itself is wrong (unknown flag, missing value: clap's usage errors).
 
+mod demo;
 mod fit;
 mod inspect;
 mod spectrum;
@@ -34,6 +35,8 @@ pub struct Cli {
 
 #[derive(Subcommand, Debug)]
 pub enum Command {
+    /// Run the main job end to end on built-in defaults (a SYNTHETIC model): fit, project, report.
+    Demo(demo::DemoArgs),
     /// Compute IsoCLIP's aligned projectors from projector weights and write a projector file.
     Fit(fit::FitArgs),
     /// Summarise a projector file (human text, or --json).
@@ -53,6 +56,7 @@ pub fn main() -> i32 {
         }
     };
     let result = match cli.command {
+        Command::Demo(a) => demo::run(a),
         Command::Fit(a) => fit::run(a),
         Command::Inspect(a) => inspect::run(a),
         Command::Spectrum(a) => spectrum::run(a),
