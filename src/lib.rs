@@ -7,6 +7,7 @@
 //! - [`cli`]: the `isoclip` command line.
 
 pub mod align;
+pub mod backend;
 pub mod cli;
 pub mod error;
 pub mod formats;
