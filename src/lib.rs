@@ -3,13 +3,16 @@
 //! Layers, from the bottom up:
 //! - [`formats`]: `.npy` arrays, safetensors checkpoints, the projector file;
 //! - [`align`]: the pure math — Ψ, its SVD, the band, the full/compact/embedding maps;
+//! - [`eval`]: retrieval metrics (reference semantics), NCM, CLIP vs IsoCLIP comparisons;
 //! - [`report`]: SVG plots for people;
 //! - [`cli`]: the `isoclip` command line.
 
 pub mod align;
 pub mod backend;
 pub mod cli;
+pub mod engine;
 pub mod error;
+pub mod eval;
 pub mod formats;
 pub mod report;
 

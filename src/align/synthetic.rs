@@ -150,14 +150,16 @@ impl SyntheticModel {
         let centres: Vec<Vec<f64>> = (0..classes)
             .map(|_| (band_lo..band_hi).map(|_| rng.normal()).collect())
             .collect();
-        let mut feats = Vec::with_capacity(n * di);
+        // Draw the random numbers in a fixed order (per row: its class, the 512 coefficients,
+        // then the 768 noise values), then form the features with one matmul: C · Uᵀ + noise.
+        let mut coeffs = Mat::<f64>::zeros(n, SYNTHETIC_D);
+        let mut noise = Mat::<f64>::zeros(n, di);
         let mut labels = Vec::with_capacity(n);
-        let mut coeff = vec![0.0f64; SYNTHETIC_D];
-        for _ in 0..n {
+        for row in 0..n {
             let c = rng.below(classes);
             labels.push(c as i64);
-            for (j, cj) in coeff.iter_mut().enumerate() {
-                *cj = if j < band_lo {
+            for j in 0..SYNTHETIC_D {
+                coeffs[(row, j)] = if j < band_lo {
                     2.2 * rng.normal()
                 } else if j < band_hi {
                     centres[c][j - band_lo] * 0.35 + 0.45 * rng.normal()
@@ -166,12 +168,21 @@ impl SyntheticModel {
                 };
             }
             for i in 0..di {
-                let mut x = 0.0;
-                for (j, cj) in coeff.iter().enumerate() {
-                    x += self.u[(i, j)] * cj;
-                }
-                x += 0.02 * rng.normal();
-                feats.push(x as f32);
+                noise[(row, i)] = 0.02 * rng.normal();
+            }
+        }
+        faer::linalg::matmul::matmul(
+            noise.as_mut(),
+            faer::Accum::Add,
+            coeffs.as_ref(),
+            self.u.transpose(),
+            1.0,
+            Par::Seq,
+        );
+        let mut feats = Vec::with_capacity(n * di);
+        for row in 0..n {
+            for i in 0..di {
+                feats.push(noise[(row, i)] as f32);
             }
         }
         (feats, labels)

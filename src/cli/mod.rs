@@ -5,9 +5,11 @@
 //! 2 the command line itself is wrong (unknown flag, missing value: clap's usage errors).
 
 mod demo;
+mod eval;
 mod fit;
 mod inspect;
 mod spectrum;
+mod sweep;
 mod weights_args;
 
 use clap::{Parser, Subcommand};
@@ -43,6 +45,10 @@ pub enum Command {
     Inspect(inspect::InspectArgs),
     /// Plot Ψ's normalised spectrum with the kept band marked (SVG) and summarise it.
     Spectrum(spectrum::SpectrumArgs),
+    /// Plain CLIP vs IsoCLIP on labelled data: retrieval metrics (reference semantics) or NCM.
+    Eval(eval::EvalArgs),
+    /// Evaluate a grid of bands (k_top, k_bottom) from one SVD and keep the best.
+    Sweep(sweep::SweepArgs),
 }
 
 /// Runs the CLI with the process arguments; returns the exit code.
@@ -60,6 +66,8 @@ pub fn main() -> i32 {
         Command::Fit(a) => fit::run(a),
         Command::Inspect(a) => inspect::run(a),
         Command::Spectrum(a) => spectrum::run(a),
+        Command::Eval(a) => eval::run(a),
+        Command::Sweep(a) => sweep::run(a),
     };
     match result {
         Ok(()) => EXIT_OK,

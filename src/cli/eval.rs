@@ -1,0 +1,630 @@
+//! `isoclip eval`: plain CLIP vs IsoCLIP on labelled data — retrieval (mAP, mAP@R, P@R, R@K) or
+//! nearest-class-mean classification — with the reference's metric semantics.
+
+use std::path::{Path, PathBuf};
+use std::time::Instant;
+
+use clap::Args;
+use serde_json::{json, Value};
+
+use crate::align::synthetic::{SyntheticModel, SYNTHETIC_IMAGE_BAND};
+use crate::align::{self, AlignedProjector, BandSpec, Modality, ModalityMaps};
+use crate::error::{Error, Result};
+use crate::eval::ncm::{ncm, ClassMeans, NcmResult};
+use crate::eval::{
+    self, load_labels, open_rows, plots, InputKind, Projection, RetrievalOptions, RetrievalOutcome,
+    RetrievalSummary, Rows, Sets,
+};
+use crate::formats::npy::NpyMatrix;
+use crate::formats::projector_file;
+
+/// Rows of the built-in synthetic evaluation set, its classes and its seed.
+pub const SYNTHETIC_ROWS: usize = 3000;
+pub const SYNTHETIC_CLASSES: usize = 60;
+pub const SYNTHETIC_DATA_SEED: u64 = 7;
+/// Bins of the similarity histograms over [-1, 1] (width 0.01): the overlap numbers depend on it.
+pub const HISTOGRAM_BINS: usize = 200;
+
+/// A labelled retrieval set: one set, or queries + gallery. Shared by `eval` and `sweep`.
+#[derive(Args, Debug, Clone, Default)]
+pub struct SetArgs {
+    /// One labelled set (.npy, f16/f32, rows x dims): every row queries all the others, its
+    /// own entry excluded (the reference's query split == gallery split case).
+    #[arg(long, value_name = "F.npy", requires = "labels",
+          conflicts_with_all = ["query_features", "gallery_features"])]
+    pub features: Option<PathBuf>,
+    /// Integer labels of --features (.npy, any integer dtype, shape (n,) or (n, 1)).
+    #[arg(long, value_name = "L.npy", requires = "features")]
+    pub labels: Option<PathBuf>,
+    /// Query rows, searched against --gallery-features (nothing is excluded).
+    #[arg(long, value_name = "Q.npy",
+          requires_all = ["query_labels", "gallery_features", "gallery_labels"])]
+    pub query_features: Option<PathBuf>,
+    #[arg(long, value_name = "QL.npy", requires = "query_features")]
+    pub query_labels: Option<PathBuf>,
+    #[arg(long, value_name = "G.npy", requires = "query_features")]
+    pub gallery_features: Option<PathBuf>,
+    #[arg(long, value_name = "GL.npy", requires = "query_features")]
+    pub gallery_labels: Option<PathBuf>,
+    /// What the rows are: pre-projection encoder features, or already-projected CLIP
+    /// embeddings (IsoCLIP then goes through the exact embedding route).
+    #[arg(long, value_enum, default_value = "features")]
+    pub input_kind: InputKind,
+}
+
+/// Opened, validated retrieval inputs.
+pub enum LoadedSets {
+    One {
+        rows: NpyMatrix,
+        labels: Vec<i64>,
+    },
+    QueryGallery {
+        queries: NpyMatrix,
+        query_labels: Vec<i64>,
+        gallery: NpyMatrix,
+        gallery_labels: Vec<i64>,
+    },
+}
+
+/// Opens a row file and its labels; the error names both files when the counts differ.
+pub fn open_labelled(rows: &Path, labels: &Path) -> Result<(NpyMatrix, Vec<i64>)> {
+    let m = open_rows(rows)?;
+    let l = load_labels(labels)?;
+    if l.len() != m.rows {
+        return Err(Error::Shape(format!(
+            "{}: holds {} labels, but {} has {} rows; they must match one to one",
+            labels.display(),
+            l.len(),
+            rows.display(),
+            m.rows
+        )));
+    }
+    Ok((m, l))
+}
+
+impl SetArgs {
+    pub fn given(&self) -> bool {
+        self.features.is_some() || self.query_features.is_some()
+    }
+
+    pub fn load(&self) -> Result<LoadedSets> {
+        if let (Some(f), Some(l)) = (&self.features, &self.labels) {
+            let (rows, labels) = open_labelled(f, l)?;
+            return Ok(LoadedSets::One { rows, labels });
+        }
+        match (
+            &self.query_features,
+            &self.query_labels,
+            &self.gallery_features,
+            &self.gallery_labels,
+        ) {
+            (Some(q), Some(ql), Some(g), Some(gl)) => {
+                let (queries, query_labels) = open_labelled(q, ql)?;
+                let (gallery, gallery_labels) = open_labelled(g, gl)?;
+                if queries.cols != gallery.cols {
+                    return Err(Error::Shape(format!(
+                        "{} has {} dims per row but {} has {}; queries and gallery must come from the same encoder",
+                        q.display(),
+                        queries.cols,
+                        g.display(),
+                        gallery.cols
+                    )));
+                }
+                Ok(LoadedSets::QueryGallery {
+                    queries,
+                    query_labels,
+                    gallery,
+                    gallery_labels,
+                })
+            }
+            _ => Err(Error::invalid(
+                "give --features F --labels L, or all of --query-features, --query-labels, --gallery-features, --gallery-labels",
+            )),
+        }
+    }
+}
+
+impl LoadedSets {
+    pub fn sets(&self) -> Sets<'_> {
+        match self {
+            LoadedSets::One { rows, labels } => Sets::One {
+                rows: Rows::Npy(rows),
+                labels,
+            },
+            LoadedSets::QueryGallery {
+                queries,
+                query_labels,
+                gallery,
+                gallery_labels,
+            } => Sets::QueryGallery {
+                queries: Rows::Npy(queries),
+                query_labels,
+                gallery: Rows::Npy(gallery),
+                gallery_labels,
+            },
+        }
+    }
+}
+
+/// The built-in synthetic evaluation set (labelled image features of the synthetic model).
+pub struct SyntheticSet {
+    pub features: Vec<f32>,
+    pub labels: Vec<i64>,
+    pub rows: usize,
+    pub cols: usize,
+}
+
+impl SyntheticSet {
+    pub fn generate(model: &SyntheticModel, rows: usize) -> Self {
+        let (features, labels) =
+            model.labelled_image_features(rows, SYNTHETIC_CLASSES, SYNTHETIC_DATA_SEED);
+        let cols = features.len() / rows;
+        SyntheticSet {
+            features,
+            labels,
+            rows,
+            cols,
+        }
+    }
+    /// Rows `[a, b)` as a row source.
+    pub fn rows(&self, a: usize, b: usize) -> Rows<'_> {
+        Rows::Memory {
+            data: &self.features[a * self.cols..b * self.cols],
+            rows: b - a,
+            cols: self.cols,
+            name: "synthetic features",
+        }
+    }
+}
+
+/// The synthetic model fitted with its image band, labelled as synthetic.
+pub fn synthetic_projector(model: &SyntheticModel) -> Result<AlignedProjector> {
+    let band = BandSpec::new(SYNTHETIC_IMAGE_BAND.0, SYNTHETIC_IMAGE_BAND.1);
+    let mut p = align::fit(&model.weights, &[(Modality::Image, band)], None)?;
+    p.synthetic = true;
+    Ok(p)
+}
+
+pub fn describe_sets(sets: &Sets<'_>) -> String {
+    let classes = |l: &[i64]| {
+        let mut v = l.to_vec();
+        v.sort_unstable();
+        v.dedup();
+        v.len()
+    };
+    match sets {
+        Sets::One { rows, labels } => format!(
+            "one set: {} ({} rows x {} dims, {} classes); each row queries the other {} (its own entry excluded)",
+            rows.name(),
+            rows.rows(),
+            rows.cols(),
+            classes(labels),
+            rows.rows() - 1
+        ),
+        Sets::QueryGallery {
+            queries,
+            query_labels,
+            gallery,
+            gallery_labels,
+        } => format!(
+            "{} queries from {} ({} classes) against a gallery of {} rows from {} ({} classes)",
+            queries.rows(),
+            queries.name(),
+            classes(query_labels),
+            gallery.rows(),
+            gallery.name(),
+            classes(gallery_labels)
+        ),
+    }
+}
+
+#[derive(Args, Debug)]
+#[command(
+    after_help = "Examples:\n  isoclip eval                                  # built-in SYNTHETIC model and data\n  isoclip eval --projector b16.safetensors --features cub_feats.npy --labels cub_labels.npy\n  isoclip eval --projector b16.safetensors --query-features test.npy --query-labels test_y.npy \\\n               --gallery-features train.npy --gallery-labels train_y.npy --json\n  isoclip eval --projector b16.safetensors --input-kind embeddings --features img_emb.npy --labels y.npy\n  isoclip eval --projector b16.safetensors --ncm --train-features tr.npy --train-labels tr_y.npy \\\n               --test-features te.npy --test-labels te_y.npy\n  isoclip eval --svg out/cub                     # + out/cub-precision-at-k.svg, -similarity-*.svg\n\nMetrics follow the IsoCLIP reference: mAP (torchmetrics, whole ranked gallery), mAP@R (R counted\nbefore self-exclusion, as the reference does; 'exact R' is the corrected variant), P@R, R@1/5/10;\nper query, averaged, x100. Ties rank by gallery index. Queries with no relevant item score 0.\n\nExit codes: 0 success; 1 failure (the message names the file and the problem); 2 invalid command line."
+)]
+pub struct EvalArgs {
+    /// Projector file from `isoclip fit`. Without it and without data, the built-in SYNTHETIC
+    /// model and data are evaluated.
+    #[arg(long, value_name = "FILE")]
+    pub projector: Option<PathBuf>,
+    /// Which maps to use when the projector file holds both modalities.
+    #[arg(long, value_parser = ["image", "text"])]
+    pub modality: Option<String>,
+    #[command(flatten)]
+    pub sets: SetArgs,
+    /// Nearest-class-mean classification instead of retrieval (class means of unnormalised
+    /// training rows, projected and normalised; top-1 accuracy).
+    #[arg(long)]
+    pub ncm: bool,
+    #[arg(long, value_name = "F.npy", requires_all = ["ncm", "train_labels", "test_features", "test_labels"])]
+    pub train_features: Option<PathBuf>,
+    #[arg(long, value_name = "L.npy", requires = "train_features")]
+    pub train_labels: Option<PathBuf>,
+    #[arg(long, value_name = "F.npy", requires = "train_features")]
+    pub test_features: Option<PathBuf>,
+    #[arg(long, value_name = "L.npy", requires = "train_features")]
+    pub test_labels: Option<PathBuf>,
+    /// Precision@K is computed for K = 1..=this.
+    #[arg(long, value_name = "K", default_value_t = 100, value_parser = clap::value_parser!(u32).range(1..=100_000))]
+    pub curve_k: u32,
+    /// Write PREFIX-precision-at-k.svg and PREFIX-similarity-{clip,isoclip}.svg (positive vs
+    /// negative pair cosines, with their overlap).
+    #[arg(long, value_name = "PREFIX")]
+    pub svg: Option<PathBuf>,
+    /// Machine-readable output.
+    #[arg(long)]
+    pub json: bool,
+}
+
+/// Where the projector and data come from.
+enum Source {
+    Synthetic {
+        projector: AlignedProjector,
+        data: SyntheticSet,
+    },
+    Files {
+        projector: AlignedProjector,
+        path: PathBuf,
+    },
+}
+
+pub fn run(a: EvalArgs) -> Result<()> {
+    let t0 = Instant::now();
+    if a.ncm && a.sets.given() {
+        return Err(Error::invalid(
+            "--ncm takes --train-features/--train-labels/--test-features/--test-labels, not retrieval sets",
+        ));
+    }
+    let has_data = a.sets.given() || a.train_features.is_some();
+    let source = match (&a.projector, has_data) {
+        (None, false) => {
+            if a.sets.input_kind == InputKind::Embeddings {
+                return Err(Error::invalid(
+                    "the built-in synthetic data are pre-projection features; --input-kind embeddings needs your own data and --projector",
+                ));
+            }
+            let model = SyntheticModel::vit_b()?;
+            Source::Synthetic {
+                projector: synthetic_projector(&model)?,
+                data: SyntheticSet::generate(&model, SYNTHETIC_ROWS),
+            }
+        }
+        (Some(p), true) => Source::Files {
+            projector: projector_file::load(p)?,
+            path: p.clone(),
+        },
+        (None, true) => {
+            return Err(Error::invalid(
+                "give --projector FILE (written by `isoclip fit`) to evaluate your data",
+            ))
+        }
+        (Some(_), false) => {
+            return Err(Error::invalid(
+                "give the data to evaluate: --features F --labels L (one set), or --query-features/--query-labels/--gallery-features/--gallery-labels, or --ncm with --train-features/--train-labels/--test-features/--test-labels",
+            ))
+        }
+    };
+    let projector = match &source {
+        Source::Synthetic { projector, .. } | Source::Files { projector, .. } => projector,
+    };
+    let modality = a.modality.as_deref().and_then(Modality::parse);
+    let maps = projector.only_modality(modality)?;
+    let kind = a.sets.input_kind;
+    let header = Header::new(&source, maps, kind);
+    if a.ncm {
+        return run_ncm(&a, &source, maps, kind, &header, t0);
+    }
+    let loaded;
+    let sets = match &source {
+        Source::Synthetic { data, .. } => Sets::One {
+            rows: data.rows(0, data.rows),
+            labels: &data.labels,
+        },
+        Source::Files { .. } => {
+            loaded = a.sets.load()?;
+            loaded.sets()
+        }
+    };
+    let (plain, iso) = Projection::pair(maps, kind)?;
+    let opts = RetrievalOptions {
+        curve_max_k: a.curve_k as usize,
+        histogram_bins: if a.svg.is_some() { HISTOGRAM_BINS } else { 0 },
+    };
+    let clip = eval::evaluate_sets(sets, plain, kind, opts)?;
+    let isoclip = eval::evaluate_sets(sets, iso, kind, opts)?;
+    let svgs = match &a.svg {
+        Some(prefix) => write_svgs(prefix, &clip, &isoclip, &header.label)?,
+        None => Vec::new(),
+    };
+    let seconds = t0.elapsed().as_secs_f64();
+    if a.json {
+        let v = json!({
+            "synthetic": header.synthetic,
+            "projector": header.projector,
+            "modality": maps.modality.name(),
+            "k_top": maps.band.k_top,
+            "k_bottom": maps.band.k_bottom,
+            "m": maps.m,
+            "input_kind": kind.name(),
+            "task": "retrieval",
+            "data": describe_sets(&sets),
+            "clip": summary_json(&clip.summary, clip.histogram.as_ref()),
+            "isoclip": summary_json(&isoclip.summary, isoclip.histogram.as_ref()),
+            "delta": delta_json(&clip.summary, &isoclip.summary),
+            "svg": svgs.iter().map(|p| p.display().to_string()).collect::<Vec<_>>(),
+            "seconds": seconds,
+        });
+        println!("{}", serde_json::to_string_pretty(&v).expect("json"));
+        return Ok(());
+    }
+    header.print();
+    println!("data:      {}", describe_sets(&sets));
+    println!();
+    print_retrieval_table(&clip.summary, &isoclip.summary);
+    if let (Some(hc), Some(hi)) = (&clip.histogram, &isoclip.histogram) {
+        println!(
+            "positive/negative similarity overlap (coefficient, {} bins on [-1,1]): CLIP {:.3} -> IsoCLIP {:.3}; IoU {:.3} -> {:.3}",
+            hc.bins(),
+            hc.overlap(),
+            hi.overlap(),
+            hc.iou(),
+            hi.iou()
+        );
+    }
+    for p in &svgs {
+        println!("wrote {}", p.display());
+    }
+    println!("({seconds:.2} s)");
+    Ok(())
+}
+
+struct Header {
+    synthetic: bool,
+    projector: String,
+    label: String,
+    lines: Vec<String>,
+}
+
+impl Header {
+    fn new(source: &Source, maps: &ModalityMaps, kind: InputKind) -> Self {
+        let (synthetic, projector) = match source {
+            Source::Synthetic { projector, .. } => (true, projector.source.clone()),
+            Source::Files { path, projector } => (projector.synthetic, path.display().to_string()),
+        };
+        let mut lines = Vec::new();
+        if synthetic {
+            lines.push(
+                "SYNTHETIC: built-in CLIP-like model and labelled data, for demonstration only (not a real checkpoint or dataset)"
+                    .to_string(),
+            );
+        }
+        lines.push(format!("projector: {projector}"));
+        lines.push(format!(
+            "maps:      {} band [{}, r-{}) keeps m = {} directions (k_top {}, k_bottom {}); input: {}",
+            maps.modality,
+            maps.band.k_top,
+            maps.band.k_bottom,
+            maps.m,
+            maps.band.k_top,
+            maps.band.k_bottom,
+            match kind {
+                InputKind::Features => "pre-projection features (IsoCLIP via the compact map)",
+                InputKind::Embeddings => "CLIP embeddings (IsoCLIP via the embedding route)",
+            }
+        ));
+        let label = if synthetic {
+            "SYNTHETIC data".to_string()
+        } else {
+            format!("{} {}", maps.modality, "retrieval")
+        };
+        Header {
+            synthetic,
+            projector,
+            label,
+            lines,
+        }
+    }
+    fn print(&self) {
+        for l in &self.lines {
+            println!("{l}");
+        }
+    }
+}
+
+fn print_retrieval_table(clip: &RetrievalSummary, iso: &RetrievalSummary) {
+    println!("{:<16} {:>8} {:>8} {:>8}", "metric", "CLIP", "IsoCLIP", "Δ");
+    for ((name, c), (_, i)) in clip.rows().iter().zip(iso.rows().iter()) {
+        println!("{name:<16} {c:>8.2} {i:>8.2} {:>+8.2}", i - c);
+    }
+    println!(
+        "per query, averaged, x100 over {} queries ranked against {} gallery items.",
+        clip.queries, clip.gallery
+    );
+    println!(
+        "mAP@R as in the reference (R counted before self-exclusion); 'exact R' corrects it. Ties rank by gallery index."
+    );
+    if clip.queries_without_relevant > 0 {
+        println!(
+            "note: {} queries have no relevant gallery item: they score 0 (the reference's mAP@R would be NaN for them).",
+            clip.queries_without_relevant
+        );
+    }
+}
+
+pub fn summary_json(s: &RetrievalSummary, h: Option<&eval::PairHistogram>) -> Value {
+    let mut v = serde_json::to_value(s).expect("json");
+    if let Some(h) = h {
+        v["similarity_overlap"] = json!(h.overlap());
+        v["similarity_iou"] = json!(h.iou());
+    }
+    v
+}
+
+fn delta_json(c: &RetrievalSummary, i: &RetrievalSummary) -> Value {
+    let mut m = serde_json::Map::new();
+    for ((name, a), (_, b)) in c.rows().iter().zip(i.rows().iter()) {
+        m.insert((*name).to_string(), json!(b - a));
+    }
+    Value::Object(m)
+}
+
+fn write_svgs(
+    prefix: &Path,
+    clip: &RetrievalOutcome,
+    iso: &RetrievalOutcome,
+    label: &str,
+) -> Result<Vec<PathBuf>> {
+    let with_suffix = |s: &str| {
+        let mut p = prefix.as_os_str().to_owned();
+        p.push(s);
+        PathBuf::from(p)
+    };
+    let mut out = Vec::new();
+    let p = with_suffix("-precision-at-k.svg");
+    let svg = plots::precision_at_k(
+        &clip.summary.precision_at_k,
+        &iso.summary.precision_at_k,
+        &format!("Precision@K, CLIP vs IsoCLIP — {label}"),
+    );
+    crate::formats::atomic_write(&p, svg.as_bytes())?;
+    out.push(p);
+    if let (Some(hc), Some(hi)) = (&clip.histogram, &iso.histogram) {
+        let range = plots::occupied_range(&[hc, hi]);
+        for (name, h, title) in [
+            ("-similarity-clip.svg", hc, "CLIP"),
+            ("-similarity-isoclip.svg", hi, "IsoCLIP"),
+        ] {
+            let p = with_suffix(name);
+            let svg = plots::similarity_histogram(
+                h,
+                &format!("{title}: cosine similarity of positive vs negative pairs — {label}"),
+                range,
+            );
+            crate::formats::atomic_write(&p, svg.as_bytes())?;
+            out.push(p);
+        }
+    }
+    Ok(out)
+}
+
+fn run_ncm(
+    a: &EvalArgs,
+    source: &Source,
+    maps: &ModalityMaps,
+    kind: InputKind,
+    header: &Header,
+    t0: Instant,
+) -> Result<()> {
+    let (plain, iso) = Projection::pair(maps, kind)?;
+    let files;
+    let (train, train_labels, test, test_labels): (Rows<'_>, &[i64], Rows<'_>, &[i64]) =
+        match source {
+            Source::Synthetic { data, .. } => {
+                // First 2/3 of the synthetic rows train, the rest test (the classes are shared).
+                let split = data.rows * 2 / 3;
+                (
+                    data.rows(0, split),
+                    &data.labels[..split],
+                    data.rows(split, data.rows),
+                    &data.labels[split..],
+                )
+            }
+            Source::Files { .. } => {
+                let (Some(trf), Some(trl), Some(tef), Some(tel)) = (
+                    &a.train_features,
+                    &a.train_labels,
+                    &a.test_features,
+                    &a.test_labels,
+                ) else {
+                    return Err(Error::invalid(
+                        "--ncm needs --train-features, --train-labels, --test-features and --test-labels",
+                    ));
+                };
+                let tr = open_labelled(trf, trl)?;
+                let te = open_labelled(tef, tel)?;
+                if tr.0.cols != te.0.cols {
+                    return Err(Error::Shape(format!(
+                        "{} has {} dims per row but {} has {}",
+                        trf.display(),
+                        tr.0.cols,
+                        tef.display(),
+                        te.0.cols
+                    )));
+                }
+                files = (tr, te);
+                (
+                    Rows::Npy(&files.0 .0),
+                    &files.0 .1[..],
+                    Rows::Npy(&files.1 .0),
+                    &files.1 .1[..],
+                )
+            }
+        };
+    // Fail early, naming the file, if the widths do not fit the projector.
+    if let Some(want) = plain.d_in().or(iso.d_in()) {
+        for r in [&train, &test] {
+            if r.cols() != want {
+                return Err(Error::Shape(format!(
+                    "{}: rows have {} dims, but the projector expects {} of {want} dims",
+                    r.name(),
+                    r.cols(),
+                    kind.name()
+                )));
+            }
+        }
+    }
+    let means = ClassMeans::compute(train, train_labels)?;
+    let clip = ncm(&means, test, test_labels, plain, kind)?;
+    let isoclip = ncm(&means, test, test_labels, iso, kind)?;
+    let seconds = t0.elapsed().as_secs_f64();
+    if a.json {
+        let v = json!({
+            "synthetic": header.synthetic,
+            "projector": header.projector,
+            "modality": maps.modality.name(),
+            "k_top": maps.band.k_top,
+            "k_bottom": maps.band.k_bottom,
+            "m": maps.m,
+            "input_kind": kind.name(),
+            "task": "ncm",
+            "train_rows": train.rows(),
+            "clip": clip,
+            "isoclip": isoclip,
+            "delta": { "accuracy": isoclip.accuracy - clip.accuracy },
+            "seconds": seconds,
+        });
+        println!("{}", serde_json::to_string_pretty(&v).expect("json"));
+        return Ok(());
+    }
+    header.print();
+    println!(
+        "data:      NCM: {} training rows ({} classes, {}), {} test rows ({})",
+        train.rows(),
+        clip.classes,
+        train.name(),
+        clip.test_rows,
+        test.name()
+    );
+    println!();
+    println!("{:<16} {:>8} {:>8} {:>8}", "metric", "CLIP", "IsoCLIP", "Δ");
+    print_ncm_row(&clip, &isoclip);
+    println!("class means of unnormalised rows, projected and L2-normalised; nearest by cosine; ties -> smallest label.");
+    if clip.unseen_test_labels > 0 {
+        println!(
+            "note: {} test rows have a label absent from the training set (always counted wrong).",
+            clip.unseen_test_labels
+        );
+    }
+    println!("({seconds:.2} s)");
+    Ok(())
+}
+
+fn print_ncm_row(c: &NcmResult, i: &NcmResult) {
+    println!(
+        "{:<16} {:>8.2} {:>8.2} {:>+8.2}",
+        "NCM top-1 acc.",
+        c.accuracy,
+        i.accuracy,
+        i.accuracy - c.accuracy
+    );
+}
