@@ -28,6 +28,9 @@ pub enum Error {
     /// NaN or Inf where finite numbers are required.
     #[error("{0}")]
     NonFinite(String),
+    /// An input row holds NaN or Inf; `row` is 0-based within the rows passed to the call.
+    #[error("row {row} contains NaN or Inf (pass --nonfinite zero to write zeros for such rows instead)")]
+    NonFiniteRow { row: usize },
     /// The requested band keeps no direction, or is otherwise impossible.
     #[error("{0}")]
     Band(String),

@@ -135,11 +135,7 @@ fn project_blocks(
                 (Err(i), _) | (_, Err(i)) => Err(i),
             },
         );
-    outcome.map_err(|row| {
-        Error::NonFinite(format!(
-            "row {row} contains NaN or Inf (use --nonfinite zero to write zeros instead)"
-        ))
-    })
+    outcome.map_err(|row| Error::NonFiniteRow { row })
 }
 
 #[allow(clippy::too_many_arguments)]

@@ -257,8 +257,8 @@ pub trait Backend: Send + Sync {
 
     /// Projects every input row through `map` into `output` per `opts`. The input has
     /// `map.d_in()` columns, the output `map.d_out()`. A row with NaN/Inf under
-    /// `NonFinitePolicy::Error` fails the call with `Error::NonFinite` naming the row index
-    /// (0-based within this call); nothing is promised about the output then.
+    /// `NonFinitePolicy::Error` fails the call with `Error::NonFiniteRow { row }`, the lowest
+    /// such row index (0-based within this call); nothing is promised about the output then.
     fn project(
         &self,
         map: &PreparedMap,

@@ -7,7 +7,9 @@
 mod demo;
 mod eval;
 mod fit;
+mod gallery;
 mod inspect;
+mod project;
 mod spectrum;
 mod sweep;
 mod weights_args;
@@ -41,6 +43,10 @@ pub enum Command {
     Demo(demo::DemoArgs),
     /// Compute IsoCLIP's aligned projectors from projector weights and write a projector file.
     Fit(fit::FitArgs),
+    /// Project a gallery of embedding shards into the IsoCLIP space (resumable).
+    Project(project::ProjectArgs),
+    /// Write a synthetic gallery of random feature shards (for trying things out and benchmarks).
+    Gallery(gallery::GalleryArgs),
     /// Summarise a projector file (human text, or --json).
     Inspect(inspect::InspectArgs),
     /// Plot Ψ's normalised spectrum with the kept band marked (SVG) and summarise it.
@@ -64,7 +70,9 @@ pub fn main() -> i32 {
     let result = match cli.command {
         Command::Demo(a) => demo::run(a),
         Command::Fit(a) => fit::run(a),
+        Command::Gallery(a) => gallery::run(a),
         Command::Inspect(a) => inspect::run(a),
+        Command::Project(a) => project::run(a),
         Command::Spectrum(a) => spectrum::run(a),
         Command::Eval(a) => eval::run(a),
         Command::Sweep(a) => sweep::run(a),

@@ -191,7 +191,7 @@ pub fn to_bytes(p: &AlignedProjector) -> Vec<u8> {
         blobs.push(bytes);
     }
     let mut header_text = Value::Object(header).to_string().into_bytes();
-    while header_text.len() % 8 != 0 {
+    while !header_text.len().is_multiple_of(8) {
         header_text.push(b' ');
     }
     let mut out = Vec::with_capacity(8 + header_text.len() + offset);

@@ -83,7 +83,7 @@ pub fn write_safetensors(path: &Path, tensors: &[StTensor]) {
         offset += t.bytes.len();
     }
     header.push('}');
-    while header.len() % 8 != 0 {
+    while !header.len().is_multiple_of(8) {
         header.push(' ');
     }
     let mut out = (header.len() as u64).to_le_bytes().to_vec();

@@ -1,0 +1,502 @@
+//! One projection run over a gallery.
+//!
+//! Order of work, chosen so that bad input never costs finished work:
+//! 1. resolve and open every shard (headers only) and check dtype, layout, size and dimension;
+//! 2. check the output directory (not the input, writable) and take its lock;
+//! 3. per shard, skip it when the manifest says an identical output exists, else: map the input,
+//!    project fixed-size row chunks on the backend while a writer thread appends the previous
+//!    chunk to a temporary file and hashes it, fsync, rename into place, record in the manifest.
+//!
+//! A run killed at any moment leaves at worst a temporary file (ignored and overwritten later) or
+//! a finished output not yet in the manifest (redone, byte-identical): a rerun always ends with
+//! the same bytes as an uninterrupted run.
+
+use std::fs::File;
+use std::io::{BufWriter, Write};
+use std::path::{Path, PathBuf};
+use std::sync::atomic::{AtomicBool, Ordering};
+use std::sync::mpsc;
+use std::time::{Instant, UNIX_EPOCH};
+
+use serde::Serialize;
+use xxhash_rust::xxh3::Xxh3;
+
+use super::manifest::{OutputManifest, ShardRecord};
+use super::shards;
+use crate::align::{AlignedProjector, Modality};
+use crate::backend::cpu::BLOCK_ROWS;
+use crate::backend::{
+    Backend, BlockStats, ElemType, NonFinitePolicy, PreparedMap, ProjectionOptions, RowsIn, RowsOut,
+};
+use crate::error::{Error, Result};
+use crate::formats::npy::{self, Accept, NpyDtype, NpyMatrix};
+use crate::formats::{projector_file, sync_parent_dir, temporary_path};
+
+/// What to run.
+#[derive(Clone, Debug)]
+pub struct JobSpec {
+    /// A `.npy` shard, a directory of shards, or a text file listing shards.
+    pub input: PathBuf,
+    pub output_dir: PathBuf,
+    /// Which of the projector's modalities (needed when it holds both).
+    pub modality: Option<Modality>,
+    pub options: ProjectionOptions,
+    /// Redo every shard even when the manifest says it is finished.
+    pub overwrite: bool,
+    /// Output bytes per chunk (the unit of I/O, progress and cancellation); 0 = default.
+    pub chunk_bytes: usize,
+}
+
+impl JobSpec {
+    pub fn new(input: impl Into<PathBuf>, output_dir: impl Into<PathBuf>) -> Self {
+        JobSpec {
+            input: input.into(),
+            output_dir: output_dir.into(),
+            modality: None,
+            options: ProjectionOptions::default(),
+            overwrite: false,
+            chunk_bytes: 0,
+        }
+    }
+}
+
+const DEFAULT_CHUNK_BYTES: usize = 16 << 20;
+const MAX_CHUNK_ROWS: usize = 1 << 16;
+
+/// Receives progress; implementations must be cheap (called once per chunk).
+pub trait ProgressSink: Sync {
+    /// Called once before any work: total rows and shards that will be processed (skipped
+    /// shards excluded).
+    fn start(&self, _rows_to_process: u64, _shards_to_process: usize) {}
+    /// Rows just finished (cumulative count is the caller's business).
+    fn advance(&self, _rows: u64) {}
+    /// A shard finished (or was skipped).
+    fn shard_done(&self, _name: &str, _skipped: bool) {}
+    /// Called once at the end, on success or failure.
+    fn finish(&self) {}
+}
+
+/// A sink that ignores everything.
+pub struct SilentProgress;
+impl ProgressSink for SilentProgress {}
+
+/// What a run did.
+#[derive(Clone, Debug, Default, Serialize)]
+pub struct JobSummary {
+    pub backend: String,
+    pub output_dir: String,
+    pub shards_total: usize,
+    pub shards_processed: usize,
+    pub shards_skipped: usize,
+    pub rows_processed: u64,
+    pub rows_skipped: u64,
+    pub seconds: f64,
+    pub rows_per_second: f64,
+    pub bytes_read: u64,
+    pub gb_per_second_read: f64,
+    pub bytes_written: u64,
+    pub zero_norm_rows: u64,
+    pub nonfinite_rows: u64,
+    pub d_in: usize,
+    pub d_out: usize,
+    pub form: String,
+    pub dtype: String,
+    pub normalized: bool,
+    pub input_kind: String,
+    pub modality: String,
+    pub projector: String,
+}
+
+struct OpenShard {
+    path: PathBuf,
+    name: String,
+    matrix: NpyMatrix,
+    size: u64,
+    mtime_ns: u64,
+}
+
+fn elem_of(d: NpyDtype) -> ElemType {
+    match d {
+        NpyDtype::F16 => ElemType::F16,
+        _ => ElemType::F32,
+    }
+}
+
+fn canonical(p: &Path) -> PathBuf {
+    std::fs::canonicalize(p).unwrap_or_else(|_| p.to_path_buf())
+}
+
+/// Runs the job. `cancel` is polled between chunks; a cancelled run removes its temporary file
+/// and returns `Error::Cancelled` with every finished shard kept.
+pub fn run_job(
+    spec: &JobSpec,
+    projector: &AlignedProjector,
+    backend: &dyn Backend,
+    progress: &dyn ProgressSink,
+    cancel: &AtomicBool,
+) -> Result<JobSummary> {
+    let result = run_job_inner(spec, projector, backend, progress, cancel);
+    progress.finish();
+    result
+}
+
+fn run_job_inner(
+    spec: &JobSpec,
+    projector: &AlignedProjector,
+    backend: &dyn Backend,
+    progress: &dyn ProgressSink,
+    cancel: &AtomicBool,
+) -> Result<JobSummary> {
+    let t0 = Instant::now();
+    let opts = spec.options;
+    let maps = projector.only_modality(spec.modality)?;
+    let map = PreparedMap::select(maps, opts.input_kind, opts.form)?;
+    let projector_id = projector_file::content_digest(projector);
+
+    // 1. Every shard, validated before any work.
+    let paths = shards::discover(&spec.input)?;
+    let mut open = Vec::with_capacity(paths.len());
+    for path in paths {
+        let matrix = NpyMatrix::open(&path, Accept::Embeddings)?;
+        if matrix.cols != map.d_in() {
+            let what = match opts.input_kind {
+                crate::backend::InputKind::Features => format!(
+                    "{} features of dimension {} (pre-projection)",
+                    maps.modality,
+                    map.d_in()
+                ),
+                crate::backend::InputKind::Embeddings => format!(
+                    "{} embeddings of dimension {} (already projected)",
+                    maps.modality,
+                    map.d_in()
+                ),
+            };
+            return Err(Error::Shape(format!(
+                "{}: rows have {} dimensions but the projector expects {what}{}",
+                path.display(),
+                matrix.cols,
+                if matrix.cols == maps.d && opts.input_kind == crate::backend::InputKind::Features {
+                    "; these look like projected embeddings: use --input-kind embeddings"
+                } else {
+                    ""
+                }
+            )));
+        }
+        let meta = std::fs::metadata(&path).map_err(|e| Error::io(&path, e))?;
+        let mtime_ns = meta
+            .modified()
+            .ok()
+            .and_then(|t| t.duration_since(UNIX_EPOCH).ok())
+            .map(|d| d.as_nanos() as u64)
+            .unwrap_or(0);
+        let name = path
+            .file_name()
+            .map(|n| n.to_string_lossy().into_owned())
+            .unwrap_or_default();
+        open.push(OpenShard {
+            path,
+            name,
+            matrix,
+            size: meta.len(),
+            mtime_ns,
+        });
+    }
+
+    // 2. The output directory.
+    let out_dir = &spec.output_dir;
+    std::fs::create_dir_all(out_dir).map_err(|e| Error::io(out_dir, e))?;
+    let out_canon = canonical(out_dir);
+    if std::fs::metadata(&spec.input)
+        .map(|m| m.is_dir())
+        .unwrap_or(false)
+    {
+        let in_canon = canonical(&spec.input);
+        if out_canon.starts_with(&in_canon) {
+            return Err(Error::invalid(format!(
+                "output directory {} is inside (or equal to) the input directory {}; choose a directory outside the input",
+                out_dir.display(),
+                spec.input.display()
+            )));
+        }
+    }
+    for s in &open {
+        if canonical(&s.path) == out_canon.join(&s.name) {
+            return Err(Error::invalid(format!(
+                "output directory {} would overwrite its input shard {}; choose another --output",
+                out_dir.display(),
+                s.path.display()
+            )));
+        }
+    }
+    let probe = out_dir.join(".isoclip-write-test");
+    File::create(&probe)
+        .and_then(|mut f| f.write_all(b"ok"))
+        .map_err(|e| {
+            Error::io(
+                out_dir,
+                std::io::Error::new(e.kind(), format!("output directory is not writable: {e}")),
+            )
+        })?;
+    let _ = std::fs::remove_file(&probe);
+    let lock_path = out_dir.join(".isoclip.lock");
+    let lock = File::create(&lock_path).map_err(|e| Error::io(&lock_path, e))?;
+    if lock.try_lock().is_err() {
+        return Err(Error::invalid(format!(
+            "another isoclip run is writing to {} (lock {} is held)",
+            out_dir.display(),
+            lock_path.display()
+        )));
+    }
+
+    // 3. Plan: which shards are already done.
+    let (mut manifest, warning) = OutputManifest::load(out_dir);
+    if let Some(w) = warning {
+        eprintln!("warning: {w}");
+    }
+    let out_elem = opts.output;
+    let record_for = |s: &OpenShard| ShardRecord {
+        input: canonical(&s.path).display().to_string(),
+        input_size: s.size,
+        input_mtime_ns: s.mtime_ns,
+        rows: s.matrix.rows as u64,
+        cols_in: s.matrix.cols as u64,
+        cols_out: map.d_out() as u64,
+        output_size: 0,
+        output_xxh3: String::new(),
+        projector: projector_id.clone(),
+        modality: maps.modality.name().into(),
+        input_kind: opts.input_kind.name().into(),
+        form: opts.form.name().into(),
+        dtype: out_elem.name().into(),
+        normalize: opts.normalize,
+        nonfinite: match opts.nonfinite {
+            NonFinitePolicy::Error => "error".into(),
+            NonFinitePolicy::Zero => "zero".into(),
+        },
+        zero_norm_rows: 0,
+        nonfinite_rows: 0,
+    };
+    let mut todo = Vec::new();
+    let mut summary = JobSummary {
+        backend: backend.describe(),
+        output_dir: out_dir.display().to_string(),
+        shards_total: open.len(),
+        d_in: map.d_in(),
+        d_out: map.d_out(),
+        form: opts.form.name().into(),
+        dtype: out_elem.name().into(),
+        normalized: opts.normalize,
+        input_kind: opts.input_kind.name().into(),
+        modality: maps.modality.name().into(),
+        projector: projector_id.clone(),
+        ..Default::default()
+    };
+    for (i, s) in open.iter().enumerate() {
+        let want = record_for(s);
+        let done = !spec.overwrite
+            && manifest.shards.get(&s.name).is_some_and(|r| {
+                r.matches(&want)
+                    && std::fs::metadata(out_dir.join(&s.name))
+                        .map(|m| m.len() == r.output_size)
+                        .unwrap_or(false)
+            });
+        if done {
+            let r = &manifest.shards[&s.name];
+            summary.shards_skipped += 1;
+            summary.rows_skipped += s.matrix.rows as u64;
+            summary.zero_norm_rows += r.zero_norm_rows;
+            summary.nonfinite_rows += r.nonfinite_rows;
+            progress.shard_done(&s.name, true);
+        } else {
+            todo.push(i);
+        }
+    }
+    progress.start(
+        todo.iter().map(|&i| open[i].matrix.rows as u64).sum(),
+        todo.len(),
+    );
+
+    // 4. Work.
+    let chunk_bytes = if spec.chunk_bytes == 0 {
+        DEFAULT_CHUNK_BYTES
+    } else {
+        spec.chunk_bytes
+    };
+    let out_row_bytes = map.d_out() * out_elem.size();
+    let chunk_rows = ((chunk_bytes / out_row_bytes.max(1)).clamp(BLOCK_ROWS, MAX_CHUNK_ROWS)
+        / BLOCK_ROWS)
+        * BLOCK_ROWS;
+    for i in todo {
+        let s = &open[i];
+        if cancel.load(Ordering::Relaxed) {
+            return Err(Error::Cancelled);
+        }
+        let out_path = out_dir.join(&s.name);
+        let (stats, size, hash) = project_shard(
+            s, &out_path, &map, &opts, backend, chunk_rows, progress, cancel,
+        )?;
+        let mut rec = record_for(s);
+        rec.output_size = size;
+        rec.output_xxh3 = format!("{hash:016x}");
+        rec.zero_norm_rows = stats.zero_norm_rows;
+        rec.nonfinite_rows = stats.nonfinite_rows;
+        manifest.shards.insert(s.name.clone(), rec);
+        manifest.save(out_dir)?;
+        summary.shards_processed += 1;
+        summary.rows_processed += s.matrix.rows as u64;
+        summary.bytes_read += (s.matrix.rows * s.matrix.cols * s.matrix.dtype.size()) as u64;
+        summary.bytes_written += size;
+        summary.zero_norm_rows += stats.zero_norm_rows;
+        summary.nonfinite_rows += stats.nonfinite_rows;
+        progress.shard_done(&s.name, false);
+    }
+    drop(lock);
+    summary.seconds = t0.elapsed().as_secs_f64();
+    if summary.seconds > 0.0 {
+        summary.rows_per_second = summary.rows_processed as f64 / summary.seconds;
+        summary.gb_per_second_read = summary.bytes_read as f64 / summary.seconds / 1e9;
+    }
+    Ok(summary)
+}
+
+/// Projects one shard into `out_path` (through its temporary name). Returns the stats, the
+/// output size and its xxh3-64.
+#[allow(clippy::too_many_arguments)]
+fn project_shard(
+    s: &OpenShard,
+    out_path: &Path,
+    map: &PreparedMap,
+    opts: &ProjectionOptions,
+    backend: &dyn Backend,
+    chunk_rows: usize,
+    progress: &dyn ProgressSink,
+    cancel: &AtomicBool,
+) -> Result<(BlockStats, u64, u64)> {
+    let tmp = temporary_path(out_path);
+    let result = write_shard(
+        s, &tmp, out_path, map, opts, backend, chunk_rows, progress, cancel,
+    );
+    match result {
+        Ok(v) => {
+            std::fs::rename(&tmp, out_path).map_err(|e| Error::io(out_path, e))?;
+            sync_parent_dir(out_path);
+            Ok(v)
+        }
+        Err(e) => {
+            let _ = std::fs::remove_file(&tmp);
+            Err(e)
+        }
+    }
+}
+
+#[allow(clippy::too_many_arguments)]
+fn write_shard(
+    s: &OpenShard,
+    tmp: &Path,
+    out_path: &Path,
+    map: &PreparedMap,
+    opts: &ProjectionOptions,
+    backend: &dyn Backend,
+    chunk_rows: usize,
+    progress: &dyn ProgressSink,
+    cancel: &AtomicBool,
+) -> Result<(BlockStats, u64, u64)> {
+    let out_elem = opts.output;
+    let d_out = map.d_out();
+    let rows = s.matrix.rows;
+    let in_elem = elem_of(s.matrix.dtype);
+    let out_npy = match out_elem {
+        ElemType::F16 => NpyDtype::F16,
+        ElemType::F32 => NpyDtype::F32,
+    };
+    let io_err = |e: std::io::Error| Error::io(out_path, e);
+    let file = File::create(tmp).map_err(io_err)?;
+    let mut writer = BufWriter::with_capacity(1 << 20, file);
+    let mut hasher = Xxh3::new();
+    let header = npy::header_bytes(out_npy, &[rows, d_out]);
+    writer.write_all(&header).map_err(io_err)?;
+    hasher.update(&header);
+    s.matrix.advise_sequential();
+
+    let out_row_bytes = d_out * out_elem.size();
+    let mut stats = BlockStats::default();
+    // Compute on this thread, write on another: two chunk buffers circulate.
+    let (to_writer, writer_rx) = mpsc::sync_channel::<(Vec<u8>, usize)>(1);
+    let (to_compute, compute_rx) = mpsc::sync_channel::<Vec<u8>>(2);
+    for _ in 0..2 {
+        to_compute
+            .send(vec![0u8; chunk_rows * out_row_bytes])
+            .expect("channel open");
+    }
+    let written: Result<(BufWriter<File>, Xxh3)> = std::thread::scope(|scope| {
+        let writer_thread = scope.spawn(
+            move || -> std::result::Result<(BufWriter<File>, Xxh3), std::io::Error> {
+                let mut failure = None;
+                for (buf, len) in writer_rx {
+                    if failure.is_none() {
+                        match writer.write_all(&buf[..len]) {
+                            Ok(()) => hasher.update(&buf[..len]),
+                            Err(e) => failure = Some(e),
+                        }
+                    }
+                    // Return the buffer even after a failure so the compute side never blocks.
+                    let _ = to_compute.send(buf);
+                }
+                match failure {
+                    Some(e) => Err(e),
+                    None => Ok((writer, hasher)),
+                }
+            },
+        );
+        let compute = (|| -> Result<()> {
+            let mut start = 0;
+            while start < rows {
+                if cancel.load(Ordering::Relaxed) {
+                    return Err(Error::Cancelled);
+                }
+                let n = chunk_rows.min(rows - start);
+                let mut buf = compute_rx
+                    .recv()
+                    .map_err(|_| Error::io(out_path, std::io::Error::other("writer stopped")))?;
+                let input = RowsIn::dense(
+                    s.matrix.row_bytes(start, start + n),
+                    n,
+                    s.matrix.cols,
+                    in_elem,
+                );
+                let out = RowsOut::dense(&mut buf[..n * out_row_bytes], n, d_out, out_elem);
+                match backend.project(map, opts, input, out) {
+                    Ok(st) => stats += st,
+                    Err(Error::NonFiniteRow { row }) => {
+                        return Err(Error::format(
+                            &s.path,
+                            format!(
+                                "row {} contains NaN or Inf (pass --nonfinite zero to write zeros for such rows instead)",
+                                start + row
+                            ),
+                        ))
+                    }
+                    Err(e) => return Err(e),
+                }
+                s.matrix.release_rows(start, start + n);
+                if to_writer.send((buf, n * out_row_bytes)).is_err() {
+                    break; // the writer failed; its error is reported below
+                }
+                progress.advance(n as u64);
+                start += n;
+            }
+            Ok(())
+        })();
+        drop(to_writer);
+        let w = writer_thread.join().expect("writer thread does not panic");
+        match (compute, w) {
+            (Err(e), _) => Err(e),
+            (Ok(()), w) => w.map_err(io_err),
+        }
+    });
+    let (writer, hasher) = written?;
+    let file = writer.into_inner().map_err(|e| io_err(e.into_error()))?;
+    file.sync_all().map_err(io_err)?;
+    let size = header.len() as u64 + (rows * out_row_bytes) as u64;
+    Ok((stats, size, hasher.digest()))
+}

@@ -1,0 +1,667 @@
+//! `isoclip project` end to end: parity, resume after SIGKILL, and every bad input.
+
+mod common;
+
+use std::path::{Path, PathBuf};
+use std::process::Command;
+use std::time::Duration;
+
+use common::*;
+use isoclip::align::synthetic::Rng;
+use isoclip::formats::npy::{Accept, NpyMatrix};
+use isoclip::formats::projector_file;
+
+/// Fits the synthetic projector into `dir/p.st` and returns its path.
+fn projector(dir: &Path) -> PathBuf {
+    let o = isoclip(&["fit", "-o", "p.st"], dir);
+    assert!(o.status.success(), "{}", stderr(&o));
+    dir.join("p.st")
+}
+
+fn gallery(dir: &Path, name: &str, shards: usize, rows: usize, dim: usize, dtype: &str) -> PathBuf {
+    let o = isoclip(
+        &[
+            "gallery",
+            "--out",
+            name,
+            "--shards",
+            &shards.to_string(),
+            "--rows",
+            &rows.to_string(),
+            "--dim",
+            &dim.to_string(),
+            "--dtype",
+            dtype,
+        ],
+        dir,
+    );
+    assert!(o.status.success(), "{}", stderr(&o));
+    dir.join(name)
+}
+
+fn read_rows(path: &Path) -> (usize, usize, Vec<f64>) {
+    let m = NpyMatrix::open(path, Accept::Embeddings).unwrap();
+    (m.rows, m.cols, m.to_f64())
+}
+
+fn dir_files(dir: &Path) -> Vec<(String, Vec<u8>)> {
+    if !dir.exists() {
+        return Vec::new();
+    }
+    let mut v: Vec<(String, Vec<u8>)> = std::fs::read_dir(dir)
+        .unwrap()
+        .map(|e| e.unwrap().path())
+        .filter(|p| p.extension().is_some_and(|x| x == "npy"))
+        .map(|p| {
+            (
+                p.file_name().unwrap().to_string_lossy().into_owned(),
+                std::fs::read(&p).unwrap(),
+            )
+        })
+        .collect();
+    v.sort();
+    v
+}
+
+#[test]
+fn projects_a_gallery_matching_the_f64_reference() {
+    let dir = tempfile::tempdir().unwrap();
+    let p = projector(dir.path());
+    let g = gallery(dir.path(), "g", 3, 1000, 768, "f16");
+    for (form, dtype, tol) in [("compact", "f16", 2e-3), ("full", "f32", 1e-5)] {
+        let out = format!("out_{form}");
+        let o = isoclip(
+            &[
+                "project",
+                "--projector",
+                "p.st",
+                "--input",
+                "g",
+                "--output",
+                &out,
+                "--form",
+                form,
+                "--dtype",
+                dtype,
+                "--json",
+            ],
+            dir.path(),
+        );
+        assert!(o.status.success(), "{}", stderr(&o));
+        let s: serde_json::Value = serde_json::from_str(&stdout(&o)).unwrap();
+        assert_eq!(s["rows_processed"], 3000);
+        assert_eq!(s["shards_processed"], 3);
+        let proj = projector_file::load(&p).unwrap();
+        let maps = proj.image.as_ref().unwrap();
+        let map = if form == "compact" {
+            &maps.compact
+        } else {
+            &maps.full
+        };
+        for shard in ["img_emb_0000.npy", "img_emb_0002.npy"] {
+            let (rows, cols, x) = read_rows(&g.join(shard));
+            let (orows, ocols, y) = read_rows(&dir.path().join(&out).join(shard));
+            assert_eq!((orows, ocols), (rows, map.d_out()));
+            for r in (0..rows).step_by(97) {
+                let xr: Vec<f32> = x[r * cols..(r + 1) * cols]
+                    .iter()
+                    .map(|v| *v as f32)
+                    .collect();
+                let want = map.apply_row(&xr);
+                let n = want.iter().map(|v| v * v).sum::<f64>().sqrt();
+                for c in 0..ocols {
+                    let d = (y[r * ocols + c] - want[c] / n).abs();
+                    assert!(d <= tol, "{form} {shard} row {r} col {c}: {d}");
+                }
+            }
+        }
+    }
+}
+
+#[test]
+fn embedding_route_matches_feature_route() {
+    let dir = tempfile::tempdir().unwrap();
+    let p = projector(dir.path());
+    let proj = projector_file::load(&p).unwrap();
+    let maps = proj.image.as_ref().unwrap();
+    // Features, and the ordinary CLIP embeddings e = x P_i, L2-normalised, stored as f16.
+    let mut rng = Rng::new(3);
+    let n = 300;
+    let feats: Vec<f64> = (0..n * 768).map(|_| rng.normal()).collect();
+    let mut emb = Vec::with_capacity(n * 512);
+    for r in 0..n {
+        let x: Vec<f32> = feats[r * 768..(r + 1) * 768]
+            .iter()
+            .map(|v| *v as f32)
+            .collect();
+        let e = maps.plain.apply_row(&x);
+        let norm = e.iter().map(|v| v * v).sum::<f64>().sqrt();
+        emb.extend(e.iter().map(|v| v / norm));
+    }
+    std::fs::create_dir(dir.path().join("f")).unwrap();
+    std::fs::create_dir(dir.path().join("e")).unwrap();
+    write_npy_f32(&dir.path().join("f/s.npy"), n, 768, &feats);
+    let emb16: Vec<u8> = emb
+        .iter()
+        .flat_map(|v| half::f16::from_f64(*v).to_le_bytes())
+        .collect();
+    write_npy_raw(&dir.path().join("e/s.npy"), "<f2", &[n, 512], false, &emb16);
+    let a = isoclip(
+        &[
+            "project",
+            "--projector",
+            "p.st",
+            "--input",
+            "f",
+            "--output",
+            "of",
+            "--dtype",
+            "f32",
+        ],
+        dir.path(),
+    );
+    assert!(a.status.success(), "{}", stderr(&a));
+    let b = isoclip(
+        &[
+            "project",
+            "--projector",
+            "p.st",
+            "--input",
+            "e",
+            "--output",
+            "oe",
+            "--dtype",
+            "f32",
+            "--input-kind",
+            "embeddings",
+        ],
+        dir.path(),
+    );
+    assert!(b.status.success(), "{}", stderr(&b));
+    let (_, c1, y1) = read_rows(&dir.path().join("of/s.npy"));
+    let (_, c2, y2) = read_rows(&dir.path().join("oe/s.npy"));
+    assert_eq!(c1, c2);
+    // Compare cosines between pairs of rows (the two routes agree up to fp16 storage of e).
+    let cos = |y: &[f64], c: usize, i: usize, j: usize| {
+        (0..c).map(|k| y[i * c + k] * y[j * c + k]).sum::<f64>()
+    };
+    let mut worst = 0.0f64;
+    for i in 0..40 {
+        for j in 0..40 {
+            worst = worst.max((cos(&y1, c1, i, j) - cos(&y2, c2, i, j)).abs());
+        }
+    }
+    assert!(worst < 2e-3, "max |Δcos| between routes {worst}");
+}
+
+#[test]
+fn sigkill_at_any_moment_then_rerun_is_byte_identical() {
+    let dir = tempfile::tempdir().unwrap();
+    projector(dir.path());
+    gallery(dir.path(), "g", 4, 6000, 768, "f16");
+    let clean = isoclip(
+        &[
+            "project",
+            "--projector",
+            "p.st",
+            "--input",
+            "g",
+            "--output",
+            "clean",
+            "--quiet",
+        ],
+        dir.path(),
+    );
+    assert!(clean.status.success(), "{}", stderr(&clean));
+    let reference = dir_files(&dir.path().join("clean"));
+    assert_eq!(reference.len(), 4);
+
+    let mut killed_midway = 0;
+    for (attempt, delay_ms) in [5u64, 20, 45, 80, 120, 170, 250].iter().enumerate() {
+        let out = format!("run{attempt}");
+        let mut kills = 0;
+        // Kill repeatedly at growing delays, then let it finish.
+        for k in 0..3 {
+            let mut child = Command::new(env!("CARGO_BIN_EXE_isoclip"))
+                .args([
+                    "project",
+                    "--projector",
+                    "p.st",
+                    "--input",
+                    "g",
+                    "--output",
+                    &out,
+                    "--quiet",
+                    "--chunk-bytes",
+                    "65536",
+                ])
+                .current_dir(dir.path())
+                .spawn()
+                .unwrap();
+            std::thread::sleep(Duration::from_millis(delay_ms * (k + 1)));
+            if child.try_wait().unwrap().is_none() {
+                child.kill().unwrap(); // SIGKILL
+                kills += 1;
+            }
+            child.wait().unwrap();
+            // No final-named output is ever partial: each is complete or absent.
+            for (name, bytes) in dir_files(&dir.path().join(&out)) {
+                let want = &reference.iter().find(|(n, _)| *n == name).unwrap().1;
+                assert!(
+                    bytes == *want,
+                    "{out}: {name} exists but differs after a kill"
+                );
+            }
+        }
+        if kills > 0 {
+            killed_midway += 1;
+        }
+        let fin = isoclip(
+            &[
+                "project",
+                "--projector",
+                "p.st",
+                "--input",
+                "g",
+                "--output",
+                &out,
+                "--quiet",
+            ],
+            dir.path(),
+        );
+        assert!(fin.status.success(), "{}", stderr(&fin));
+        assert_eq!(
+            dir_files(&dir.path().join(&out)),
+            reference,
+            "{out} differs after resume"
+        );
+    }
+    assert!(
+        killed_midway >= 3,
+        "the kills never landed mid-run ({killed_midway})"
+    );
+}
+
+#[test]
+fn rerun_skips_matching_shards_and_redoes_changed_ones() {
+    let dir = tempfile::tempdir().unwrap();
+    projector(dir.path());
+    gallery(dir.path(), "g", 3, 500, 768, "f16");
+    let run = |extra: &[&str]| {
+        let mut a = vec![
+            "project",
+            "--projector",
+            "p.st",
+            "--input",
+            "g",
+            "--output",
+            "o",
+            "--json",
+        ];
+        a.extend(extra);
+        let o = isoclip(&a, dir.path());
+        assert!(o.status.success(), "{}", stderr(&o));
+        serde_json::from_str::<serde_json::Value>(&stdout(&o)).unwrap()
+    };
+    assert_eq!(run(&[])["shards_processed"], 3);
+    assert_eq!(run(&[])["shards_skipped"], 3);
+    // Changing an option redoes everything; changing one input redoes one shard.
+    assert_eq!(run(&["--dtype", "f32"])["shards_processed"], 3);
+    std::thread::sleep(Duration::from_millis(20));
+    let o = isoclip(
+        &[
+            "gallery", "--out", "g", "--shards", "1", "--rows", "500", "--seed", "9",
+        ],
+        dir.path(),
+    );
+    assert!(o.status.success());
+    let s = run(&["--dtype", "f32"]);
+    assert_eq!(
+        (s["shards_processed"].clone(), s["shards_skipped"].clone()),
+        (1.into(), 2.into())
+    );
+    assert_eq!(
+        run(&["--dtype", "f32", "--overwrite"])["shards_processed"],
+        3
+    );
+    // A deleted output is redone.
+    std::fs::remove_file(dir.path().join("o/img_emb_0001.npy")).unwrap();
+    assert_eq!(run(&["--dtype", "f32"])["shards_processed"], 1);
+}
+
+#[test]
+fn zero_rows_and_nonfinite_rows() {
+    let dir = tempfile::tempdir().unwrap();
+    projector(dir.path());
+    std::fs::create_dir(dir.path().join("g")).unwrap();
+    let mut rng = Rng::new(1);
+    let mut x: Vec<f64> = (0..400 * 768).map(|_| rng.normal()).collect();
+    x[10 * 768..11 * 768].iter_mut().for_each(|v| *v = 0.0);
+    x[333 * 768 + 5] = f64::NAN;
+    write_npy_f32(&dir.path().join("g/s.npy"), 400, 768, &x);
+    let o = isoclip(
+        &[
+            "project",
+            "--projector",
+            "p.st",
+            "--input",
+            "g",
+            "--output",
+            "o",
+        ],
+        dir.path(),
+    );
+    assert_fails_with(&o, &["s.npy", "row 333", "NaN or Inf"]);
+    assert!(!dir.path().join("o/s.npy").exists());
+    assert!(std::fs::read_dir(dir.path().join("o")).unwrap().all(|e| !e
+        .unwrap()
+        .file_name()
+        .to_string_lossy()
+        .contains("tmp")));
+    let o = isoclip(
+        &[
+            "project",
+            "--projector",
+            "p.st",
+            "--input",
+            "g",
+            "--output",
+            "o",
+            "--nonfinite",
+            "zero",
+            "--json",
+        ],
+        dir.path(),
+    );
+    assert!(o.status.success(), "{}", stderr(&o));
+    let s: serde_json::Value = serde_json::from_str(&stdout(&o)).unwrap();
+    assert_eq!(s["zero_norm_rows"], 1);
+    assert_eq!(s["nonfinite_rows"], 1);
+    let (_, c, y) = read_rows(&dir.path().join("o/s.npy"));
+    assert!(y[10 * c..11 * c].iter().all(|v| *v == 0.0));
+    assert!(y[333 * c..334 * c].iter().all(|v| *v == 0.0));
+}
+
+#[test]
+fn bad_shards_are_refused_before_any_work() {
+    let dir = tempfile::tempdir().unwrap();
+    projector(dir.path());
+    let cases: Vec<(&str, &str, Vec<usize>, bool, usize, Vec<&str>)> = vec![
+        (
+            "f8.npy",
+            "<f8",
+            vec![4, 768],
+            false,
+            8,
+            vec!["f8.npy", "'<f8'", "not supported"],
+        ),
+        (
+            "int.npy",
+            "<i4",
+            vec![4, 768],
+            false,
+            4,
+            vec!["int.npy", "'<i4'"],
+        ),
+        (
+            "one_d.npy",
+            "<f2",
+            vec![768],
+            false,
+            2,
+            vec!["one_d.npy", "1-D", "2-D"],
+        ),
+        (
+            "three_d.npy",
+            "<f2",
+            vec![2, 2, 768],
+            false,
+            2,
+            vec!["three_d.npy", "3-D"],
+        ),
+        (
+            "fortran.npy",
+            "<f2",
+            vec![4, 768],
+            true,
+            2,
+            vec!["fortran.npy", "Fortran"],
+        ),
+        (
+            "dim.npy",
+            "<f2",
+            vec![4, 500],
+            false,
+            2,
+            vec!["dim.npy", "500 dimensions", "768"],
+        ),
+        (
+            "emb.npy",
+            "<f2",
+            vec![4, 512],
+            false,
+            2,
+            vec!["emb.npy", "512 dimensions", "--input-kind embeddings"],
+        ),
+    ];
+    for (name, descr, shape, fortran, esize, needles) in cases {
+        let sub = dir.path().join(format!("in_{name}"));
+        std::fs::create_dir(&sub).unwrap();
+        let n: usize = shape.iter().product();
+        write_npy_raw(
+            &sub.join(name),
+            descr,
+            &shape,
+            fortran,
+            &vec![0u8; n * esize],
+        );
+        // A good shard next to it must not be processed either.
+        write_npy_raw(
+            &sub.join("aaa_good.npy"),
+            "<f2",
+            &[4, 768],
+            false,
+            &vec![0u8; 4 * 768 * 2],
+        );
+        let out = format!("out_{name}");
+        let o = isoclip(
+            &[
+                "project",
+                "--projector",
+                "p.st",
+                "--input",
+                sub.to_str().unwrap(),
+                "--output",
+                &out,
+            ],
+            dir.path(),
+        );
+        assert_fails_with(&o, &needles);
+        assert!(
+            !dir.path().join(&out).join("aaa_good.npy").exists(),
+            "{name}: work done despite a bad shard"
+        );
+    }
+    // Truncated: header promises more rows than the file holds.
+    let sub = dir.path().join("trunc");
+    std::fs::create_dir(&sub).unwrap();
+    write_npy_raw(
+        &sub.join("t.npy"),
+        "<f2",
+        &[1000, 768],
+        false,
+        &vec![0u8; 999 * 768 * 2],
+    );
+    let o = isoclip(
+        &[
+            "project",
+            "--projector",
+            "p.st",
+            "--input",
+            "trunc",
+            "--output",
+            "o_t",
+        ],
+        dir.path(),
+    );
+    assert_fails_with(&o, &["t.npy", "truncated", "1000 x 768"]);
+}
+
+#[test]
+fn output_directory_checks() {
+    let dir = tempfile::tempdir().unwrap();
+    projector(dir.path());
+    gallery(dir.path(), "g", 1, 10, 768, "f16");
+    let o = isoclip(
+        &[
+            "project",
+            "--projector",
+            "p.st",
+            "--input",
+            "g",
+            "--output",
+            "g",
+        ],
+        dir.path(),
+    );
+    assert_fails_with(&o, &["inside (or equal to) the input"]);
+    let o = isoclip(
+        &[
+            "project",
+            "--projector",
+            "p.st",
+            "--input",
+            "g",
+            "--output",
+            "g/sub",
+        ],
+        dir.path(),
+    );
+    assert_fails_with(&o, &["inside (or equal to) the input"]);
+    let o = isoclip(
+        &[
+            "project",
+            "--projector",
+            "p.st",
+            "--input",
+            "g/img_emb_0000.npy",
+            "--output",
+            "g",
+        ],
+        dir.path(),
+    );
+    assert_fails_with(&o, &["would overwrite its input shard"]);
+    std::fs::write(dir.path().join("afile"), b"x").unwrap();
+    let o = isoclip(
+        &[
+            "project",
+            "--projector",
+            "p.st",
+            "--input",
+            "g",
+            "--output",
+            "afile/out",
+        ],
+        dir.path(),
+    );
+    assert_fails_with(&o, &["afile/out"]);
+    assert_eq!(
+        std::fs::read(dir.path().join("g/img_emb_0000.npy"))
+            .unwrap()
+            .len(),
+        128 + 10 * 768 * 2
+    );
+}
+
+/// A disk that fills up mid-run: a clean error naming the file, finished shards kept, no
+/// temporary file left; after freeing space a rerun completes with the right bytes.
+/// Needs root (tmpfs mount), which CI and the development machines have.
+#[test]
+fn disk_full_mid_run_then_rerun_completes() {
+    let dir = tempfile::tempdir().unwrap();
+    projector(dir.path());
+    gallery(dir.path(), "g", 3, 2000, 768, "f16"); // each output: 2000 x 262 x 2 ≈ 1.05 MB
+    let clean = isoclip(
+        &[
+            "project",
+            "--projector",
+            "p.st",
+            "--input",
+            "g",
+            "--output",
+            "clean",
+            "--quiet",
+        ],
+        dir.path(),
+    );
+    assert!(clean.status.success());
+    let mnt = dir.path().join("small_disk");
+    std::fs::create_dir(&mnt).unwrap();
+    let m = Command::new("mount")
+        .args(["-t", "tmpfs", "-o", "size=2600k", "tmpfs"])
+        .arg(&mnt)
+        .status()
+        .unwrap();
+    assert!(
+        m.success(),
+        "mounting a small tmpfs needs root; run the test suite as root"
+    );
+    struct Unmount(PathBuf);
+    impl Drop for Unmount {
+        fn drop(&mut self) {
+            let _ = Command::new("umount").arg(&self.0).status();
+        }
+    }
+    let _guard = Unmount(mnt.clone());
+    let out = mnt.join("out");
+    let o = isoclip(
+        &[
+            "project",
+            "--projector",
+            "p.st",
+            "--input",
+            "g",
+            "--output",
+            out.to_str().unwrap(),
+            "--quiet",
+        ],
+        dir.path(),
+    );
+    assert_fails_with(&o, &["img_emb_0002.npy", "No space left"]);
+    let names: Vec<String> = std::fs::read_dir(&out)
+        .unwrap()
+        .map(|e| e.unwrap().file_name().to_string_lossy().into_owned())
+        .collect();
+    assert!(
+        !names.iter().any(|n| n.contains("isoclip-tmp")),
+        "temporary file left: {names:?}"
+    );
+    assert!(names.contains(&"img_emb_0001.npy".to_string()));
+    // Free space: remount bigger (tmpfs keeps its files on remount).
+    let r = Command::new("mount")
+        .args(["-o", "remount,size=8m"])
+        .arg(&mnt)
+        .status()
+        .unwrap();
+    assert!(r.success());
+    let o = isoclip(
+        &[
+            "project",
+            "--projector",
+            "p.st",
+            "--input",
+            "g",
+            "--output",
+            out.to_str().unwrap(),
+            "--json",
+        ],
+        dir.path(),
+    );
+    assert!(o.status.success(), "{}", stderr(&o));
+    let s: serde_json::Value = serde_json::from_str(&stdout(&o)).unwrap();
+    assert_eq!(
+        (s["shards_processed"].clone(), s["shards_skipped"].clone()),
+        (1.into(), 2.into())
+    );
+    assert_eq!(dir_files(&out), dir_files(&dir.path().join("clean")));
+}
