@@ -97,6 +97,23 @@ pub fn run(a: SweepArgs) -> Result<()> {
         .k_bottom_grid
         .clone()
         .unwrap_or_else(|| default_k_bottom_grid(r));
+    let mut bands = Vec::new();
+    let mut skipped = Vec::new();
+    for &kt in &k_tops {
+        for &kb in &k_bottoms {
+            let band = BandSpec::new(kt, kb);
+            if band.kept(r).is_ok() {
+                bands.push(band);
+            } else {
+                skipped.push(band);
+            }
+        }
+    }
+    if bands.is_empty() {
+        return Err(Error::Band(format!(
+            "no band of the grid keeps a direction of the {r} singular directions of Ψ (every k_top + k_bottom >= {r})"
+        )));
+    }
     let opts = RetrievalOptions {
         curve_max_k: 10,
         histogram_bins: 0,
@@ -113,43 +130,31 @@ pub fn run(a: SweepArgs) -> Result<()> {
     let baseline = eval::evaluate_sets(sets, plain, kind, opts)?.summary;
     let progress = !a.json && std::io::stderr().is_terminal();
     let mut results: Vec<BandResult> = Vec::new();
-    let mut skipped = Vec::new();
     let mut best: Option<(usize, ModalityMaps)> = None;
-    for &kt in &k_tops {
-        for &kb in &k_bottoms {
-            let band = BandSpec::new(kt, kb);
-            if band.kept(r).is_err() {
-                skipped.push(band);
-                continue;
-            }
-            let maps = fit_modality(weights, &spectrum, modality, band)?;
-            let (_, iso) = Projection::pair(&maps, kind)?;
-            let summary = eval::evaluate_sets(sets, iso, kind, opts)?.summary;
-            let better = match &best {
-                None => true,
-                Some((i, _)) => summary.map > results[*i].summary.map,
-            };
-            results.push(BandResult {
-                band,
-                m: maps.m,
-                summary,
-            });
-            if better {
-                best = Some((results.len() - 1, maps));
-            }
-            if progress {
-                eprint!("\r  evaluated {} bands", results.len());
-            }
+    for &band in &bands {
+        let maps = fit_modality(weights, &spectrum, modality, band)?;
+        let (_, iso) = Projection::pair(&maps, kind)?;
+        let summary = eval::evaluate_sets(sets, iso, kind, opts)?.summary;
+        let better = match &best {
+            None => true,
+            Some((i, _)) => summary.map > results[*i].summary.map,
+        };
+        results.push(BandResult {
+            band,
+            m: maps.m,
+            summary,
+        });
+        if better {
+            best = Some((results.len() - 1, maps));
+        }
+        if progress {
+            eprint!("\r  evaluated {} bands", results.len());
         }
     }
     if progress {
         eprintln!();
     }
-    let Some((best_i, best_maps)) = best else {
-        return Err(Error::Band(format!(
-            "no band of the grid keeps a direction of the {r} singular directions of Ψ (every k_top + k_bottom >= {r})"
-        )));
-    };
+    let (best_i, best_maps) = best.expect("at least one band was evaluated");
     if let Some(out) = &a.output {
         let mut p = AlignedProjector {
             fingerprint: weights.fingerprint.clone(),

@@ -56,7 +56,7 @@ impl QueryMetrics {
     pub fn from_ranks(ranks: &[u64], r_before: usize, gallery_len: usize) -> Self {
         let r = ranks.len();
         debug_assert!(ranks.windows(2).all(|w| w[0] < w[1]));
-        debug_assert!(ranks.last().map_or(true, |&p| p as usize <= gallery_len));
+        debug_assert!(ranks.iter().all(|&p| p as usize <= gallery_len));
         if r == 0 {
             return QueryMetrics {
                 reference_nan: true,

@@ -478,13 +478,13 @@ mod tests {
             .map(|i| {
                 let mut scores = Vec::new();
                 let mut rel = Vec::new();
-                for j in 0..g.rows {
+                for (j, &lj) in gl.iter().enumerate() {
                     if one_set && i == j {
                         continue;
                     }
                     let s: f32 = q.row(i).iter().zip(g.row(j)).map(|(a, b)| a * b).sum();
                     scores.push(s);
-                    rel.push(ql[i] == gl[j]);
+                    rel.push(ql[i] == lj);
                 }
                 let r_before = gl.iter().filter(|&&l| l == ql[i]).count();
                 QueryMetrics::from_ranks(&ranks_by_full_sort(&scores, &rel), r_before, scores.len())
