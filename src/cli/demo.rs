@@ -10,7 +10,14 @@ use super::fit::print_summary;
 use crate::align::synthetic::{SyntheticModel, SYNTHETIC_IMAGE_BAND};
 use crate::align::{fit, BandSpec, Modality};
 use crate::error::{Error, Result};
+use crate::formats::npy::NpyDtype;
 use crate::formats::projector_file;
+use std::sync::atomic::AtomicBool;
+
+use super::project::{print_summary as print_project_summary, BarProgress};
+use crate::backend::cpu::CpuBackend;
+use crate::engine::gallery::write_random_gallery;
+use crate::engine::{run_job, JobSpec};
 
 #[derive(Args, Debug)]
 #[command(
@@ -39,5 +46,28 @@ pub fn run(a: DemoArgs) -> Result<()> {
         projector_path.display(),
         t0.elapsed().as_secs_f64()
     );
+
+    println!(
+        "\n== 2. a SYNTHETIC gallery: {DEMO_SHARDS} shards x {DEMO_ROWS} rows x 768 fp16 features"
+    );
+    let gallery = a.dir.join("gallery");
+    write_random_gallery(&gallery, DEMO_SHARDS, DEMO_ROWS, 768, NpyDtype::F16, 1)?;
+    println!("wrote {}", gallery.display());
+
+    println!("\n== 3. project it into the IsoCLIP space (compact fp16, normalised; resumable)");
+    let backend = CpuBackend::new(None)?;
+    let spec = JobSpec::new(&gallery, a.dir.join("projected"));
+    let progress = BarProgress::new(true);
+    let summary = run_job(
+        &spec,
+        &projector,
+        &backend,
+        &progress,
+        &AtomicBool::new(false),
+    )?;
+    print_project_summary(&summary);
     Ok(())
 }
+
+const DEMO_SHARDS: usize = 4;
+const DEMO_ROWS: usize = 50_000;
