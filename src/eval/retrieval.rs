@@ -217,6 +217,11 @@ struct Scratch {
     rel_index: Vec<u32>,
     before: Vec<u64>,
     ranks: Vec<u64>,
+    /// Per score bucket (see `relevant_ranks`): relevant scores in earlier buckets, whether a
+    /// relevant score falls inside, and how many non-relevant items landed there.
+    above: Vec<u32>,
+    mixed: Vec<bool>,
+    landed: Vec<u32>,
 }
 
 struct BlockOut {
@@ -417,18 +422,61 @@ fn relevant_ranks(
     s.rel_index.extend(s.keys.iter().map(|k| k.1));
     s.before.clear();
     s.before.resize(r + 1, 0);
-    let lowest = s.rel_scores[r - 1];
     let (scores, index) = (&s.rel_scores[..], &s.rel_index[..]);
-    for (j, &x) in row.iter().enumerate() {
-        // Below the lowest relevant item: ranks after all of them, changes no rank.
-        if x < lowest || gallery_class[j] == c {
-            continue; // (the query's own entry has class c too, so it is skipped here)
+    let (lowest, highest) = (scores[r - 1], scores[0]);
+    // Placing each gallery score x among the sorted relevant scores without a binary search:
+    // cut [lowest, highest] into `nb` buckets with a monotone bucket function. A relevant v with
+    // bucket(v) < bucket(x) is > x, one with bucket(v) > bucket(x) is < x. So when no relevant
+    // score shares x's bucket, x's place is simply the number of relevant scores in earlier
+    // buckets, and a per-bucket counter suffices; only items in the few "mixed" buckets are
+    // placed exactly by a short scan. Scores below `lowest` go to an extra last bucket.
+    let nb = (4 * r).next_power_of_two().min(1 << 16);
+    let mut scale = nb as f32 / (highest - lowest);
+    if !(scale.is_finite() && scale > 0.0) {
+        scale = 0.0;
+    }
+    let bucket = |v: f32| -> usize {
+        if v < lowest {
+            nb
+        } else {
+            // saturating float -> int: x > highest gives 0
+            (((highest - v) * scale) as usize).min(nb - 1)
         }
-        let mut pos = scores.partition_point(|&v| v > x);
-        while pos < r && scores[pos] == x && (index[pos] as usize) < j {
-            pos += 1;
+    };
+    s.above.clear();
+    s.above.resize(nb + 1, 0);
+    s.mixed.clear();
+    s.mixed.resize(nb + 1, false);
+    s.landed.clear();
+    s.landed.resize(nb + 1, 0);
+    for &v in scores {
+        let b = bucket(v);
+        s.mixed[b] = true;
+        s.above[b + 1] += 1;
+    }
+    for b in 1..=nb {
+        s.above[b] += s.above[b - 1];
+    }
+    let (above, mixed) = (&s.above[..], &s.mixed[..]);
+    for (j, (&x, &g)) in row.iter().zip(gallery_class).enumerate() {
+        let b = bucket(x);
+        let non_relevant = g != c; // (the query's own entry has class c too: skipped)
+        if !mixed[b] {
+            s.landed[b] += non_relevant as u32;
+        } else if non_relevant {
+            let mut pos = above[b] as usize;
+            while pos < r && scores[pos] > x {
+                pos += 1;
+            }
+            // Equal scores: the item with the smaller gallery index ranks first.
+            while pos < r && scores[pos] == x && (index[pos] as usize) < j {
+                pos += 1;
+            }
+            s.before[pos] += 1;
         }
-        s.before[pos] += 1;
+    }
+    for b in 0..=nb {
+        s.before[above[b] as usize] += s.landed[b] as u64;
     }
     // A non-relevant item placed at `pos` ranks before relevant items pos, pos+1, ...
     let mut ahead = 0u64;
