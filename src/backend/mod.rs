@@ -3,6 +3,10 @@
 //! available, the CUDA backend plugs in behind the same trait.
 
 pub mod cpu;
+pub mod cuda;
+pub mod select;
+
+pub use select::{select_backend, DeviceChoice};
 
 use crate::align::{LinearMap, MatrixF32, ModalityMaps};
 use crate::error::{Error, Result};

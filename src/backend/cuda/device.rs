@@ -1,0 +1,841 @@
+//! [`CudaBackend`]: one worker per visible GPU, each with a ring of pipeline slots.
+//!
+//! A `project` call splits its rows into contiguous ranges, one per GPU, run on scoped threads.
+//! On each GPU the range is cut into sub-chunks (at most [`MAX_SUB_ROWS`] rows, fewer when the
+//! device-memory budget says so) that flow through [`SLOTS`] slots, each with its own stream,
+//! pinned staging buffers and device buffers:
+//!
+//! ```text
+//! host: pack i -> |          | drain i-2 (sync, flags, unpack) | pack i+1 ...
+//! slot stream i%3:  H2D i -> [convert i] -> project i -> D2H i
+//! ```
+//!
+//! so the host packs and unpacks while the copy engines and the SMs work on the other slots,
+//! and copies in both directions overlap kernels of other slots. Device memory is bounded by
+//! the ring (default 1 GiB per GPU, `ISOCLIP_CUDA_MEM_MB`). Weights are uploaded once per map
+//! and cached. cudarc's automatic event tracking is disabled: every buffer of a slot is used
+//! only on that slot's stream, the weights are uploaded and synchronised before any launch, and
+//! the context is synchronised before any shared buffer is replaced.
+
+use std::collections::HashMap;
+use std::sync::{Arc, Mutex};
+
+use cudarc::driver::result as cu;
+use cudarc::driver::sys;
+use cudarc::driver::{
+    CudaContext, CudaEvent, CudaFunction, CudaModule, CudaSlice, CudaStream, DevicePtr,
+    DevicePtrMut, DriverError, LaunchConfig, PinnedHostSlice, PushKernelArg,
+};
+use cudarc::nvrtc::Ptx;
+
+use super::compile::{arch_name, kernel_ptx_for_arch, probe_libraries};
+use super::plan::{
+    nonfinite_error, pack_input_rows, pack_weights, read_flags, schedule, split_rows,
+    sub_chunk_rows, sub_chunks, unpack_output_rows, Layout, Step, CONVERT_KERNEL,
+    CONVERT_ROWS_PER_CTA, KERNEL_NAMES, MAX_BM, THREADS,
+};
+use crate::backend::cpu::CpuBackend;
+use crate::backend::{
+    check_shapes, Backend, BlockStats, ElemType, NonFinitePolicy, PreparedMap, ProjectionOptions,
+    RowsIn, RowsOut,
+};
+use crate::error::{Error, Result};
+
+/// Pipeline slots (and streams) per GPU.
+pub const SLOTS: usize = 3;
+/// Largest sub-chunk: 8192 rows of 768 f16 are 12.6 MB per copy, enough to reach full PCIe
+/// bandwidth, and a 64K-row engine chunk still gives 8 sub-chunks to overlap.
+pub const MAX_SUB_ROWS: usize = 8192;
+/// Device memory for one GPU's ring of slots, unless `ISOCLIP_CUDA_MEM_MB` says otherwise.
+pub const DEFAULT_RING_BYTES: usize = 1 << 30;
+pub const MEM_ENV: &str = "ISOCLIP_CUDA_MEM_MB";
+
+fn drv(what: &str) -> impl Fn(DriverError) -> Error + '_ {
+    move |e| Error::DeviceUnavailable(format!("CUDA {what} failed: {e:?}"))
+}
+
+/// Timing of the projection kernel alone, from device memory to device memory.
+#[derive(Clone, Copy, Debug)]
+pub struct KernelTiming {
+    pub rows: usize,
+    pub seconds_per_launch: f64,
+}
+
+impl KernelTiming {
+    pub fn rows_per_second(&self) -> f64 {
+        self.rows as f64 / self.seconds_per_launch
+    }
+}
+
+pub struct CudaBackend {
+    workers: Vec<Mutex<Worker>>,
+    description: String,
+    /// Shapes the kernels do not cover (more than 1024 outputs, or a GPU whose shared memory
+    /// is too small for the widest variant) run here, with the same semantics.
+    cpu: CpuBackend,
+}
+
+struct DeviceWeights {
+    key: PreparedMap,
+    wt: CudaSlice<u16>,
+    bias: Option<CudaSlice<f32>>,
+    w_inv: f32,
+}
+
+#[derive(Clone, Copy, PartialEq, Eq)]
+struct RingKey {
+    layout: Layout,
+    input: ElemType,
+    out: ElemType,
+}
+
+struct Slot {
+    pin_in: PinnedHostSlice<u8>,
+    pin_out: PinnedHostSlice<u8>,
+    pin_flags: PinnedHostSlice<u8>,
+    /// Dense f32 rows and their scales (f32 input only).
+    d_raw: Option<(CudaSlice<u8>, CudaSlice<f32>)>,
+    d_x: CudaSlice<u16>,
+    d_out: CudaSlice<u8>,
+    d_flags: CudaSlice<u8>,
+}
+
+struct Ring {
+    key: RingKey,
+    sub_rows: usize,
+    slots: Vec<Slot>,
+}
+
+struct Worker {
+    ctx: Arc<CudaContext>,
+    label: String,
+    max_smem_optin: usize,
+    _module: Arc<CudaModule>,
+    funcs: HashMap<&'static str, CudaFunction>,
+    /// Dynamic shared memory each function has been allowed so far.
+    smem_allowed: HashMap<&'static str, usize>,
+    streams: Vec<Arc<CudaStream>>,
+    weights: Option<DeviceWeights>,
+    ring: Option<Ring>,
+    ring_budget: usize,
+}
+
+/// (stats, first row with NaN/Inf within the worker's range, under the Error policy)
+type Outcome = (BlockStats, Option<usize>);
+
+impl CudaBackend {
+    /// Opens every visible GPU. `Err` is a one-line reason ("libcuda not found", "no CUDA
+    /// device", ...) for the caller's notice; nothing here panics when CUDA is absent.
+    pub fn new(cpu_threads: Option<usize>) -> std::result::Result<CudaBackend, String> {
+        probe_libraries()?;
+        // cudarc panics when an entry point is missing from an old driver: keep that a reason.
+        let opened = std::panic::catch_unwind(open_workers)
+            .map_err(|p| format!("CUDA initialisation panicked: {}", panic_text(&p)))??;
+        let description = opened
+            .iter()
+            .map(|w| w.label.clone())
+            .collect::<Vec<_>>()
+            .join(" + ");
+        let cpu = CpuBackend::new(cpu_threads).map_err(|e| e.to_string())?;
+        Ok(CudaBackend {
+            workers: opened.into_iter().map(Mutex::new).collect(),
+            description,
+            cpu,
+        })
+    }
+
+    pub fn device_count(&self) -> usize {
+        self.workers.len()
+    }
+
+    fn smallest_smem_optin(&self) -> usize {
+        self.workers
+            .iter()
+            .map(|w| lock(w).max_smem_optin)
+            .min()
+            .unwrap_or(0)
+    }
+
+    /// Times the projection kernel (plus the f32 conversion for f32 input) on GPU 0 from
+    /// device memory to device memory: `rows` random rows, `iters` launches after a warm-up.
+    pub fn time_kernel(
+        &self,
+        map: &PreparedMap,
+        opts: &ProjectionOptions,
+        input: ElemType,
+        rows: usize,
+        iters: usize,
+    ) -> Result<KernelTiming> {
+        let layout = Layout::new(map.d_in(), map.d_out())?;
+        let stages = layout
+            .stages_for(self.smallest_smem_optin())
+            .ok_or_else(|| Error::DeviceUnavailable("shared memory too small".into()))?;
+        let mut w = lock(&self.workers[0]);
+        w.time_kernel(map, opts, &layout, stages, input, rows, iters.max(1))
+    }
+
+    /// Host-to-device bandwidth from pinned memory on GPU 0, in bytes per second.
+    pub fn measure_h2d(&self, bytes: usize, iters: usize) -> Result<f64> {
+        lock(&self.workers[0]).measure_h2d(bytes, iters.max(1))
+    }
+}
+
+fn lock(w: &Mutex<Worker>) -> std::sync::MutexGuard<'_, Worker> {
+    // A panic while holding the lock leaves nothing half-written that a later call relies on:
+    // every call re-validates the cached weights and ring.
+    w.lock().unwrap_or_else(|p| p.into_inner())
+}
+
+fn panic_text(p: &Box<dyn std::any::Any + Send>) -> String {
+    p.downcast_ref::<String>()
+        .cloned()
+        .or_else(|| p.downcast_ref::<&str>().map(|s| s.to_string()))
+        .unwrap_or_else(|| "unknown panic".into())
+}
+
+fn open_workers() -> std::result::Result<Vec<Worker>, String> {
+    let n = CudaContext::device_count().map_err(|e| format!("cuInit failed: {e:?}"))?;
+    if n <= 0 {
+        return Err("no CUDA device".into());
+    }
+    let mut workers = Vec::new();
+    let mut refused = Vec::new();
+    for ordinal in 0..n as usize {
+        match Worker::open(ordinal) {
+            Ok(w) => workers.push(w),
+            Err(e) => refused.push(format!("cuda:{ordinal}: {e}")),
+        }
+    }
+    if workers.is_empty() {
+        return Err(refused.join("; "));
+    }
+    Ok(workers)
+}
+
+fn ring_budget() -> usize {
+    std::env::var(MEM_ENV)
+        .ok()
+        .and_then(|v| v.trim().parse::<usize>().ok())
+        .map(|mb| mb.max(1) << 20)
+        .unwrap_or(DEFAULT_RING_BYTES)
+}
+
+impl Worker {
+    fn open(ordinal: usize) -> std::result::Result<Worker, String> {
+        let ctx =
+            CudaContext::new(ordinal).map_err(|e| format!("cannot create a context: {e:?}"))?;
+        // SAFETY: no slice or stream of this context exists yet, and this worker orders every
+        // cross-stream use itself (see the module documentation).
+        unsafe { ctx.disable_event_tracking() };
+        let (major, minor) = ctx
+            .compute_capability()
+            .map_err(|e| format!("cannot query the device: {e:?}"))?;
+        let name = ctx.name().unwrap_or_else(|_| "unknown GPU".into());
+        if major < 8 {
+            return Err(format!(
+                "{name} has compute capability {major}.{minor}; the kernels need 8.0 or newer"
+            ));
+        }
+        let arch = arch_name(major, minor);
+        let ptx = kernel_ptx_for_arch(arch)?;
+        let module = ctx
+            .load_module(Ptx::from_src(ptx))
+            .map_err(|e| format!("cannot load the kernels for {arch}: {e:?}"))?;
+        let mut funcs = HashMap::new();
+        for name in KERNEL_NAMES {
+            let f = module
+                .load_function(name)
+                .map_err(|e| format!("kernel {name} missing: {e:?}"))?;
+            funcs.insert(name, f);
+        }
+        let max_smem_optin =
+            ctx.attribute(
+                sys::CUdevice_attribute::CU_DEVICE_ATTRIBUTE_MAX_SHARED_MEMORY_PER_BLOCK_OPTIN,
+            )
+            .map_err(|e| format!("cannot query shared memory: {e:?}"))? as usize;
+        let streams = (0..SLOTS)
+            .map(|_| ctx.new_stream())
+            .collect::<std::result::Result<Vec<_>, _>>()
+            .map_err(|e| format!("cannot create streams: {e:?}"))?;
+        let mem_gib = ctx.total_mem().unwrap_or(0) as f64 / (1u64 << 30) as f64;
+        Ok(Worker {
+            label: format!("cuda:{ordinal} {name} ({arch}, {mem_gib:.0} GiB)"),
+            ctx,
+            max_smem_optin,
+            _module: module,
+            funcs,
+            smem_allowed: HashMap::new(),
+            streams,
+            weights: None,
+            ring: None,
+            ring_budget: ring_budget(),
+        })
+    }
+
+    fn ensure_weights(&mut self, map: &PreparedMap, layout: &Layout) -> Result<()> {
+        if self.weights.as_ref().is_some_and(|w| w.key == *map) {
+            return Ok(());
+        }
+        // The old weights may still be read by queued kernels: finish them first.
+        self.ctx.synchronize().map_err(drv("synchronize"))?;
+        self.weights = None;
+        let packed = pack_weights(map, layout)?;
+        let bits: Vec<u16> = packed.wt.iter().map(|h| h.to_bits()).collect();
+        let s = &self.streams[0];
+        let wt = s.clone_htod(&bits).map_err(drv("weight upload"))?;
+        let bias = match &packed.bias {
+            Some(b) => Some(s.clone_htod(b).map_err(drv("bias upload"))?),
+            None => None,
+        };
+        // Every slot stream reads the weights: make the upload complete before any launch.
+        s.synchronize().map_err(drv("synchronize"))?;
+        self.weights = Some(DeviceWeights {
+            key: map.clone(),
+            wt,
+            bias,
+            w_inv: packed.w_inv,
+        });
+        Ok(())
+    }
+
+    fn ensure_ring(&mut self, key: RingKey) -> Result<()> {
+        if self.ring.as_ref().is_some_and(|r| r.key == key) {
+            return Ok(());
+        }
+        self.ctx.synchronize().map_err(drv("synchronize"))?;
+        self.ring = None;
+        let l = &key.layout;
+        let sub = sub_chunk_rows(l, key.input, key.out, SLOTS, self.ring_budget, MAX_SUB_ROWS);
+        let mut slots = Vec::with_capacity(SLOTS);
+        for s in &self.streams {
+            let alloc_err = drv("device allocation");
+            let d_raw = if key.input == ElemType::F32 {
+                Some((
+                    s.alloc_zeros::<u8>(sub * l.d_in * 4).map_err(&alloc_err)?,
+                    s.alloc_zeros::<f32>(sub).map_err(&alloc_err)?,
+                ))
+            } else {
+                None
+            };
+            let slot = Slot {
+                // Write-combined: the host only writes staged input, never reads it.
+                pin_in: pinned(
+                    &self.ctx,
+                    sub * l.staged_row_bytes(key.input),
+                    sys::CU_MEMHOSTALLOC_WRITECOMBINED,
+                )?,
+                // Cached: the host reads results back.
+                pin_out: pinned(&self.ctx, sub * l.out_row_bytes(key.out), 0)?,
+                pin_flags: pinned(&self.ctx, sub, 0)?,
+                d_raw,
+                d_x: s.alloc_zeros::<u16>(sub * l.ldx).map_err(&alloc_err)?,
+                d_out: s
+                    .alloc_zeros::<u8>(sub * l.out_row_bytes(key.out))
+                    .map_err(&alloc_err)?,
+                d_flags: s.alloc_zeros::<u8>(sub).map_err(&alloc_err)?,
+            };
+            slots.push(slot);
+        }
+        self.ctx.synchronize().map_err(drv("synchronize"))?;
+        self.ring = Some(Ring {
+            key,
+            sub_rows: sub,
+            slots,
+        });
+        Ok(())
+    }
+
+    fn allow_smem(&mut self, name: &'static str, bytes: usize) -> Result<()> {
+        if self.smem_allowed.get(name).copied().unwrap_or(0) >= bytes {
+            return Ok(());
+        }
+        self.funcs[name]
+            .set_attribute(
+                sys::CUfunction_attribute::CU_FUNC_ATTRIBUTE_MAX_DYNAMIC_SHARED_SIZE_BYTES,
+                bytes as i32,
+            )
+            .map_err(drv("setting the shared-memory limit"))?;
+        self.smem_allowed.insert(name, bytes);
+        Ok(())
+    }
+
+    /// Runs this worker's share of a call; on any CUDA error the pipeline state is dropped so
+    /// the next call starts clean.
+    fn run(
+        &mut self,
+        map: &PreparedMap,
+        opts: &ProjectionOptions,
+        layout: &Layout,
+        stages: usize,
+        input: RowsIn<'_>,
+        output: &mut RowsOut<'_>,
+    ) -> Result<Outcome> {
+        let r = self.run_inner(map, opts, layout, stages, input, output);
+        if r.is_err() {
+            let _ = self.ctx.synchronize();
+            self.ring = None;
+            self.weights = None;
+        }
+        r
+    }
+
+    fn run_inner(
+        &mut self,
+        map: &PreparedMap,
+        opts: &ProjectionOptions,
+        layout: &Layout,
+        stages: usize,
+        input: RowsIn<'_>,
+        output: &mut RowsOut<'_>,
+    ) -> Result<Outcome> {
+        self.ctx
+            .bind_to_thread()
+            .map_err(drv("binding the context"))?;
+        self.ensure_weights(map, layout)?;
+        self.ensure_ring(RingKey {
+            layout: *layout,
+            input: input.elem,
+            out: output.elem,
+        })?;
+        let kernel = layout.variant.kernel_name(output.elem);
+        let smem = layout.smem_bytes(stages);
+        self.allow_smem(kernel, smem)?;
+
+        let sub_rows = self.ring.as_ref().map_or(MAX_BM, |r| r.sub_rows);
+        let subs = sub_chunks(input.rows, sub_rows);
+        let mut launched = vec![false; subs.len()];
+        let mut stats = BlockStats::default();
+        let mut first_bad = None;
+        for step in schedule(subs.len(), SLOTS) {
+            match step {
+                Step::Stage(i) if first_bad.is_none() => {
+                    let slot = &mut self.ring_mut().slots[i % SLOTS];
+                    let dst = slot.pin_in.as_mut_slice().map_err(drv("pinned access"))?;
+                    pack_input_rows(&input, subs[i].clone(), layout, dst);
+                }
+                Step::Launch(i) if first_bad.is_none() => {
+                    self.launch(
+                        i % SLOTS,
+                        subs[i].len(),
+                        opts,
+                        layout,
+                        stages,
+                        kernel,
+                        input.elem,
+                    )?;
+                    launched[i] = true;
+                }
+                Step::Drain(i) if launched[i] => {
+                    let k = i % SLOTS;
+                    self.streams[k].synchronize().map_err(drv("stream"))?;
+                    let n = subs[i].len();
+                    let slot = &self.ring_mut().slots[k];
+                    let flags = slot.pin_flags.as_slice().map_err(drv("pinned access"))?;
+                    let (s, bad) = read_flags(&flags[..n]);
+                    if let (Some(b), NonFinitePolicy::Error) = (bad, opts.nonfinite) {
+                        // Sub-chunks drain in order, so this is the lowest such row.
+                        first_bad = Some(subs[i].start + b);
+                        continue;
+                    }
+                    stats += s;
+                    let res = slot.pin_out.as_slice().map_err(drv("pinned access"))?;
+                    unpack_output_rows(
+                        &res[..n * layout.out_row_bytes(output.elem)],
+                        layout,
+                        subs[i].clone(),
+                        output,
+                    );
+                }
+                _ => {}
+            }
+        }
+        Ok((stats, first_bad))
+    }
+
+    fn ring_mut(&mut self) -> &mut Ring {
+        self.ring.as_mut().expect("ensure_ring ran")
+    }
+
+    /// Enqueues, on slot `k`'s stream: H2D of the staged rows, the f32 conversion when needed,
+    /// the projection kernel, D2H of results and flags.
+    #[allow(clippy::too_many_arguments)]
+    fn launch(
+        &mut self,
+        k: usize,
+        n: usize,
+        opts: &ProjectionOptions,
+        layout: &Layout,
+        stages: usize,
+        kernel: &'static str,
+        input: ElemType,
+    ) -> Result<()> {
+        let stream = self.streams[k].clone();
+        let weights = self.weights.as_ref().expect("ensure_weights ran");
+        let ring = self.ring.as_mut().expect("ensure_ring ran");
+        let out_elem = ring.key.out;
+        let slot = &mut ring.slots[k];
+        let cs = stream.cu_stream();
+        let in_bytes = n * layout.staged_row_bytes(input);
+        let (x_ptr, _gx) = slot.d_x.device_ptr_mut(&stream);
+        let staged = slot.pin_in.as_slice().map_err(drv("pinned access"))?;
+        let mut row_inv_ptr: u64 = 0;
+        match (&mut slot.d_raw, input) {
+            (Some((raw, inv)), ElemType::F32) => {
+                let (raw_ptr, _gr) = raw.device_ptr_mut(&stream);
+                let (inv_ptr, _gi) = inv.device_ptr_mut(&stream);
+                // SAFETY: `raw` holds sub_rows · d_in f32 and `in_bytes` ≤ that; the pinned
+                // source lives in the ring, which is only freed after a context synchronise,
+                // and the host does not write it again before this slot is drained.
+                unsafe { cu::memcpy_htod_async(raw_ptr, &staged[..in_bytes], cs) }
+                    .map_err(drv("host-to-device copy"))?;
+                let (d_in, ldx, rows) = (layout.d_in as i32, layout.ldx as i32, n as i32);
+                let cfg = LaunchConfig {
+                    grid_dim: (n.div_ceil(CONVERT_ROWS_PER_CTA) as u32, 1, 1),
+                    block_dim: (THREADS, 1, 1),
+                    shared_mem_bytes: 0,
+                };
+                let mut b = stream.launch_builder(&self.funcs[CONVERT_KERNEL]);
+                b.arg(&raw_ptr)
+                    .arg(&d_in)
+                    .arg(&x_ptr)
+                    .arg(&ldx)
+                    .arg(&inv_ptr)
+                    .arg(&rows);
+                // SAFETY: the arguments match `convert_rows_f32` in kernels/project.cu in number,
+                // order and type; `raw` has n·d_in floats, `d_x` n·ldx halves, `inv` n floats.
+                unsafe { b.launch(cfg) }.map_err(drv("convert_rows_f32 launch"))?;
+                row_inv_ptr = inv_ptr;
+            }
+            _ => {
+                // SAFETY: `d_x` holds sub_rows · ldx halves and `in_bytes` = n · ldx · 2; the
+                // pinned source outlives the copy as above.
+                unsafe { cu::memcpy_htod_async(x_ptr, &staged[..in_bytes], cs) }
+                    .map_err(drv("host-to-device copy"))?;
+            }
+        }
+        let (wt_ptr, _gw) = weights.wt.device_ptr(&stream);
+        let bias_ptr: u64 = match &weights.bias {
+            Some(b) => b.device_ptr(&stream).0,
+            None => 0,
+        };
+        let (out_ptr, _go) = slot.d_out.device_ptr_mut(&stream);
+        let (flags_ptr, _gf) = slot.d_flags.device_ptr_mut(&stream);
+        let (ldx, kpad, ldo) = (layout.ldx as i32, layout.kpad as i32, layout.ldo as i32);
+        let (rows, d_out, nt) = (n as i32, layout.d_out as i32, layout.nt as i32);
+        let (stages_i, normalize) = (stages as i32, i32::from(opts.normalize));
+        let w_inv = weights.w_inv;
+        let cfg = LaunchConfig {
+            grid_dim: (layout.grid(n), 1, 1),
+            block_dim: (THREADS, 1, 1),
+            shared_mem_bytes: layout.smem_bytes(stages) as u32,
+        };
+        let mut b = stream.launch_builder(&self.funcs[kernel]);
+        b.arg(&x_ptr)
+            .arg(&ldx)
+            .arg(&row_inv_ptr)
+            .arg(&wt_ptr)
+            .arg(&kpad)
+            .arg(&bias_ptr)
+            .arg(&w_inv)
+            .arg(&out_ptr)
+            .arg(&ldo)
+            .arg(&flags_ptr)
+            .arg(&rows)
+            .arg(&d_out)
+            .arg(&nt)
+            .arg(&stages_i)
+            .arg(&normalize);
+        // SAFETY: the arguments match ISO_PROJECT_VARIANT in kernels/project.cu in number, order
+        // and type (pointers as 64-bit device addresses, 0 for null); every buffer has the size
+        // plan::Layout promises for n ≤ sub_rows rows; the dynamic shared memory was allowed.
+        unsafe { b.launch(cfg) }.map_err(drv("projection kernel launch"))?;
+
+        let out_bytes = n * layout.out_row_bytes(out_elem);
+        let res = slot.pin_out.as_mut_slice().map_err(drv("pinned access"))?;
+        // SAFETY: `d_out` holds at least `out_bytes`; the pinned destination is not read by the
+        // host before this stream is synchronised in the slot's drain.
+        unsafe { cu::memcpy_dtoh_async(&mut res[..out_bytes], out_ptr, cs) }
+            .map_err(drv("device-to-host copy"))?;
+        let fl = slot
+            .pin_flags
+            .as_mut_slice()
+            .map_err(drv("pinned access"))?;
+        // SAFETY: as above, n flag bytes.
+        unsafe { cu::memcpy_dtoh_async(&mut fl[..n], flags_ptr, cs) }
+            .map_err(drv("device-to-host copy"))?;
+        Ok(())
+    }
+
+    #[allow(clippy::too_many_arguments)]
+    fn time_kernel(
+        &mut self,
+        map: &PreparedMap,
+        opts: &ProjectionOptions,
+        layout: &Layout,
+        stages: usize,
+        input: ElemType,
+        rows: usize,
+        iters: usize,
+    ) -> Result<KernelTiming> {
+        self.ctx
+            .bind_to_thread()
+            .map_err(drv("binding the context"))?;
+        self.ensure_weights(map, layout)?;
+        let kernel = layout.variant.kernel_name(opts.output);
+        self.allow_smem(kernel, layout.smem_bytes(stages))?;
+        let s = self.streams[0].clone();
+        let e = drv("benchmark setup");
+        // Random rows, generated on the host once (deterministic xorshift, values ~ N(0,1)-ish).
+        let mut state = 0x9E37_79B9_7F4A_7C15u64;
+        let mut next = || {
+            state ^= state << 13;
+            state ^= state >> 7;
+            state ^= state << 17;
+            ((state >> 40) as f32 / (1u64 << 24) as f32 - 0.5) * 3.4
+        };
+        let mut raw = None;
+        let mut d_x: CudaSlice<u16>;
+        let mut d_inv = s.alloc_zeros::<f32>(rows).map_err(&e)?;
+        match input {
+            ElemType::F16 => {
+                let host: Vec<u16> = (0..rows * layout.ldx)
+                    .map(|i| {
+                        if i % layout.ldx < layout.d_in {
+                            half::f16::from_f32(next()).to_bits()
+                        } else {
+                            0
+                        }
+                    })
+                    .collect();
+                d_x = s.clone_htod(&host).map_err(&e)?;
+            }
+            ElemType::F32 => {
+                let host: Vec<f32> = (0..rows * layout.d_in).map(|_| next()).collect();
+                raw = Some(s.clone_htod(&host).map_err(&e)?);
+                d_x = s.alloc_zeros::<u16>(rows * layout.ldx).map_err(&e)?;
+            }
+        }
+        let mut d_out = s
+            .alloc_zeros::<u8>(rows * layout.out_row_bytes(opts.output))
+            .map_err(&e)?;
+        let mut d_flags = s.alloc_zeros::<u8>(rows).map_err(&e)?;
+        let weights = self.weights.as_ref().expect("ensure_weights ran");
+        let (x_ptr, _g1) = d_x.device_ptr_mut(&s);
+        let (inv_ptr, _g2) = d_inv.device_ptr_mut(&s);
+        let (wt_ptr, _g3) = weights.wt.device_ptr(&s);
+        let bias_ptr: u64 = weights.bias.as_ref().map_or(0, |b| b.device_ptr(&s).0);
+        let (out_ptr, _g4) = d_out.device_ptr_mut(&s);
+        let (flags_ptr, _g5) = d_flags.device_ptr_mut(&s);
+        let raw_ptr: u64 = raw
+            .as_ref()
+            .map_or(0, |r: &CudaSlice<f32>| r.device_ptr(&s).0);
+        let (ldx, kpad, ldo) = (layout.ldx as i32, layout.kpad as i32, layout.ldo as i32);
+        let (n, d_in, d_out_i, nt) = (
+            rows as i32,
+            layout.d_in as i32,
+            layout.d_out as i32,
+            layout.nt as i32,
+        );
+        let (stages_i, normalize) = (stages as i32, i32::from(opts.normalize));
+        let row_inv_ptr: u64 = if input == ElemType::F32 { inv_ptr } else { 0 };
+        let w_inv = weights.w_inv;
+        let funcs = &self.funcs;
+        let launch_once = || -> Result<()> {
+            if input == ElemType::F32 {
+                let cfg = LaunchConfig {
+                    grid_dim: (rows.div_ceil(CONVERT_ROWS_PER_CTA) as u32, 1, 1),
+                    block_dim: (THREADS, 1, 1),
+                    shared_mem_bytes: 0,
+                };
+                let mut b = s.launch_builder(&funcs[CONVERT_KERNEL]);
+                b.arg(&raw_ptr)
+                    .arg(&d_in)
+                    .arg(&x_ptr)
+                    .arg(&ldx)
+                    .arg(&inv_ptr)
+                    .arg(&n);
+                // SAFETY: arguments match `convert_rows_f32`; buffers sized for `rows` rows.
+                unsafe { b.launch(cfg) }.map_err(drv("convert launch"))?;
+            }
+            let cfg = LaunchConfig {
+                grid_dim: (layout.grid(rows), 1, 1),
+                block_dim: (THREADS, 1, 1),
+                shared_mem_bytes: layout.smem_bytes(stages) as u32,
+            };
+            let mut b = s.launch_builder(&funcs[kernel]);
+            b.arg(&x_ptr)
+                .arg(&ldx)
+                .arg(&row_inv_ptr)
+                .arg(&wt_ptr)
+                .arg(&kpad)
+                .arg(&bias_ptr)
+                .arg(&w_inv)
+                .arg(&out_ptr)
+                .arg(&ldo)
+                .arg(&flags_ptr)
+                .arg(&n)
+                .arg(&d_out_i)
+                .arg(&nt)
+                .arg(&stages_i)
+                .arg(&normalize);
+            // SAFETY: arguments match ISO_PROJECT_VARIANT; buffers sized for `rows` rows.
+            unsafe { b.launch(cfg) }.map_err(drv("projection kernel launch"))?;
+            Ok(())
+        };
+        launch_once()?;
+        s.synchronize().map_err(drv("synchronize"))?;
+        let (start, stop) = timing_events(&self.ctx)?;
+        start.record(&s).map_err(drv("event"))?;
+        for _ in 0..iters {
+            launch_once()?;
+        }
+        stop.record(&s).map_err(drv("event"))?;
+        stop.synchronize().map_err(drv("event"))?;
+        let ms = start.elapsed_ms(&stop).map_err(drv("event"))?;
+        s.synchronize().map_err(drv("synchronize"))?;
+        Ok(KernelTiming {
+            rows,
+            seconds_per_launch: ms as f64 / 1e3 / iters as f64,
+        })
+    }
+
+    fn measure_h2d(&mut self, bytes: usize, iters: usize) -> Result<f64> {
+        self.ctx
+            .bind_to_thread()
+            .map_err(drv("binding the context"))?;
+        let s = self.streams[0].clone();
+        let host = pinned(&self.ctx, bytes, 0)?;
+        let mut dev = s.alloc_zeros::<u8>(bytes).map_err(drv("allocation"))?;
+        let (start, stop) = timing_events(&self.ctx)?;
+        let src = host.as_slice().map_err(drv("pinned access"))?;
+        let (dst, _g) = dev.device_ptr_mut(&s);
+        // SAFETY (both copies): `dev` holds `bytes`, the pinned source outlives the stream
+        // synchronisation below.
+        unsafe { cu::memcpy_htod_async(dst, src, s.cu_stream()) }.map_err(drv("copy"))?;
+        start.record(&s).map_err(drv("event"))?;
+        for _ in 0..iters {
+            // SAFETY: see above.
+            unsafe { cu::memcpy_htod_async(dst, src, s.cu_stream()) }.map_err(drv("copy"))?;
+        }
+        stop.record(&s).map_err(drv("event"))?;
+        stop.synchronize().map_err(drv("event"))?;
+        let ms = start.elapsed_ms(&stop).map_err(drv("event"))?;
+        s.synchronize().map_err(drv("synchronize"))?;
+        Ok(bytes as f64 * iters as f64 / (ms as f64 / 1e3))
+    }
+}
+
+fn timing_events(ctx: &Arc<CudaContext>) -> Result<(CudaEvent, CudaEvent)> {
+    let f = Some(sys::CUevent_flags::CU_EVENT_DEFAULT);
+    Ok((
+        ctx.new_event(f).map_err(drv("event"))?,
+        ctx.new_event(f).map_err(drv("event"))?,
+    ))
+}
+
+/// Page-locked host memory, zero-filled (so no uninitialised byte is ever read).
+fn pinned(ctx: &Arc<CudaContext>, len: usize, flags: u32) -> Result<PinnedHostSlice<u8>> {
+    // SAFETY: the allocation is uninitialised; it is zero-filled right here before any read.
+    let mut p = unsafe { ctx.alloc_pinned_with_flags::<u8>(len.max(1), flags) }
+        .map_err(drv("pinned host allocation"))?;
+    p.as_mut_slice().map_err(drv("pinned access"))?.fill(0);
+    Ok(p)
+}
+
+impl Backend for CudaBackend {
+    fn describe(&self) -> String {
+        self.description.clone()
+    }
+
+    fn project(
+        &self,
+        map: &PreparedMap,
+        opts: &ProjectionOptions,
+        input: RowsIn<'_>,
+        mut output: RowsOut<'_>,
+    ) -> Result<BlockStats> {
+        check_shapes(map, &input, &output)?;
+        if input.rows == 0 {
+            return Ok(BlockStats::default());
+        }
+        let layout = match Layout::new(map.d_in(), map.d_out()) {
+            Ok(l) => l,
+            Err(_) => return self.cpu.project(map, opts, input, output),
+        };
+        let Some(stages) = layout.stages_for(self.smallest_smem_optin()) else {
+            return self.cpu.project(map, opts, input, output);
+        };
+        let parts = split_rows(input.rows, self.workers.len(), MAX_BM);
+        let outcomes: Vec<(usize, Result<Outcome>)> = if parts.len() == 1 {
+            let mut w = lock(&self.workers[0]);
+            vec![(0, w.run(map, opts, &layout, stages, input, &mut output))]
+        } else {
+            let (in_stride, out_stride) = (input.row_stride, output.row_stride);
+            let mut rest: &mut [u8] = output.bytes;
+            let mut jobs = Vec::new();
+            for (i, part) in parts.iter().enumerate() {
+                let bytes = std::mem::take(&mut rest);
+                let (mine, tail) = if i + 1 < parts.len() {
+                    bytes.split_at_mut(part.len() * out_stride)
+                } else {
+                    (bytes, &mut [][..])
+                };
+                rest = tail;
+                let sub_in = RowsIn {
+                    bytes: &input.bytes[part.start * in_stride..],
+                    rows: part.len(),
+                    ..input
+                };
+                let sub_out = RowsOut {
+                    bytes: mine,
+                    rows: part.len(),
+                    cols: output.cols,
+                    row_stride: out_stride,
+                    elem: output.elem,
+                };
+                jobs.push((part.start, sub_in, sub_out, &self.workers[i]));
+            }
+            std::thread::scope(|scope| {
+                let handles: Vec<_> = jobs
+                    .into_iter()
+                    .map(|(start, sub_in, mut sub_out, worker)| {
+                        let layout = &layout;
+                        scope.spawn(move || {
+                            let mut w = lock(worker);
+                            (
+                                start,
+                                w.run(map, opts, layout, stages, sub_in, &mut sub_out),
+                            )
+                        })
+                    })
+                    .collect();
+                handles
+                    .into_iter()
+                    .map(|h| match h.join() {
+                        Ok(r) => r,
+                        Err(p) => (
+                            0,
+                            Err(Error::DeviceUnavailable(format!(
+                                "a GPU worker panicked: {}",
+                                panic_text(&p)
+                            ))),
+                        ),
+                    })
+                    .collect()
+            })
+        };
+        let mut stats = BlockStats::default();
+        let mut first_bad: Option<usize> = None;
+        for (start, r) in outcomes {
+            let (s, bad) = r?;
+            stats += s;
+            if let Some(b) = bad {
+                first_bad = Some(first_bad.map_or(start + b, |f| f.min(start + b)));
+            }
+        }
+        match first_bad {
+            Some(row) => Err(nonfinite_error(row)),
+            None => Ok(stats),
+        }
+    }
+}
