@@ -49,11 +49,11 @@ EOF
 export LD_LIBRARY_PATH
 
 run() { # run a command, keep its tab-separated result lines, report failures
-  local out
-  if out=$("$@" 2>"$WORK/last.err"); then
-    printf '%s\n' "$out" | tee -a "$RESULTS"
-  else
-    echo "FAILED: $* -- $(tail -n 3 "$WORK/last.err")" | tee -a "$RESULTS"
+  local out rc=0
+  out=$("$@" 2>"$WORK/last.err") || rc=$?
+  [ -n "$out" ] && printf '%s\n' "$out" | tee -a "$RESULTS"
+  if [ "$rc" -ne 0 ]; then
+    echo "FAILED (exit $rc): $* -- $(tail -n 3 "$WORK/last.err" | tr '\n' ' ')" | tee -a "$RESULTS"
     status=1
   fi
 }

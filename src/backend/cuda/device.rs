@@ -427,7 +427,12 @@ impl Worker {
                 }
                 Step::Drain(i) if launched[i] => {
                     let k = i % SLOTS;
+                    // Always wait, even after a NaN row stopped the run: nothing may still be
+                    // in flight on this slot's pinned buffers when the call returns.
                     self.streams[k].synchronize().map_err(drv("stream"))?;
+                    if first_bad.is_some() {
+                        continue;
+                    }
                     let n = subs[i].len();
                     let slot = &self.ring_mut().slots[k];
                     let flags = slot.pin_flags.as_slice().map_err(drv("pinned access"))?;
