@@ -386,7 +386,9 @@ fn zero_rows_and_nonfinite_rows() {
 fn bad_shards_are_refused_before_any_work() {
     let dir = tempfile::tempdir().unwrap();
     projector(dir.path());
-    let cases: Vec<(&str, &str, Vec<usize>, bool, usize, Vec<&str>)> = vec![
+    /// (file name, npy descr, shape, Fortran order, element size, expected message parts)
+    type BadShard<'a> = (&'a str, &'a str, Vec<usize>, bool, usize, Vec<&'a str>);
+    let cases: Vec<BadShard> = vec![
         (
             "f8.npy",
             "<f8",

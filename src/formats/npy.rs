@@ -516,9 +516,10 @@ mod tests {
 
     #[test]
     fn rejects_big_endian_and_garbage() {
-        let h = header_bytes(NpyDtype::F32, &[2, 2]);
-        let s = String::from_utf8_lossy(&h).replace("<f4", ">f4");
-        let p = parse_header(s.as_bytes(), Path::new("x.npy")).unwrap();
+        let mut h = header_bytes(NpyDtype::F32, &[2, 2]);
+        let pos = h.windows(3).position(|w| w == b"<f4").unwrap();
+        h[pos] = b'>';
+        let p = parse_header(&h, Path::new("x.npy")).unwrap();
         assert_eq!(p.dtype, None);
         assert!(parse_header(b"not numpy at all", Path::new("x.npy")).is_err());
     }
