@@ -15,7 +15,7 @@ use crate::formats::projector_file;
 use std::sync::atomic::AtomicBool;
 
 use super::project::{print_summary as print_project_summary, BarProgress};
-use crate::backend::cpu::CpuBackend;
+use crate::backend::{select_backend, DeviceChoice};
 use crate::engine::gallery::write_random_gallery;
 use crate::engine::{run_job, JobSpec};
 
@@ -55,13 +55,16 @@ pub fn run(a: DemoArgs) -> Result<()> {
     println!("wrote {}", gallery.display());
 
     println!("\n== 3. project it into the IsoCLIP space (compact fp16, normalised; resumable)");
-    let backend = CpuBackend::new(None)?;
+    let (backend, notice) = select_backend(DeviceChoice::Auto, None)?;
+    if let Some(n) = notice {
+        println!("note: {n}");
+    }
     let spec = JobSpec::new(&gallery, a.dir.join("projected"));
     let progress = BarProgress::new(true);
     let summary = run_job(
         &spec,
         &projector,
-        &backend,
+        backend.as_ref(),
         &progress,
         &AtomicBool::new(false),
     )?;

@@ -8,7 +8,7 @@ use clap::{Args, ValueEnum};
 use indicatif::{ProgressBar, ProgressStyle};
 
 use crate::align::Modality;
-use crate::backend::cpu::CpuBackend;
+use crate::backend::{select_backend, DeviceChoice};
 use crate::backend::{ElemType, InputKind, NonFinitePolicy, OutputForm, ProjectionOptions};
 use crate::engine::{run_job, JobSpec, JobSummary, ProgressSink};
 use crate::error::Result;
@@ -80,7 +80,10 @@ pub struct ProjectArgs {
     /// Rows with NaN or Inf: fail (default) or write zeros.
     #[arg(long, value_enum, default_value = "error")]
     pub nonfinite: NonFiniteArg,
-    /// Worker threads (default: all cores).
+    /// Where to compute: the GPU when usable (auto), the CPU, or the GPU or an error (cuda).
+    #[arg(long, default_value = "auto", value_parser = ["auto", "cpu", "cuda"])]
+    pub device: String,
+    /// CPU worker threads (default: all cores).
     #[arg(long, value_name = "N")]
     pub threads: Option<usize>,
     /// Redo every shard even if the manifest says it is finished.
@@ -170,7 +173,11 @@ impl ProjectArgs {
 
 pub fn run(a: ProjectArgs) -> Result<()> {
     let projector = projector_file::load(&a.projector)?;
-    let backend = CpuBackend::new(a.threads)?;
+    let device = DeviceChoice::parse(&a.device).expect("clap checked the value");
+    let (backend, notice) = select_backend(device, a.threads)?;
+    if let Some(n) = notice {
+        eprintln!("note: {n}");
+    }
     let mut spec = JobSpec::new(&a.input, &a.output);
     spec.modality = a.modality.map(|m| match m {
         ModalityArg::Image => Modality::Image,
@@ -183,7 +190,7 @@ pub fn run(a: ProjectArgs) -> Result<()> {
     let summary = run_job(
         &spec,
         &projector,
-        &backend,
+        backend.as_ref(),
         &progress,
         &AtomicBool::new(false),
     )?;
