@@ -5,6 +5,7 @@
 //! - [`align`]: the pure math — Ψ, its SVD, the band, the full/compact/embedding maps;
 //! - [`eval`]: retrieval metrics (reference semantics), NCM, CLIP vs IsoCLIP comparisons;
 //! - [`report`]: SVG plots for people;
+//! - [`ffi`]: the C ABI (`include/isoclip.h`), a translation layer over the rest;
 //! - [`cli`]: the `isoclip` command line.
 
 pub mod align;
@@ -13,6 +14,7 @@ pub mod cli;
 pub mod engine;
 pub mod error;
 pub mod eval;
+pub mod ffi;
 pub mod formats;
 pub mod report;
 

@@ -1,0 +1,561 @@
+//! Jobs: the streaming engine over files (`isoclip project`), with a progress callback and
+//! cancellation from another thread.
+
+use std::ffi::{c_char, c_void};
+use std::sync::atomic::{AtomicBool, AtomicU64, Ordering};
+use std::sync::{Arc, Mutex};
+use std::thread::ThreadId;
+
+use super::project::{
+    backend_arg, isoclip_backend, isoclip_dtype, isoclip_projection_options, parse_dtype,
+    projection_options_arg,
+};
+use super::projector::{isoclip_projector, projector_arg, projector_clone_arc};
+use super::status::isoclip_status;
+use super::status::{
+    copy_string_out, guard, guard_infallible, path_arg, require_out, write_out, Failure, FfiResult,
+};
+use crate::backend::ElemType;
+use crate::engine::{run_job, JobSpec, JobSummary, ProgressSink};
+
+/// Progress of a running job, called on the thread that runs it (inside `isoclip_job_run`):
+/// once when the work is planned (`rows_done == 0`), after each chunk of rows, and after each
+/// shard. Counts cover the shards this run processes; shards skipped because a previous run
+/// finished them are not counted. `user_data` is the pointer given to
+/// `isoclip_job_options_set_progress`.
+///
+/// The callback must return normally: it must not unwind (a C++ exception, `longjmp`) through the
+/// library. It may call `isoclip_job_cancel` on its job, and any function that does not use the
+/// job; it must not run or free the job. It should be cheap: the job waits for it.
+pub type isoclip_progress_fn = Option<
+    unsafe extern "C" fn(
+        user_data: *mut c_void,
+        rows_done: u64,
+        rows_total: u64,
+        shards_done: u64,
+        shards_total: u64,
+    ),
+>;
+
+/// A counter of a finished run: a value of `ISOCLIP_JOB_STAT_*`, for `isoclip_job_stat`.
+pub type isoclip_job_stat_id = i32;
+/// Shards found in the input.
+pub const ISOCLIP_JOB_STAT_SHARDS_TOTAL: isoclip_job_stat_id = 1;
+/// Shards projected by the run.
+pub const ISOCLIP_JOB_STAT_SHARDS_PROCESSED: isoclip_job_stat_id = 2;
+/// Shards skipped because the output directory already held them, finished and matching.
+pub const ISOCLIP_JOB_STAT_SHARDS_SKIPPED: isoclip_job_stat_id = 3;
+/// Rows projected by the run.
+pub const ISOCLIP_JOB_STAT_ROWS_PROCESSED: isoclip_job_stat_id = 4;
+/// Rows in skipped shards.
+pub const ISOCLIP_JOB_STAT_ROWS_SKIPPED: isoclip_job_stat_id = 5;
+/// Rows whose projection had zero norm, over every shard of the output (skipped ones included).
+pub const ISOCLIP_JOB_STAT_ZERO_NORM_ROWS: isoclip_job_stat_id = 6;
+/// Rows with NaN/Inf written as zeros (`ISOCLIP_NONFINITE_ZERO`), over every shard of the output.
+pub const ISOCLIP_JOB_STAT_NONFINITE_ROWS: isoclip_job_stat_id = 7;
+/// Input bytes read by the run.
+pub const ISOCLIP_JOB_STAT_BYTES_READ: isoclip_job_stat_id = 8;
+/// Output bytes written by the run.
+pub const ISOCLIP_JOB_STAT_BYTES_WRITTEN: isoclip_job_stat_id = 9;
+
+/// The caller's callback and its user data.
+#[derive(Clone, Copy)]
+struct Callback {
+    function: unsafe extern "C" fn(*mut c_void, u64, u64, u64, u64),
+    user_data: *mut c_void,
+}
+
+// SAFETY: the library never dereferences `user_data`; it only hands it back to the callback, and
+// only on the thread that called `isoclip_job_run` (see `CallbackSink::emit`), which is what the
+// header promises the caller.
+unsafe impl Send for Callback {}
+// SAFETY: as above; sharing the pair between threads never calls the callback off the run thread.
+unsafe impl Sync for Callback {}
+
+/// Options of a job. Created by `isoclip_job_options_new`, released by
+/// `isoclip_job_options_free`; a job copies them when it is created. Not thread-safe: one thread
+/// at a time.
+///
+/// Defaults: output `ISOCLIP_DTYPE_F16`, finished shards skipped (no overwrite), chunks of 16 MiB
+/// of output, no progress callback (the defaults of `isoclip project`).
+#[derive(Clone, Copy)]
+pub struct isoclip_job_options {
+    output_dtype: ElemType,
+    overwrite: bool,
+    chunk_bytes: usize,
+    progress: Option<Callback>,
+}
+
+/// A projection run over a gallery on disk: the same work, files and resume semantics as
+/// `isoclip project` (one `.npy` per input shard in the output directory, written under a
+/// temporary name and renamed when complete, and a manifest so that a later run skips finished
+/// shards).
+///
+/// Created by `isoclip_job_new`, released by `isoclip_job_free`. `isoclip_job_run` runs it on the
+/// calling thread; `isoclip_job_cancel` may be called from any thread at any time, including
+/// during the run and from the progress callback. The other functions must not be called while
+/// the job runs (they report `ISOCLIP_ERR_INVALID_STATE`), and the job must not be freed while
+/// it runs.
+pub struct isoclip_job {
+    projector: Arc<isoclip_projector>,
+    backend: Arc<isoclip_backend>,
+    spec: JobSpec,
+    progress: Option<Callback>,
+    cancel: AtomicBool,
+    running: AtomicBool,
+    summary: Mutex<Option<JobSummary>>,
+}
+
+/// Forwards engine progress to the C callback, on the run's own thread only.
+struct CallbackSink {
+    callback: Option<Callback>,
+    run_thread: ThreadId,
+    rows_done: AtomicU64,
+    rows_total: AtomicU64,
+    shards_done: AtomicU64,
+    shards_total: AtomicU64,
+}
+
+impl CallbackSink {
+    fn emit(&self) {
+        let Some(cb) = self.callback else { return };
+        // The header promises the callback runs on the thread inside isoclip_job_run; an event
+        // from another thread only updates the counts, reported with the next event.
+        if std::thread::current().id() != self.run_thread {
+            return;
+        }
+        // SAFETY: the caller registered this function for this user data, and we are on the
+        // thread that runs the job, as documented for `isoclip_progress_fn`.
+        unsafe {
+            (cb.function)(
+                cb.user_data,
+                self.rows_done.load(Ordering::Relaxed),
+                self.rows_total.load(Ordering::Relaxed),
+                self.shards_done.load(Ordering::Relaxed),
+                self.shards_total.load(Ordering::Relaxed),
+            )
+        }
+    }
+}
+
+impl ProgressSink for CallbackSink {
+    fn start(&self, rows_to_process: u64, shards_to_process: usize) {
+        self.rows_total.store(rows_to_process, Ordering::Relaxed);
+        self.shards_total
+            .store(shards_to_process as u64, Ordering::Relaxed);
+        self.emit();
+    }
+    fn advance(&self, rows: u64) {
+        self.rows_done.fetch_add(rows, Ordering::Relaxed);
+        self.emit();
+    }
+    fn shard_done(&self, _name: &str, skipped: bool) {
+        if !skipped {
+            self.shards_done.fetch_add(1, Ordering::Relaxed);
+            self.emit();
+        }
+    }
+}
+
+/// Clears the running flag when a run ends, however it ends.
+struct RunningGuard<'a>(&'a AtomicBool);
+impl Drop for RunningGuard<'_> {
+    fn drop(&mut self) {
+        self.0.store(false, Ordering::Release);
+    }
+}
+
+/// Creates job options with the defaults. `*out` receives a handle the caller owns.
+///
+/// Returns `ISOCLIP_OK`, `ISOCLIP_ERR_NULL_POINTER`, `ISOCLIP_ERR_PANIC`.
+///
+/// # Safety
+/// `out` is NULL or valid for a write.
+#[no_mangle]
+pub unsafe extern "C" fn isoclip_job_options_new(
+    out: *mut *mut isoclip_job_options,
+) -> isoclip_status {
+    guard("isoclip_job_options_new", || {
+        require_out(out, "out")?;
+        let o = Box::new(isoclip_job_options {
+            output_dtype: ElemType::F16,
+            overwrite: false,
+            chunk_bytes: 0,
+            progress: None,
+        });
+        // SAFETY: per this function's contract.
+        unsafe { write_out(out, "out", Box::into_raw(o)) }
+    })
+}
+
+/// Releases job options. NULL is a no-op. Jobs created with them are unaffected.
+///
+/// # Safety
+/// `options` is NULL or a live handle, not used afterwards.
+#[no_mangle]
+pub unsafe extern "C" fn isoclip_job_options_free(options: *mut isoclip_job_options) {
+    guard_infallible("isoclip_job_options_free", (), || {
+        if !options.is_null() {
+            // SAFETY: a live `Box::into_raw` handle, released once per the contract.
+            drop(unsafe { Box::from_raw(options) });
+        }
+    })
+}
+
+/// Runs a setter on live job options.
+///
+/// # Safety
+/// `o` is NULL or a live handle used by no other thread.
+unsafe fn set_job_option(
+    function: &str,
+    o: *mut isoclip_job_options,
+    set: impl FnOnce(&mut isoclip_job_options) -> FfiResult<()>,
+) -> isoclip_status {
+    guard(function, || {
+        if o.is_null() {
+            return Err(Failure::NullPointer("options"));
+        }
+        // SAFETY: live and exclusively ours for this call per the contract.
+        set(unsafe { &mut *o })
+    })
+}
+
+/// Chooses the element type of the output shards (`ISOCLIP_DTYPE_F16`, the default, or `_F32`).
+///
+/// Returns `ISOCLIP_OK`, `ISOCLIP_ERR_NULL_POINTER`, `ISOCLIP_ERR_INVALID_ARGUMENT`,
+/// `ISOCLIP_ERR_PANIC`.
+///
+/// # Safety
+/// `options` is NULL or a live handle.
+#[no_mangle]
+pub unsafe extern "C" fn isoclip_job_options_set_output_dtype(
+    options: *mut isoclip_job_options,
+    dtype: isoclip_dtype,
+) -> isoclip_status {
+    // SAFETY: per this function's contract.
+    unsafe {
+        set_job_option("isoclip_job_options_set_output_dtype", options, |o| {
+            o.output_dtype = parse_dtype(dtype, "output")?;
+            Ok(())
+        })
+    }
+}
+
+/// Whether to redo every shard even when the output directory says it is finished (default
+/// false: finished shards are skipped, so a rerun after a failure or a cancel resumes).
+///
+/// Returns `ISOCLIP_OK`, `ISOCLIP_ERR_NULL_POINTER`, `ISOCLIP_ERR_PANIC`.
+///
+/// # Safety
+/// `options` is NULL or a live handle.
+#[no_mangle]
+pub unsafe extern "C" fn isoclip_job_options_set_overwrite(
+    options: *mut isoclip_job_options,
+    overwrite: bool,
+) -> isoclip_status {
+    // SAFETY: per this function's contract.
+    unsafe {
+        set_job_option("isoclip_job_options_set_overwrite", options, |o| {
+            o.overwrite = overwrite;
+            Ok(())
+        })
+    }
+}
+
+/// Sets the output bytes per chunk, the unit of I/O, progress and cancellation (0, the default:
+/// 16 MiB). Chunks are rounded to whole blocks of 128 rows, so outputs do not depend on it.
+///
+/// Returns `ISOCLIP_OK`, `ISOCLIP_ERR_NULL_POINTER`, `ISOCLIP_ERR_PANIC`.
+///
+/// # Safety
+/// `options` is NULL or a live handle.
+#[no_mangle]
+pub unsafe extern "C" fn isoclip_job_options_set_chunk_bytes(
+    options: *mut isoclip_job_options,
+    chunk_bytes: usize,
+) -> isoclip_status {
+    // SAFETY: per this function's contract.
+    unsafe {
+        set_job_option("isoclip_job_options_set_chunk_bytes", options, |o| {
+            o.chunk_bytes = chunk_bytes;
+            Ok(())
+        })
+    }
+}
+
+/// Sets the progress callback and the pointer passed back to it (NULL `callback` removes it).
+/// `user_data` is never dereferenced by the library; it must stay valid for as long as jobs
+/// created with these options can run.
+///
+/// Returns `ISOCLIP_OK`, `ISOCLIP_ERR_NULL_POINTER` (`options`), `ISOCLIP_ERR_PANIC`.
+///
+/// # Safety
+/// `options` is NULL or a live handle; `callback` is NULL or a function with the documented
+/// behaviour.
+#[no_mangle]
+pub unsafe extern "C" fn isoclip_job_options_set_progress(
+    options: *mut isoclip_job_options,
+    callback: isoclip_progress_fn,
+    user_data: *mut c_void,
+) -> isoclip_status {
+    // SAFETY: per this function's contract.
+    unsafe {
+        set_job_option("isoclip_job_options_set_progress", options, |o| {
+            o.progress = callback.map(|function| Callback {
+                function,
+                user_data,
+            });
+            Ok(())
+        })
+    }
+}
+
+/// Creates a job projecting the shards at `input` (a `.npy` file, a directory of them, or a text
+/// file listing them; 2-D, C order, fp16 or fp32) into the directory `output_dir` (created if
+/// missing). `projection` NULL means the default projection options, `job_options` NULL the
+/// default job options, `backend` NULL the shared CPU backend. Nothing is read or written yet:
+/// `isoclip_job_run` checks the files.
+///
+/// The job keeps its own references to the projector and the backend, and copies the options:
+/// all of them may be freed right after this call. On success `*out` receives a new handle the
+/// caller owns (`isoclip_job_free`).
+///
+/// Returns `ISOCLIP_OK`; `ISOCLIP_ERR_NULL_POINTER` (`projector`, `input`, `output_dir`, `out`);
+/// `ISOCLIP_ERR_INVALID_ARGUMENT` (a modality the projector lacks, or AUTO on one with both; the
+/// embedding route of a bias-augmented projector); `ISOCLIP_ERR_PANIC`.
+/// Thread-safety: any thread.
+///
+/// # Safety
+/// `projector` is NULL or a live handle; `backend`, `projection`, `job_options` NULL or live
+/// handles; `input`, `output_dir` NULL or NUL-terminated strings; `out` NULL or valid for a write.
+#[no_mangle]
+pub unsafe extern "C" fn isoclip_job_new(
+    projector: *const isoclip_projector,
+    backend: *const isoclip_backend,
+    projection: *const isoclip_projection_options,
+    job_options: *const isoclip_job_options,
+    input: *const c_char,
+    output_dir: *const c_char,
+    out: *mut *mut isoclip_job,
+) -> isoclip_status {
+    guard("isoclip_job_new", || {
+        // SAFETY: per this function's contract.
+        let p = unsafe { projector_arg(projector, "projector") }?;
+        // SAFETY: per this function's contract.
+        let input = unsafe { path_arg(input, "input") }?;
+        // SAFETY: per this function's contract.
+        let output_dir = unsafe { path_arg(output_dir, "output_dir") }?;
+        require_out(out, "out")?;
+        // SAFETY: per this function's contract.
+        let proj = unsafe { projection_options_arg(projection) };
+        let jo = if job_options.is_null() {
+            isoclip_job_options {
+                output_dtype: ElemType::F16,
+                overwrite: false,
+                chunk_bytes: 0,
+                progress: None,
+            }
+        } else {
+            // SAFETY: a live handle, only read, per the contract.
+            unsafe { *job_options }
+        };
+        // Check the options against the projector now, with the C API's wording.
+        let (modality, _) = p.prepared(proj.modality, proj.input_kind, proj.form)?;
+        let mut spec = JobSpec::new(input, output_dir);
+        spec.modality = Some(modality);
+        spec.options = proj.with_output(jo.output_dtype);
+        spec.overwrite = jo.overwrite;
+        spec.chunk_bytes = jo.chunk_bytes;
+        let job = Box::new(isoclip_job {
+            // SAFETY: `projector` is a live handle (checked non-NULL above).
+            projector: unsafe { projector_clone_arc(projector) },
+            // SAFETY: per this function's contract.
+            backend: unsafe { backend_arg(backend) }?,
+            spec,
+            progress: jo.progress,
+            cancel: AtomicBool::new(false),
+            running: AtomicBool::new(false),
+            summary: Mutex::new(None),
+        });
+        // SAFETY: per this function's contract.
+        unsafe { write_out(out, "out", Box::into_raw(job)) }
+    })
+}
+
+/// # Safety
+/// `j` is NULL or a live job handle.
+unsafe fn job_arg<'a>(j: *const isoclip_job) -> FfiResult<&'a isoclip_job> {
+    if j.is_null() {
+        return Err(Failure::NullPointer("job"));
+    }
+    // SAFETY: live per the contract; jobs are only used through shared references (their
+    // mutable state is atomic or behind a mutex).
+    Ok(unsafe { &*j })
+}
+
+/// Runs the job on the calling thread and returns when it is done, failed or cancelled. Every
+/// input shard is checked before any work; then each unfinished shard is projected chunk by
+/// chunk, written to a temporary file, synced and renamed. On failure or cancellation the shards
+/// finished so far are kept and a later run (of this job after a failure, or of a new job with the
+/// same arguments) skips them.
+///
+/// The progress callback, if any, is called on this thread during the call.
+///
+/// Returns `ISOCLIP_OK`; `ISOCLIP_ERR_CANCELLED` (`isoclip_job_cancel` was called, before or
+/// during the run: cancellation is permanent for the job); `ISOCLIP_ERR_IO`; `ISOCLIP_ERR_FORMAT`
+/// (a shard is not a valid `.npy`, or holds a NaN/Inf row under `ISOCLIP_NONFINITE_ERROR`);
+/// `ISOCLIP_ERR_UNSUPPORTED` (dtype or layout); `ISOCLIP_ERR_SHAPE` (a shard's column count does
+/// not match the projector); `ISOCLIP_ERR_INVALID_ARGUMENT` (output directory inside the input,
+/// or locked by another run); `ISOCLIP_ERR_INVALID_STATE` (the job is already running);
+/// `ISOCLIP_ERR_NULL_POINTER`; `ISOCLIP_ERR_DEVICE_UNAVAILABLE`; `ISOCLIP_ERR_PANIC`.
+///
+/// Thread-safety: one run of a job at a time; different jobs may run concurrently on different
+/// threads (into different output directories).
+///
+/// # Safety
+/// `job` is NULL or a live handle that is not freed during the call.
+#[no_mangle]
+pub unsafe extern "C" fn isoclip_job_run(job: *mut isoclip_job) -> isoclip_status {
+    guard("isoclip_job_run", || {
+        // SAFETY: per this function's contract.
+        let j = unsafe { job_arg(job) }?;
+        if j.running.swap(true, Ordering::AcqRel) {
+            return Err(Failure::InvalidState(
+                "the job is already running on another thread".into(),
+            ));
+        }
+        let _running = RunningGuard(&j.running);
+        let sink = CallbackSink {
+            callback: j.progress,
+            run_thread: std::thread::current().id(),
+            rows_done: AtomicU64::new(0),
+            rows_total: AtomicU64::new(0),
+            shards_done: AtomicU64::new(0),
+            shards_total: AtomicU64::new(0),
+        };
+        let summary = run_job(
+            &j.spec,
+            &j.projector.aligned,
+            j.backend.backend(),
+            &sink,
+            &j.cancel,
+        )?;
+        *j.summary.lock().unwrap_or_else(|e| e.into_inner()) = Some(summary);
+        Ok(())
+    })
+}
+
+/// Asks the job to stop. Safe from any thread at any time, including from the progress callback
+/// and before the run starts. The run stops at the next chunk boundary, removes its temporary
+/// file, keeps finished shards and returns `ISOCLIP_ERR_CANCELLED`; every later run of this job
+/// returns it too. Cancelling twice, or after the run finished, does nothing more.
+///
+/// Returns `ISOCLIP_OK`, `ISOCLIP_ERR_NULL_POINTER`, `ISOCLIP_ERR_PANIC`.
+///
+/// # Safety
+/// `job` is NULL or a live handle that is not freed during the call.
+#[no_mangle]
+pub unsafe extern "C" fn isoclip_job_cancel(job: *const isoclip_job) -> isoclip_status {
+    guard("isoclip_job_cancel", || {
+        // SAFETY: per this function's contract.
+        let j = unsafe { job_arg(job) }?;
+        j.cancel.store(true, Ordering::Relaxed);
+        Ok(())
+    })
+}
+
+/// The summary of the job's last successful run.
+fn finished_summary(j: &isoclip_job) -> FfiResult<JobSummary> {
+    if j.running.load(Ordering::Acquire) {
+        return Err(Failure::InvalidState(
+            "the job is running; read its summary after isoclip_job_run returns".into(),
+        ));
+    }
+    j.summary
+        .lock()
+        .unwrap_or_else(|e| e.into_inner())
+        .clone()
+        .ok_or_else(|| Failure::InvalidState("the job has not finished a run successfully".into()))
+}
+
+/// Sets `*out` to a counter of the job's last successful run (`ISOCLIP_JOB_STAT_*`).
+///
+/// Returns `ISOCLIP_OK`; `ISOCLIP_ERR_INVALID_STATE` (no successful run yet, or the job is
+/// running); `ISOCLIP_ERR_INVALID_ARGUMENT` (unknown counter); `ISOCLIP_ERR_NULL_POINTER`;
+/// `ISOCLIP_ERR_PANIC`.
+///
+/// # Safety
+/// `job` is NULL or a live handle; `out` is NULL or valid for a write.
+#[no_mangle]
+pub unsafe extern "C" fn isoclip_job_stat(
+    job: *const isoclip_job,
+    stat: isoclip_job_stat_id,
+    out: *mut u64,
+) -> isoclip_status {
+    guard("isoclip_job_stat", || {
+        // SAFETY: per this function's contract.
+        let j = unsafe { job_arg(job) }?;
+        require_out(out, "out")?;
+        let s = finished_summary(j)?;
+        let v = match stat {
+            ISOCLIP_JOB_STAT_SHARDS_TOTAL => s.shards_total as u64,
+            ISOCLIP_JOB_STAT_SHARDS_PROCESSED => s.shards_processed as u64,
+            ISOCLIP_JOB_STAT_SHARDS_SKIPPED => s.shards_skipped as u64,
+            ISOCLIP_JOB_STAT_ROWS_PROCESSED => s.rows_processed,
+            ISOCLIP_JOB_STAT_ROWS_SKIPPED => s.rows_skipped,
+            ISOCLIP_JOB_STAT_ZERO_NORM_ROWS => s.zero_norm_rows,
+            ISOCLIP_JOB_STAT_NONFINITE_ROWS => s.nonfinite_rows,
+            ISOCLIP_JOB_STAT_BYTES_READ => s.bytes_read,
+            ISOCLIP_JOB_STAT_BYTES_WRITTEN => s.bytes_written,
+            other => {
+                return Err(Failure::InvalidArgument(format!(
+                    "unknown job statistic {other} (expected an ISOCLIP_JOB_STAT_* value)"
+                )))
+            }
+        };
+        // SAFETY: per this function's contract.
+        unsafe { write_out(out, "out", v) }
+    })
+}
+
+/// Copies the summary of the job's last successful run as a JSON object (the output of
+/// `isoclip project --json`: counts, timings, throughput, backend, dimensions) into `buf`, with
+/// the string convention of `isoclip_projector_fingerprint`.
+///
+/// Returns `ISOCLIP_OK`, `ISOCLIP_ERR_BUFFER_TOO_SMALL`, `ISOCLIP_ERR_INVALID_STATE` (as for
+/// `isoclip_job_stat`), `ISOCLIP_ERR_NULL_POINTER`, `ISOCLIP_ERR_PANIC`.
+///
+/// # Safety
+/// `job` is NULL or a live handle; `buf` is valid for `buf_len` bytes; `out_len` is NULL or valid
+/// for a write.
+#[no_mangle]
+pub unsafe extern "C" fn isoclip_job_summary_json(
+    job: *const isoclip_job,
+    buf: *mut c_char,
+    buf_len: usize,
+    out_len: *mut usize,
+) -> isoclip_status {
+    guard("isoclip_job_summary_json", || {
+        // SAFETY: per this function's contract.
+        let j = unsafe { job_arg(job) }?;
+        let s = finished_summary(j)?;
+        let json = serde_json::to_string(&s).expect("a summary serialises");
+        // SAFETY: per this function's contract.
+        unsafe { copy_string_out(&json, "summary", buf, buf_len, out_len) }
+    })
+}
+
+/// Releases a job (and its references to the projector and backend). NULL is a no-op. The job
+/// must not be running.
+///
+/// # Safety
+/// `job` is NULL or a live handle that no other thread uses, not used afterwards.
+#[no_mangle]
+pub unsafe extern "C" fn isoclip_job_free(job: *mut isoclip_job) {
+    guard_infallible("isoclip_job_free", (), || {
+        if !job.is_null() {
+            // SAFETY: a live `Box::into_raw` handle, released once per the contract.
+            drop(unsafe { Box::from_raw(job) });
+        }
+    })
+}
