@@ -4,8 +4,10 @@
 # wall time and peak memory (max RSS) with /usr/bin/time -v.
 #
 # Data: N synthetic 512-d CLIP-like embeddings in ~1000 classes (class centre + isotropic noise),
-# stored as float16 like a LAION shard; IsoCLIP goes through the embedding route of the built-in
-# synthetic projector (d = 512, compact m = 262). Needs python3 with numpy to generate the data.
+# stored as float16 like a LAION shard. The noise is strong on purpose: almost every gallery item
+# then outranks some relevant item, the expensive case for the ranking step (easy data is
+# faster). IsoCLIP goes through the embedding route of the built-in synthetic projector
+# (d = 512, compact m = 262). Needs python3 with numpy to generate the data.
 #
 #   benches/eval_100k.sh                      # N=100000 CLASSES=1000
 #   N=20000 benches/eval_100k.sh              # a quicker run
