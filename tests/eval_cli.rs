@@ -304,8 +304,7 @@ fn query_gallery_mode_and_ncm_from_files() {
 #[test]
 fn svg_pictures_and_overlap() {
     let d = Data::new();
-    let prefix = d.path("pics/run");
-    std::fs::create_dir_all(d.path("pics")).unwrap();
+    let prefix = d.path("pics/run"); // the directory is created
     let out = isoclip(&["eval", "--svg", s(&prefix)]);
     assert!(out.status.success());
     let text = String::from_utf8_lossy(&out.stdout);

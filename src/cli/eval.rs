@@ -40,10 +40,13 @@ pub struct SetArgs {
     #[arg(long, value_name = "Q.npy",
           requires_all = ["query_labels", "gallery_features", "gallery_labels"])]
     pub query_features: Option<PathBuf>,
+    /// Integer labels of --query-features.
     #[arg(long, value_name = "QL.npy", requires = "query_features")]
     pub query_labels: Option<PathBuf>,
+    /// Gallery rows that every query is ranked against.
     #[arg(long, value_name = "G.npy", requires = "query_features")]
     pub gallery_features: Option<PathBuf>,
+    /// Integer labels of --gallery-features (relevant = same label as the query).
     #[arg(long, value_name = "GL.npy", requires = "query_features")]
     pub gallery_labels: Option<PathBuf>,
     /// What the rows are: pre-projection encoder features, or already-projected CLIP
@@ -236,12 +239,16 @@ pub struct EvalArgs {
     /// training rows, projected and normalised; top-1 accuracy).
     #[arg(long)]
     pub ncm: bool,
+    /// NCM training rows: their class means are the prototypes.
     #[arg(long, value_name = "F.npy", requires_all = ["ncm", "train_labels", "test_features", "test_labels"])]
     pub train_features: Option<PathBuf>,
+    /// Integer labels of --train-features.
     #[arg(long, value_name = "L.npy", requires = "train_features")]
     pub train_labels: Option<PathBuf>,
+    /// NCM test rows, each classified by its nearest class mean.
     #[arg(long, value_name = "F.npy", requires = "train_features")]
     pub test_features: Option<PathBuf>,
+    /// Integer labels of --test-features.
     #[arg(long, value_name = "L.npy", requires = "train_features")]
     pub test_labels: Option<PathBuf>,
     /// Precision@K is computed for K = 1..=this.
@@ -481,6 +488,9 @@ fn write_svgs(
     };
     let mut out = Vec::new();
     let p = with_suffix("-precision-at-k.svg");
+    if let Some(dir) = p.parent().filter(|d| !d.as_os_str().is_empty()) {
+        std::fs::create_dir_all(dir).map_err(|e| Error::io(dir, e))?;
+    }
     let svg = plots::precision_at_k(
         &clip.summary.precision_at_k,
         &iso.summary.precision_at_k,
