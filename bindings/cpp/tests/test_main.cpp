@@ -1,0 +1,348 @@
+// Tests of the C++ wrapper: RAII and moves, exceptions with the library's status and message,
+// spans and strided rows checked before the C call, projections against an independent
+// reference, jobs with a progress callback that cancels or throws, and cancel() from another
+// thread. Usage: test_cpp PROJECTOR_FILE (from `isoclip fit -o FILE`).
+#include <atomic>
+#include <chrono>
+#include <cmath>
+#include <cstdio>
+#include <cstdlib>
+#include <cstring>
+#include <fstream>
+#include <iostream>
+#include <thread>
+#include <type_traits>
+
+#include <sys/stat.h>
+#include <unistd.h>
+
+#include "isoclip.hpp"
+#include "second_tu.hpp"
+
+static int checks = 0, failures = 0;
+
+#define CHECK(cond)                                                                    \
+    do {                                                                               \
+        ++checks;                                                                      \
+        if (!(cond)) {                                                                 \
+            ++failures;                                                                \
+            std::cerr << __FILE__ << ":" << __LINE__ << ": CHECK failed: " #cond "\n"; \
+        }                                                                              \
+    } while (0)
+
+// Runs `stmt`, which must throw isoclip::Error with `status` and a message containing `part`.
+#define EXPECT_ERROR(want_status, part, stmt)                                                       \
+    do {                                                                                       \
+        ++checks;                                                                              \
+        try {                                                                                  \
+            stmt;                                                                              \
+            ++failures;                                                                        \
+            std::cerr << __FILE__ << ":" << __LINE__ << ": no exception from " #stmt "\n";     \
+        } catch (const isoclip::Error& e) {                                                    \
+            if (e.status() != (want_status) || std::string(e.what()).find(part) == std::string::npos) { \
+                ++failures;                                                                    \
+                std::cerr << __FILE__ << ":" << __LINE__ << ": got " << e.status_name() << " \"" \
+                          << e.what() << "\"\n";                                               \
+            }                                                                                  \
+        }                                                                                      \
+    } while (0)
+
+namespace {
+
+constexpr std::size_t DI = 12, D = 8;
+
+// Uniform in [-1, 1), deterministic.
+double uniform(std::uint64_t& s) {
+    std::uint64_t z = (s += 0x9E3779B97F4A7C15ull);
+    z = (z ^ (z >> 30)) * 0xBF58476D1CE4E5B9ull;
+    z = (z ^ (z >> 27)) * 0x94D049BB133111EBull;
+    z ^= z >> 31;
+    return static_cast<double>(z >> 11) * (2.0 / 9007199254740992.0) - 1.0;
+}
+
+std::vector<double> matrix(std::size_t rows, std::size_t cols, std::uint64_t seed) {
+    std::vector<double> m(rows * cols);
+    for (auto& v : m) v = uniform(seed);
+    return m;
+}
+
+std::vector<float> features(std::size_t rows, std::size_t cols, std::uint64_t seed) {
+    std::vector<float> x(rows * cols);
+    for (auto& v : x) v = static_cast<float>(uniform(seed));
+    return x;
+}
+
+// With k_top = k_bottom = 0 and a full-rank projector, the paper's full map is plain CLIP:
+// y = normalize(x P). An independent reference.
+std::vector<double> plain_clip(const std::vector<float>& x, const std::vector<double>& p,
+                               std::size_t din, std::size_t d) {
+    std::size_t rows = x.size() / din;
+    std::vector<double> y(rows * d, 0.0);
+    for (std::size_t r = 0; r < rows; r++) {
+        double norm = 0;
+        for (std::size_t j = 0; j < d; j++) {
+            double acc = 0;
+            for (std::size_t i = 0; i < din; i++) acc += x[r * din + i] * p[i * d + j];
+            y[r * d + j] = acc;
+            norm += acc * acc;
+        }
+        norm = std::sqrt(norm);
+        for (std::size_t j = 0; j < d; j++) y[r * d + j] /= norm;
+    }
+    return y;
+}
+
+template <class A, class B>
+double max_diff(const A& a, const B& b) {
+    double worst = a.size() == b.size() ? 0.0 : 1e9;
+    for (std::size_t i = 0; i < a.size() && i < b.size(); i++)
+        worst = std::max(worst, std::fabs(static_cast<double>(a[i]) - static_cast<double>(b[i])));
+    return worst;
+}
+
+void write_npy(const std::string& path, const std::vector<float>& data, std::size_t rows,
+               std::size_t cols) {
+    std::string dict = "{'descr': '<f4', 'fortran_order': False, 'shape': (" +
+                       std::to_string(rows) + ", " + std::to_string(cols) + "), }";
+    std::size_t total = 10 + dict.size() + 1;
+    dict.append((64 - total % 64) % 64, ' ');
+    dict.push_back('\n');
+    std::ofstream f(path, std::ios::binary);
+    f.write("\x93NUMPY\x01\x00", 8);
+    const unsigned char len[2] = {static_cast<unsigned char>(dict.size() & 0xFF),
+                                  static_cast<unsigned char>(dict.size() >> 8)};
+    f.write(reinterpret_cast<const char*>(len), 2);
+    f << dict;
+    f.write(reinterpret_cast<const char*>(data.data()),
+            static_cast<std::streamsize>(data.size() * sizeof(float)));
+}
+
+std::string temp_dir() {
+    char tmpl[] = "/tmp/isoclip-cpptest-XXXXXX";
+    const char* d = mkdtemp(tmpl);
+    return d ? d : "";
+}
+
+void test_types() {
+    static_assert(!std::is_copy_constructible<isoclip::Projector>::value, "move-only");
+    static_assert(!std::is_copy_assignable<isoclip::Projector>::value, "move-only");
+    static_assert(std::is_nothrow_move_constructible<isoclip::Projector>::value, "movable");
+    static_assert(!std::is_copy_constructible<isoclip::Job>::value, "move-only");
+    static_assert(std::is_move_constructible<isoclip::Job>::value, "movable");
+    static_assert(!std::is_copy_constructible<isoclip::Backend>::value, "move-only");
+    static_assert(!std::is_copy_constructible<isoclip::ProjectionOptions>::value, "move-only");
+    CHECK(isoclip::version() == ISOCLIP_VERSION_STRING);
+}
+
+isoclip::Projector fit_model(const std::vector<double>& pi, const std::vector<double>& pt) {
+    isoclip::FitOptions fo;
+    fo.band(isoclip::Modality::Image, 0, 0).band(isoclip::Modality::Text, 1, 2);
+    return isoclip::Projector::fit(pi, DI, D, pt, D, D, fo);
+}
+
+void test_projection(const isoclip::Projector& p, const std::vector<double>& pi) {
+    CHECK(p.input_dim(isoclip::Modality::Image) == DI);
+    CHECK(p.input_dim(isoclip::Modality::Image, isoclip::InputKind::Embeddings) == D);
+    CHECK(p.output_dim(isoclip::Modality::Text) == D - 3);
+    CHECK(p.band(isoclip::Modality::Text) == std::make_pair(std::size_t{1}, std::size_t{2}));
+    CHECK(p.fingerprint().size() == 64 && p.content_digest().size() == 64);
+
+    const std::size_t rows = 50;
+    auto x = features(rows, DI, 3);
+    auto want = plain_clip(x, pi, DI, D);
+
+    // Full form from the second translation unit: plain CLIP.
+    auto full = project_in_second_tu(p, x, isoclip::Form::Full);
+    CHECK(max_diff(full, want) < 2e-5);
+
+    // Compact form: the same inner products in fewer dimensions (here m = d).
+    auto compact = project_in_second_tu(p, x, isoclip::Form::Compact);
+    double worst = 0;
+    for (std::size_t a = 0; a < rows; a++)
+        for (std::size_t b = 0; b < rows; b++) {
+            double gc = 0, gf = 0;
+            for (std::size_t j = 0; j < D; j++) {
+                gc += double(compact[a * D + j]) * compact[b * D + j];
+                gf += double(full[a * D + j]) * full[b * D + j];
+            }
+            worst = std::max(worst, std::fabs(gc - gf));
+        }
+    CHECK(worst < 2e-5);
+
+    // The embedding route from e = x P, fp16 in through a strided view, fp32 out.
+    const std::size_t stride = D + 3;
+    std::vector<std::uint16_t> e16(rows * stride, 0xFFFF);
+    std::vector<double> e(rows * D);
+    for (std::size_t r = 0; r < rows; r++)
+        for (std::size_t j = 0; j < D; j++) {
+            double acc = 0;
+            for (std::size_t i = 0; i < DI; i++) acc += x[r * DI + i] * pi[i * D + j];
+            e[r * D + j] = acc;
+        }
+    // fp16 bits through the library itself would not be independent: use a plain conversion.
+    for (std::size_t r = 0; r < rows; r++)
+        for (std::size_t j = 0; j < D; j++) {
+            float f = static_cast<float>(e[r * D + j]);
+            std::uint32_t bits;
+            std::memcpy(&bits, &f, 4);
+            std::uint32_t sign = (bits >> 16) & 0x8000, exp = (bits >> 23) & 0xFF;
+            std::uint32_t mant = bits & 0x7FFFFF;
+            int he = int(exp) - 127 + 15;  // |e| is well inside the normal fp16 range here
+            std::uint32_t h = sign | (std::uint32_t(he) << 10) | (mant >> 13);
+            if ((mant & 0x1FFF) > 0x1000 || ((mant & 0x1FFF) == 0x1000 && (h & 1))) h++;
+            e16[r * stride + j] = static_cast<std::uint16_t>(h);
+        }
+    std::vector<float> y(rows * D);
+    isoclip::ProjectionOptions o;
+    o.modality(isoclip::Modality::Image).input_kind(isoclip::InputKind::Embeddings).form(
+        isoclip::Form::Full);
+    isoclip::Backend one(isoclip::Device::Cpu, 1);
+    auto stats = p.project(isoclip::Rows<const std::uint16_t>{e16, rows, D, stride},
+                           isoclip::Rows<float>{y, rows, D, 0}, &o, &one);
+    CHECK(stats.zero_norm_rows == 0 && stats.nonfinite_rows == 0);
+    CHECK(max_diff(y, want) < 2e-3);  // fp16 input
+    CHECK(one.describe().rfind("cpu (1 threads", 0) == 0);
+    CHECK(one.device() == isoclip::Device::Cpu);
+}
+
+void test_errors(const isoclip::Projector& p) {
+    EXPECT_ERROR(ISOCLIP_ERR_IO, "isoclip_projector_load: /no/such/file.st: No such file",
+                 isoclip::Projector::load("/no/such/file.st"));
+    isoclip::ProjectionOptions o;
+    o.modality(isoclip::Modality::Image);
+    std::vector<float> x(4 * (DI - 1)), y(4 * D);
+    EXPECT_ERROR(ISOCLIP_ERR_SHAPE,
+                 "isoclip_project: input rows have 11 columns but the projector expects 12",
+                 p.project(x, DI - 1, y, D, &o));
+    // Caught by the wrapper before the C call: a span too small for its rows.
+    std::vector<float> x2(4 * DI);
+    EXPECT_ERROR(ISOCLIP_ERR_INVALID_ARGUMENT, "input: the span holds 47 elements but 4 rows need 48",
+                 (p.project(isoclip::Rows<const float>{isoclip::Span<const float>(x2.data(), 47), 4, DI, 0},
+                            isoclip::Rows<float>{y, 4, D, 0}, &o)));
+    EXPECT_ERROR(ISOCLIP_ERR_SHAPE, "output span of 32 elements does not hold 4 rows of 5",
+                 p.project(x2, DI, y, 5, &o));
+    EXPECT_ERROR(ISOCLIP_ERR_INVALID_ARGUMENT, "holds both image and text maps",
+                 p.project(x2, DI, y, D));
+    EXPECT_ERROR(ISOCLIP_ERR_INVALID_ARGUMENT, "unknown form 9",
+                 o.form(static_cast<isoclip::Form>(9)));
+    isoclip::FitOptions fo;
+    auto pi = matrix(DI, D, 1);
+    EXPECT_ERROR(ISOCLIP_ERR_BAND, "empty band",
+                 (fo.band(isoclip::Modality::Image, 6, 6),
+                  isoclip::Projector::fit(pi, DI, D, pi, DI, D, fo)));
+    try {
+        isoclip::Backend gpu(isoclip::Device::Cuda);
+        CHECK(gpu.device() == isoclip::Device::Cuda);
+    } catch (const isoclip::Error& e) {
+        CHECK(e.status() == ISOCLIP_ERR_DEVICE_UNAVAILABLE);
+        CHECK(std::string(e.status_name()) == "ISOCLIP_ERR_DEVICE_UNAVAILABLE");
+    }
+}
+
+void test_moves(const std::string& cli_projector) {
+    isoclip::Projector a = load_in_second_tu(cli_projector);
+    const isoclip_projector* raw = a.get();
+    isoclip::Projector b = std::move(a);
+    CHECK(a.get() == nullptr && b.get() == raw);
+    CHECK(b.input_dim() == 768 && b.output_dim() == 262);
+    isoclip::Projector c = isoclip::Projector::load(cli_projector);
+    c = std::move(b);  // frees c's old handle
+    CHECK(c.get() == raw && b.get() == nullptr);
+}
+
+void test_jobs(const isoclip::Projector& p, const std::string& dir) {
+    const std::string in = dir + "/in", out = dir + "/out";
+    mkdir(in.c_str(), 0755);
+    auto x = features(300, DI, 9);
+    write_npy(in + "/a.npy", x, 300, DI);
+    write_npy(in + "/b.npy", features(100, DI, 10), 100, DI);
+
+    isoclip::ProjectionOptions o;
+    o.modality(isoclip::Modality::Image).form(isoclip::Form::Full);
+    std::vector<isoclip::Progress> seen;
+    isoclip::JobOptions jo;
+    jo.output_dtype = isoclip::DType::F32;
+    jo.chunk_bytes = 1;
+    jo.progress = [&](const isoclip::Progress& pr) { seen.push_back(pr); };
+    {
+        isoclip::Job job(p, in, out, &o, jo);
+        EXPECT_ERROR(ISOCLIP_ERR_INVALID_STATE, "has not finished a run",
+                     job.stat(isoclip::JobStat::RowsProcessed));
+        job.run();
+        CHECK(job.stat(isoclip::JobStat::RowsProcessed) == 400);
+        CHECK(job.summary_json().find("\"shards_processed\":2") != std::string::npos);
+    }
+    CHECK(seen.size() == 1 + 3 + 1 + 2);  // start, chunks of 128 rows, shards
+    CHECK(!seen.empty() && seen.back().rows_done == 400 && seen.back().shards_done == 2);
+    // The output equals the reference (plain CLIP, full form, f32).
+    std::ifstream f(out + "/a.npy", std::ios::binary);
+    std::vector<char> bytes((std::istreambuf_iterator<char>(f)), std::istreambuf_iterator<char>());
+    std::size_t header = 10 + (std::size_t(std::uint8_t(bytes[8])) | (std::size_t(std::uint8_t(bytes[9])) << 8));
+    std::vector<float> got((bytes.size() - header) / 4);
+    std::memcpy(got.data(), bytes.data() + header, got.size() * 4);
+    CHECK(max_diff(got, plain_clip(x, matrix(DI, D, 1), DI, D)) < 2e-5);
+
+    // A callback that throws: the job stops and run() rethrows the callback's exception.
+    jo.progress = [](const isoclip::Progress& pr) {
+        if (pr.rows_done > 0) throw std::runtime_error("stop here");
+    };
+    isoclip::Job failing(p, in, dir + "/out2", &o, jo);
+    bool rethrown = false;
+    try {
+        failing.run();
+    } catch (const std::runtime_error& e) {
+        rethrown = std::string(e.what()) == "stop here" &&
+                   dynamic_cast<const isoclip::Error*>(&e) == nullptr;
+    }
+    CHECK(rethrown);
+    EXPECT_ERROR(ISOCLIP_ERR_CANCELLED, "isoclip_job_run: cancelled", failing.run());
+
+    // cancel() from another thread, while the callback holds the run.
+    std::atomic<bool> started{false}, cancelled{false};
+    jo.progress = [&](const isoclip::Progress& pr) {
+        if (pr.rows_done == 0 || started.exchange(true)) return;
+        for (int i = 0; i < 10000 && !cancelled; i++)
+            std::this_thread::sleep_for(std::chrono::milliseconds(1));
+    };
+    isoclip::Job job(p, in, dir + "/out3", &o, jo);
+    isoclip::Job moved = std::move(job);  // the callback state moves with the job
+    std::thread t([&] {
+        while (!started) std::this_thread::yield();
+        moved.cancel();
+        cancelled = true;
+    });
+    EXPECT_ERROR(ISOCLIP_ERR_CANCELLED, "cancelled", moved.run());
+    t.join();
+    CHECK(cancelled);
+}
+
+void remove_tree(const std::string& dir) {
+    std::string cmd = "rm -rf '" + dir + "'";
+    CHECK(std::system(cmd.c_str()) == 0);
+}
+
+}  // namespace
+
+int main(int argc, char** argv) {
+    if (argc != 2) {
+        std::cerr << "usage: " << argv[0] << " PROJECTOR_FILE\n";
+        return 2;
+    }
+    try {
+        test_types();
+        auto pi = matrix(DI, D, 1), pt = matrix(D, D, 2);
+        isoclip::Projector p = fit_model(pi, pt);
+        test_projection(p, pi);
+        test_errors(p);
+        test_moves(argv[1]);
+        std::string dir = temp_dir();
+        CHECK(!dir.empty());
+        test_jobs(p, dir);
+        remove_tree(dir);
+    } catch (const std::exception& e) {
+        ++failures;
+        std::cerr << "unexpected exception: " << e.what() << "\n";
+    }
+    std::cout << "test_cpp: " << checks << " checks, " << failures << " failed\n";
+    return failures == 0 ? 0 : 1;
+}

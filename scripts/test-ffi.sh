@@ -1,0 +1,138 @@
+#!/usr/bin/env bash
+# The C ABI, tested from C and C++ against the freshly built library (shared and static):
+#   - C tests (tests/c/), -std=c11 -Wall -Wextra -Werror, natively and under valgrind
+#     (--leak-check=full, any leak or invalid access fails), linked against libisoclip.so and
+#     libisoclip.a; the 8-thread stress test natively at full size and under valgrind small;
+#   - the C++ wrapper's tests (bindings/cpp/tests/, two translation units), also under valgrind;
+#   - the README examples (bindings/examples/), built through the generated pkg-config files, and
+#     a check that the README quotes them verbatim.
+# Installs what is missing (gcc, g++, valgrind, pkg-config, python3) with apt.
+# Prints "N passed, M failed" and exits non-zero on any failure. Run from anywhere.
+set -euo pipefail
+cd "$(dirname "$0")/.."
+ROOT=$PWD
+
+# ---- tools -------------------------------------------------------------------------------------
+missing=()
+command -v gcc >/dev/null || missing+=(gcc)
+command -v g++ >/dev/null || missing+=(g++)
+command -v valgrind >/dev/null || missing+=(valgrind)
+command -v pkg-config >/dev/null || missing+=(pkg-config)
+command -v python3 >/dev/null || missing+=(python3)
+if [ ${#missing[@]} -gt 0 ]; then
+  echo "installing: ${missing[*]}"
+  apt-get update -qq
+  DEBIAN_FRONTEND=noninteractive apt-get install -y -qq --no-install-recommends "${missing[@]}" >/dev/null
+fi
+
+# ---- the library -------------------------------------------------------------------------------
+echo "building libisoclip (debug) and the isoclip command line"
+cargo build --quiet --lib --bin isoclip
+LIBDIR=$ROOT/target/debug
+OUT=$ROOT/target/ffi-tests
+rm -rf "$OUT"
+mkdir -p "$OUT/pkgconfig" "$OUT/work"
+
+# pkg-config files for the build tree, from the templates.
+VERSION=$(sed -n 's/^#define ISOCLIP_VERSION_STRING "\(.*\)"$/\1/p' include/isoclip.h)
+for pc in isoclip isoclip-static; do
+  sed -e "s|@PREFIX@|$ROOT|" -e "s|@INCLUDEDIR@|$ROOT/include|" -e "s|@LIBDIR@|$LIBDIR|" \
+    -e "s|@VERSION@|$VERSION|" "bindings/pkgconfig/$pc.pc.in" >"$OUT/pkgconfig/$pc.pc"
+done
+export PKG_CONFIG_PATH=$OUT/pkgconfig
+export LD_LIBRARY_PATH=$LIBDIR${LD_LIBRARY_PATH:+:$LD_LIBRARY_PATH}
+SHARED="$(pkg-config --cflags --libs isoclip)"
+STATIC="$(pkg-config --cflags --libs isoclip-static)"
+
+# A projector file of the built-in synthetic model (image, 768 -> 262 compact / 512 full).
+(cd "$OUT/work" && "$LIBDIR/isoclip" fit -o p.st >/dev/null)
+PROJECTOR=$OUT/work/p.st
+
+# ---- running -----------------------------------------------------------------------------------
+passed=0
+failed=0
+failures=()
+record() { # name status log
+  if [ "$2" -eq 0 ]; then
+    passed=$((passed + 1))
+    printf '  ok    %s\n' "$1"
+  else
+    failed=$((failed + 1))
+    failures+=("$1")
+    printf '  FAIL  %s (exit %s)\n' "$1" "$2"
+    tail -n 40 "$3" | sed 's/^/        /'
+  fi
+}
+check() { # name command...
+  local name=$1 log
+  shift
+  log="$OUT/$(echo "$name" | tr -c 'a-zA-Z0-9_.-' '_').log"
+  local status=0
+  "$@" >"$log" 2>&1 || status=$?
+  record "$name" "$status" "$log"
+}
+
+VALGRIND=(valgrind -q --error-exitcode=99 --leak-check=full
+  --errors-for-leak-kinds=definite,indirect,possible --show-leak-kinds=definite,indirect,possible
+  --suppressions="$ROOT/tests/c/valgrind.supp")
+CFLAGS=(-std=c11 -Wall -Wextra -Werror -g -O1)
+CXXFLAGS=(-std=c++17 -Wall -Wextra -Werror -pedantic -g -O1 -I"$ROOT/bindings/cpp")
+
+echo "C"
+# shellcheck disable=SC2086 # pkg-config output is a list of flags
+{
+  check "compile test_api (shared)" gcc "${CFLAGS[@]}" tests/c/test_api.c -o "$OUT/test_api_shared" $SHARED -lpthread -lm
+  check "compile test_api (static)" gcc "${CFLAGS[@]}" tests/c/test_api.c -o "$OUT/test_api_static" $STATIC -lpthread -lm
+  check "compile test_stress (shared)" gcc "${CFLAGS[@]}" tests/c/test_stress.c -o "$OUT/test_stress_shared" $SHARED -lpthread -lm
+  check "compile test_stress (static)" gcc "${CFLAGS[@]}" tests/c/test_stress.c -o "$OUT/test_stress_static" $STATIC -lpthread -lm
+}
+check "test_api (static is self-contained)" bash -c "! ldd '$OUT/test_api_static' | grep -q libisoclip"
+for kind in shared static; do
+  check "test_api ($kind)" "$OUT/test_api_$kind" "$PROJECTOR" "$LIBDIR/isoclip"
+  check "test_stress 8 threads ($kind)" "$OUT/test_stress_$kind" "$PROJECTOR"
+done
+
+echo "C++"
+# shellcheck disable=SC2086
+check "compile C++ tests (two translation units)" g++ "${CXXFLAGS[@]}" \
+  bindings/cpp/tests/test_main.cpp bindings/cpp/tests/test_second_tu.cpp -o "$OUT/test_cpp" $SHARED -lpthread
+check "test_cpp" "$OUT/test_cpp" "$PROJECTOR"
+
+echo "examples"
+# shellcheck disable=SC2086
+{
+  check "compile example.c (pkg-config isoclip)" gcc "${CFLAGS[@]}" bindings/examples/example.c -o "$OUT/example_c" $SHARED
+  check "compile example.c (pkg-config isoclip-static)" gcc "${CFLAGS[@]}" bindings/examples/example.c -o "$OUT/example_c_static" $STATIC
+  check "compile example.cpp" g++ "${CXXFLAGS[@]}" bindings/examples/example.cpp -o "$OUT/example_cpp" $SHARED
+}
+check "example.c" "$OUT/example_c" "$PROJECTOR"
+check "example.c (static)" "$OUT/example_c_static" "$PROJECTOR"
+check "example.cpp" "$OUT/example_cpp" "$PROJECTOR"
+
+echo "valgrind (leaks and invalid accesses, every error path)"
+# Valgrind runs one thread at a time: run the programs side by side, the stress test small.
+vg_names=("valgrind test_api (shared)" "valgrind test_api (static)" "valgrind test_stress (shared)"
+  "valgrind test_stress (static)" "valgrind test_cpp" "valgrind example.c")
+vg_cmds=("$OUT/test_api_shared $PROJECTOR $LIBDIR/isoclip" "$OUT/test_api_static $PROJECTOR $LIBDIR/isoclip"
+  "$OUT/test_stress_shared $PROJECTOR 40 1" "$OUT/test_stress_static $PROJECTOR 40 1"
+  "$OUT/test_cpp $PROJECTOR" "$OUT/example_c $PROJECTOR")
+jobs_max=$(nproc)
+pids=()
+for i in "${!vg_names[@]}"; do
+  while [ "$(jobs -rp | wc -l)" -ge "$jobs_max" ]; do sleep 0.2; done
+  # shellcheck disable=SC2086 # the command is a list of words
+  ("${VALGRIND[@]}" ${vg_cmds[$i]} >"$OUT/vg_$i.log" 2>&1) &
+  pids[$i]=$!
+done
+for i in "${!vg_names[@]}"; do
+  status=0
+  wait "${pids[$i]}" || status=$?
+  record "${vg_names[$i]}" "$status" "$OUT/vg_$i.log"
+done
+
+echo
+if [ "$failed" -gt 0 ]; then
+  printf 'failed: %s\n' "${failures[@]}"
+fi
+echo "ffi: $passed passed, $failed failed"
+[ "$failed" -eq 0 ]
