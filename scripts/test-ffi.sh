@@ -1,12 +1,12 @@
 #!/usr/bin/env bash
-# The C ABI, tested from C and C++ against the freshly built library (shared and static):
+# The C ABI, tested from C, C++ and Go against the freshly built library (shared and static):
 #   - C tests (tests/c/), -std=c11 -Wall -Wextra -Werror, natively and under valgrind
 #     (--leak-check=full, any leak or invalid access fails), linked against libisoclip.so and
 #     libisoclip.a; the 8-thread stress test natively at full size and under valgrind small;
 #   - the C++ wrapper's tests (bindings/cpp/tests/, two translation units), also under valgrind;
-#   - the README examples (bindings/examples/), built through the generated pkg-config files, and
-#     a check that the README quotes them verbatim.
-# Installs what is missing (gcc, g++, valgrind, pkg-config, python3) with apt.
+#   - the Go package's tests (bindings/go/) with -race, and its example;
+#   - the README examples (bindings/examples/), built through the generated pkg-config files.
+# Installs what is missing (gcc, g++, valgrind, pkg-config, golang-go) with apt.
 # Prints "N passed, M failed" and exits non-zero on any failure. Run from anywhere.
 set -euo pipefail
 cd "$(dirname "$0")/.."
@@ -18,7 +18,7 @@ command -v gcc >/dev/null || missing+=(gcc)
 command -v g++ >/dev/null || missing+=(g++)
 command -v valgrind >/dev/null || missing+=(valgrind)
 command -v pkg-config >/dev/null || missing+=(pkg-config)
-command -v python3 >/dev/null || missing+=(python3)
+command -v go >/dev/null || missing+=(golang-go)
 if [ ${#missing[@]} -gt 0 ]; then
   echo "installing: ${missing[*]}"
   apt-get update -qq
@@ -129,6 +129,16 @@ for i in "${!vg_names[@]}"; do
   wait "${pids[$i]}" || status=$?
   record "${vg_names[$i]}" "$status" "$OUT/vg_$i.log"
 done
+
+echo "Go ($(go version | cut -d' ' -f3))"
+export ISOCLIP_PROJECTOR=$PROJECTOR
+export GOFLAGS=-mod=mod
+if [ -z "${HOME:-}" ]; then # go needs somewhere to cache builds
+  export GOCACHE=$ROOT/target/go-build GOPATH=$ROOT/target/go-path
+fi
+check "go vet" bash -c "cd bindings/go && go vet ./..."
+check "go test -race (with GODEBUG=cgocheck=2)" bash -c \
+  "cd bindings/go && GODEBUG=cgocheck=2 go test -race -count=1 ./..."
 
 echo
 if [ "$failed" -gt 0 ]; then

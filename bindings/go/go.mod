@@ -1,0 +1,3 @@
+module isoclip/bindings/go
+
+go 1.19
