@@ -5,8 +5,9 @@
 #     libisoclip.a; the 8-thread stress test natively at full size and under valgrind small;
 #   - the C++ wrapper's tests (bindings/cpp/tests/, two translation units), also under valgrind;
 #   - the Go package's tests (bindings/go/) with -race, and its example;
-#   - the README examples (bindings/examples/), built through the generated pkg-config files.
-# Installs what is missing (gcc, g++, valgrind, pkg-config, golang-go) with apt.
+#   - the README examples (bindings/examples/), built through the generated pkg-config files, and
+#     a check that the README quotes them verbatim.
+# Installs what is missing (gcc, g++, valgrind, pkg-config, golang-go, python3) with apt.
 # Prints "N passed, M failed" and exits non-zero on any failure. Run from anywhere.
 set -euo pipefail
 cd "$(dirname "$0")/.."
@@ -19,6 +20,7 @@ command -v g++ >/dev/null || missing+=(g++)
 command -v valgrind >/dev/null || missing+=(valgrind)
 command -v pkg-config >/dev/null || missing+=(pkg-config)
 command -v go >/dev/null || missing+=(golang-go)
+command -v python3 >/dev/null || missing+=(python3)
 if [ ${#missing[@]} -gt 0 ]; then
   echo "installing: ${missing[*]}"
   apt-get update -qq
@@ -99,6 +101,7 @@ check "compile C++ tests (two translation units)" g++ "${CXXFLAGS[@]}" \
 check "test_cpp" "$OUT/test_cpp" "$PROJECTOR"
 
 echo "examples"
+check "README excerpts are verbatim parts of the example files" python3 tests/c/readme_excerpts.py
 # shellcheck disable=SC2086
 {
   check "compile example.c (pkg-config isoclip)" gcc "${CFLAGS[@]}" bindings/examples/example.c -o "$OUT/example_c" $SHARED
