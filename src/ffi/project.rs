@@ -647,7 +647,7 @@ pub unsafe extern "C" fn isoclip_project(
                 return Err(Failure::NullPointer("output"));
             }
             let (a, b) = (input as usize, output as usize);
-            if a < b + out_len && b < a + in_len {
+            if a < b.saturating_add(out_len) && b < a.saturating_add(in_len) {
                 return Err(Failure::InvalidArgument(
                     "the input and output buffers overlap; project into a separate buffer".into(),
                 ));

@@ -766,6 +766,25 @@ static void test_backends(const isoclip_projector *p) {
     if (s == ISOCLIP_OK) {
         EXPECT_OK(isoclip_backend_device(gpu, &device));
         CHECK(device == ISOCLIP_DEVICE_CUDA);
+        /* The same rows on the GPU (fp16 tensor cores) and the CPU: the same directions. */
+        float *xg = malloc(sizeof(float) * ROWS * DI);
+        float *yg = malloc(sizeof(float) * ROWS * IMG_M), *yc = malloc(sizeof(float) * ROWS * IMG_M);
+        random_rows(xg, ROWS, DI, 123);
+        isoclip_projection_options *og =
+            make_options(ISOCLIP_MODALITY_IMAGE, ISOCLIP_INPUT_FEATURES, ISOCLIP_FORM_COMPACT, true);
+        EXPECT_OK(project_f32(p, gpu, og, ROWS, xg, DI, yg, IMG_M, NULL));
+        EXPECT_OK(project_f32(p, NULL, og, ROWS, xg, DI, yc, IMG_M, NULL));
+        double worst_cos = 1;
+        for (size_t r = 0; r < ROWS; r++) {
+            double c = 0;
+            for (size_t j = 0; j < IMG_M; j++) c += (double)yg[r * IMG_M + j] * yc[r * IMG_M + j];
+            if (!(c >= worst_cos)) worst_cos = c;
+        }
+        CHECK(worst_cos > 0.999);
+        isoclip_projection_options_free(og);
+        free(xg);
+        free(yg);
+        free(yc);
     } else {
         CHECK(gpu == NULL);
         EXPECT_MESSAGE_HAS("isoclip_backend_new: ");
