@@ -19,7 +19,9 @@ fn map(d_in: usize, d_out: usize) -> PreparedMap {
         weight: MatrixF32 {
             rows: d_in,
             cols: d_out,
-            data: (0..d_in * d_out).map(|_| rng.normal() as f32 * 0.05).collect(),
+            data: (0..d_in * d_out)
+                .map(|_| rng.normal() as f32 * 0.05)
+                .collect(),
         },
         bias: None,
     }
@@ -51,7 +53,10 @@ fn bench(c: &mut Criterion) {
             for elem in [ElemType::F16, ElemType::F32] {
                 let x = input(d_in, elem);
                 let mut out = vec![0u8; ROWS * d_out * 2];
-                let id = BenchmarkId::new(format!("{model}_{form}_{d_in}x{d_out}"), format!("in_{}", elem.name()));
+                let id = BenchmarkId::new(
+                    format!("{model}_{form}_{d_in}x{d_out}"),
+                    format!("in_{}", elem.name()),
+                );
                 g.bench_with_input(id, &x, |b, x| {
                     b.iter(|| {
                         backend

@@ -112,11 +112,13 @@ fn synthetic_default_is_labelled_and_isoclip_wins() {
             assert!((0.0..=100.0).contains(&x), "{side}.{key} = {x}");
         }
     }
-    // The synthetic classes live in Ψ's middle band, the nuisance in its top: IsoCLIP must win.
+    // The synthetic class signal lives mostly in Ψ's middle band, the nuisance in its top (and
+    // the data are calibrated so plain CLIP sits near the published ViT-B/16 mAP): IsoCLIP wins.
     assert!(
-        num(&v, &["isoclip", "map"]) > num(&v, &["clip", "map"]) + 20.0,
+        num(&v, &["isoclip", "map"]) > num(&v, &["clip", "map"]) + 5.0,
         "{v}"
     );
+    assert!((35.0..55.0).contains(&num(&v, &["clip", "map"])), "{v}");
     assert_eq!(num(&v, &["clip", "queries"]), ROWS as f64);
     assert_eq!(num(&v, &["clip", "gallery"]), (ROWS - 1) as f64);
 }
@@ -280,7 +282,9 @@ fn query_gallery_mode_and_ncm_from_files() {
         );
         assert_eq!(num(&files, &[side, "test_rows"]), 1000.0);
     }
-    assert!(num(&files, &["isoclip", "accuracy"]) > num(&files, &["clip", "accuracy"]));
+    // Class means average the noise away: on the built-in data both are (near) perfect.
+    assert!(num(&files, &["isoclip", "accuracy"]) >= num(&files, &["clip", "accuracy"]));
+    assert!(num(&files, &["isoclip", "accuracy"]) >= 95.0);
     let err = fails(&[
         "eval",
         "--projector",
