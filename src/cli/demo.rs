@@ -4,7 +4,7 @@
 use std::path::PathBuf;
 use std::time::Instant;
 
-use clap::Args;
+use clap::{Args, Parser};
 
 use super::fit::print_summary;
 use crate::align::synthetic::{SyntheticModel, SYNTHETIC_IMAGE_BAND};
@@ -69,7 +69,28 @@ pub fn run(a: DemoArgs) -> Result<()> {
         &AtomicBool::new(false),
     )?;
     print_project_summary(&summary);
+
+    println!("\n== 4. what IsoCLIP gains: image-image retrieval on SYNTHETIC labelled data");
+    let prefix = a.dir.join("eval");
+    let eval_args = EvalOnly::try_parse_from([
+        std::ffi::OsStr::new("eval"),
+        std::ffi::OsStr::new("--svg"),
+        prefix.as_os_str(),
+    ])
+    .expect("fixed arguments parse");
+    super::eval::run(eval_args.args)?;
+    println!(
+        "\nfiles in {}: projector.safetensors, gallery/, projected/, eval-*.svg",
+        a.dir.display()
+    );
     Ok(())
+}
+
+/// Lets the demo run `isoclip eval` with its defaults.
+#[derive(clap::Parser)]
+struct EvalOnly {
+    #[command(flatten)]
+    args: super::eval::EvalArgs,
 }
 
 const DEMO_SHARDS: usize = 4;
