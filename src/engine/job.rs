@@ -62,6 +62,11 @@ impl JobSpec {
 
 const DEFAULT_CHUNK_BYTES: usize = 16 << 20;
 const MAX_CHUNK_ROWS: usize = 1 << 16;
+/// Output chunk buffers circulating between compute and the writer thread: enough slack that a
+/// writer blocked in a periodic sync does not stall the compute side.
+const WRITE_BUFFERS: usize = 4;
+/// The writer thread syncs data to disk every this many bytes (see `write_shard`).
+const SYNC_EVERY_BYTES: usize = 64 << 20;
 
 /// Receives progress; implementations must be cheap (called once per chunk).
 pub trait ProgressSink: Sync {
@@ -420,10 +425,10 @@ fn write_shard(
 
     let out_row_bytes = d_out * out_elem.size();
     let mut stats = BlockStats::default();
-    // Compute on this thread, write on another: two chunk buffers circulate.
-    let (to_writer, writer_rx) = mpsc::sync_channel::<(Vec<u8>, usize)>(1);
-    let (to_compute, compute_rx) = mpsc::sync_channel::<Vec<u8>>(2);
-    for _ in 0..2 {
+    // Compute on this thread, write on another: WRITE_BUFFERS chunk buffers circulate.
+    let (to_writer, writer_rx) = mpsc::sync_channel::<(Vec<u8>, usize)>(WRITE_BUFFERS);
+    let (to_compute, compute_rx) = mpsc::sync_channel::<Vec<u8>>(WRITE_BUFFERS);
+    for _ in 0..WRITE_BUFFERS {
         to_compute
             .send(vec![0u8; chunk_rows * out_row_bytes])
             .expect("channel open");
@@ -432,11 +437,23 @@ fn write_shard(
         let writer_thread = scope.spawn(
             move || -> std::result::Result<(BufWriter<File>, Xxh3), std::io::Error> {
                 let mut failure = None;
+                let mut unsynced = 0usize;
                 for (buf, len) in writer_rx {
                     if failure.is_none() {
-                        match writer.write_all(&buf[..len]) {
-                            Ok(()) => hasher.update(&buf[..len]),
-                            Err(e) => failure = Some(e),
+                        let written = writer.write_all(&buf[..len]).and_then(|()| {
+                            hasher.update(&buf[..len]);
+                            // Push dirty pages to disk while the next chunks compute, so the
+                            // final fsync is short and writeback never piles up in RAM.
+                            unsynced += len;
+                            if unsynced >= SYNC_EVERY_BYTES {
+                                unsynced = 0;
+                                writer.flush()?;
+                                writer.get_ref().sync_data()?;
+                            }
+                            Ok(())
+                        });
+                        if let Err(e) = written {
+                            failure = Some(e);
                         }
                     }
                     // Return the buffer even after a failure so the compute side never blocks.
