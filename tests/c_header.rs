@@ -156,8 +156,7 @@ fn every_export_is_declared_and_guarded() {
             "guard(",
             "guard_infallible(",
             "catch_unwind(",
-            "set_projection_option(",
-            "set_job_option(",
+            "set_option(",
         ]
         .iter()
         .any(|g| body.contains(g));

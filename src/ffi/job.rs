@@ -13,7 +13,8 @@ use super::project::{
 use super::projector::{isoclip_projector, projector_arg, projector_clone_arc};
 use super::status::isoclip_status;
 use super::status::{
-    copy_string_out, guard, guard_infallible, path_arg, require_out, write_out, Failure, FfiResult,
+    copy_string_out, guard, guard_infallible, path_arg, require_out, set_option, write_out,
+    Failure, FfiResult,
 };
 use crate::backend::ElemType;
 use crate::engine::{run_job, JobSpec, JobSummary, ProgressSink};
@@ -202,24 +203,6 @@ pub unsafe extern "C" fn isoclip_job_options_free(options: *mut isoclip_job_opti
     })
 }
 
-/// Runs a setter on live job options.
-///
-/// # Safety
-/// `o` is NULL or a live handle used by no other thread.
-unsafe fn set_job_option(
-    function: &str,
-    o: *mut isoclip_job_options,
-    set: impl FnOnce(&mut isoclip_job_options) -> FfiResult<()>,
-) -> isoclip_status {
-    guard(function, || {
-        if o.is_null() {
-            return Err(Failure::NullPointer("options"));
-        }
-        // SAFETY: live and exclusively ours for this call per the contract.
-        set(unsafe { &mut *o })
-    })
-}
-
 /// Chooses the element type of the output shards (`ISOCLIP_DTYPE_F16`, the default, or `_F32`).
 ///
 /// Returns `ISOCLIP_OK`, `ISOCLIP_ERR_NULL_POINTER`, `ISOCLIP_ERR_INVALID_ARGUMENT`,
@@ -234,7 +217,7 @@ pub unsafe extern "C" fn isoclip_job_options_set_output_dtype(
 ) -> isoclip_status {
     // SAFETY: per this function's contract.
     unsafe {
-        set_job_option("isoclip_job_options_set_output_dtype", options, |o| {
+        set_option("isoclip_job_options_set_output_dtype", options, |o| {
             o.output_dtype = parse_dtype(dtype, "output")?;
             Ok(())
         })
@@ -255,7 +238,7 @@ pub unsafe extern "C" fn isoclip_job_options_set_overwrite(
 ) -> isoclip_status {
     // SAFETY: per this function's contract.
     unsafe {
-        set_job_option("isoclip_job_options_set_overwrite", options, |o| {
+        set_option("isoclip_job_options_set_overwrite", options, |o| {
             o.overwrite = overwrite;
             Ok(())
         })
@@ -276,7 +259,7 @@ pub unsafe extern "C" fn isoclip_job_options_set_chunk_bytes(
 ) -> isoclip_status {
     // SAFETY: per this function's contract.
     unsafe {
-        set_job_option("isoclip_job_options_set_chunk_bytes", options, |o| {
+        set_option("isoclip_job_options_set_chunk_bytes", options, |o| {
             o.chunk_bytes = chunk_bytes;
             Ok(())
         })
@@ -300,7 +283,7 @@ pub unsafe extern "C" fn isoclip_job_options_set_progress(
 ) -> isoclip_status {
     // SAFETY: per this function's contract.
     unsafe {
-        set_job_option("isoclip_job_options_set_progress", options, |o| {
+        set_option("isoclip_job_options_set_progress", options, |o| {
             o.progress = callback.map(|function| Callback {
                 function,
                 user_data,

@@ -9,7 +9,8 @@ use super::projector::{
 };
 use super::status::isoclip_status;
 use super::status::{
-    copy_string_out, guard, guard_infallible, require_out, write_out, Failure, FfiResult,
+    copy_string_out, guard, guard_infallible, require_out, set_option, write_out, Failure,
+    FfiResult,
 };
 use crate::align::Modality;
 use crate::backend::cpu::CpuBackend;
@@ -413,24 +414,6 @@ pub unsafe extern "C" fn isoclip_projection_options_free(options: *mut isoclip_p
     })
 }
 
-/// Runs a setter on live options.
-///
-/// # Safety
-/// `o` is NULL or a live handle used by no other thread.
-unsafe fn set_projection_option(
-    function: &str,
-    o: *mut isoclip_projection_options,
-    set: impl FnOnce(&mut isoclip_projection_options) -> FfiResult<()>,
-) -> isoclip_status {
-    guard(function, || {
-        if o.is_null() {
-            return Err(Failure::NullPointer("options"));
-        }
-        // SAFETY: live and exclusively ours for this call per the contract.
-        set(unsafe { &mut *o })
-    })
-}
-
 /// Chooses the modality (`ISOCLIP_MODALITY_AUTO`: the projector's only one).
 ///
 /// Returns `ISOCLIP_OK`, `ISOCLIP_ERR_NULL_POINTER`, `ISOCLIP_ERR_INVALID_ARGUMENT` (unknown
@@ -445,7 +428,7 @@ pub unsafe extern "C" fn isoclip_projection_options_set_modality(
 ) -> isoclip_status {
     // SAFETY: per this function's contract.
     unsafe {
-        set_projection_option("isoclip_projection_options_set_modality", options, |o| {
+        set_option("isoclip_projection_options_set_modality", options, |o| {
             o.modality = parse_modality(modality)?;
             Ok(())
         })
@@ -466,7 +449,7 @@ pub unsafe extern "C" fn isoclip_projection_options_set_input_kind(
 ) -> isoclip_status {
     // SAFETY: per this function's contract.
     unsafe {
-        set_projection_option("isoclip_projection_options_set_input_kind", options, |o| {
+        set_option("isoclip_projection_options_set_input_kind", options, |o| {
             o.input_kind = parse_input_kind(input_kind)?;
             Ok(())
         })
@@ -487,7 +470,7 @@ pub unsafe extern "C" fn isoclip_projection_options_set_form(
 ) -> isoclip_status {
     // SAFETY: per this function's contract.
     unsafe {
-        set_projection_option("isoclip_projection_options_set_form", options, |o| {
+        set_option("isoclip_projection_options_set_form", options, |o| {
             o.form = parse_form(form)?;
             Ok(())
         })
@@ -508,7 +491,7 @@ pub unsafe extern "C" fn isoclip_projection_options_set_normalize(
 ) -> isoclip_status {
     // SAFETY: per this function's contract.
     unsafe {
-        set_projection_option("isoclip_projection_options_set_normalize", options, |o| {
+        set_option("isoclip_projection_options_set_normalize", options, |o| {
             o.normalize = normalize;
             Ok(())
         })
@@ -529,7 +512,7 @@ pub unsafe extern "C" fn isoclip_projection_options_set_nonfinite(
 ) -> isoclip_status {
     // SAFETY: per this function's contract.
     unsafe {
-        set_projection_option("isoclip_projection_options_set_nonfinite", options, |o| {
+        set_option("isoclip_projection_options_set_nonfinite", options, |o| {
             o.nonfinite = parse_nonfinite(nonfinite)?;
             Ok(())
         })

@@ -452,6 +452,25 @@ pub extern "C" fn isoclip_status_name(status: i32) -> *const c_char {
     })
 }
 
+/// Runs a setter on a live options handle of any kind, inside the panic guard; a NULL handle is
+/// `ISOCLIP_ERR_NULL_POINTER`.
+///
+/// # Safety
+/// `options` is NULL or a live handle that no other thread uses during the call.
+pub(crate) unsafe fn set_option<T>(
+    function: &str,
+    options: *mut T,
+    set: impl FnOnce(&mut T) -> FfiResult<()>,
+) -> isoclip_status {
+    guard(function, || {
+        if options.is_null() {
+            return Err(Failure::NullPointer("options"));
+        }
+        // SAFETY: live and exclusively ours for this call per the contract.
+        set(unsafe { &mut *options })
+    })
+}
+
 #[cfg(test)]
 mod tests {
     use super::*;
