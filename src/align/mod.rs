@@ -361,7 +361,8 @@ impl PsiSpectrum {
         Ok(PsiSpectrum { u, v, sigma })
     }
 
-    pub fn rank_bound(&self) -> usize {
+    /// r = min(d_i', d_t'): the number of singular values of Ψ.
+    pub fn r(&self) -> usize {
         self.sigma.len()
     }
 
@@ -434,7 +435,7 @@ pub fn fit_modality(
     band: BandSpec,
 ) -> Result<ModalityMaps> {
     faer::set_global_parallelism(Par::Seq);
-    let r = spectrum.rank_bound();
+    let r = spectrum.r();
     let m = band.kept(r)?;
     let lo = band.k_top;
     let (basis, other_basis, own, other, augmented) = match modality {

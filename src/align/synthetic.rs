@@ -199,9 +199,3 @@ impl SyntheticModel {
         (feats, labels)
     }
 }
-
-/// Unlabelled random features of the given width (for throughput runs and galleries).
-pub fn random_features(rows: usize, cols: usize, seed: u64) -> Vec<f32> {
-    let mut rng = Rng::new(seed);
-    (0..rows * cols).map(|_| rng.normal() as f32).collect()
-}

@@ -88,7 +88,7 @@ pub fn run(a: SweepArgs) -> Result<()> {
         ));
     };
     let spectrum = PsiSpectrum::compute(weights)?;
-    let r = spectrum.rank_bound();
+    let r = spectrum.r();
     let k_tops = a
         .k_top_grid
         .clone()
