@@ -39,6 +39,21 @@ fn gallery(dir: &Path, name: &str, shards: usize, rows: usize, dim: usize, dtype
     dir.join(name)
 }
 
+/// Runs `isoclip project --projector p.st --input INPUT --output OUTPUT EXTRA...` in `dir`.
+fn project(dir: &Path, input: &str, output: &str, extra: &[&str]) -> std::process::Output {
+    let mut args = vec![
+        "project",
+        "--projector",
+        "p.st",
+        "--input",
+        input,
+        "--output",
+        output,
+    ];
+    args.extend_from_slice(extra);
+    isoclip(&args, dir)
+}
+
 fn read_rows(path: &Path) -> (usize, usize, Vec<f64>) {
     let m = NpyMatrix::open(path, Accept::Embeddings).unwrap();
     (m.rows, m.cols, m.to_f64())
@@ -70,22 +85,11 @@ fn projects_a_gallery_matching_the_f64_reference() {
     let g = gallery(dir.path(), "g", 3, 1000, 768, "f16");
     for (form, dtype, tol) in [("compact", "f16", 2e-3), ("full", "f32", 1e-5)] {
         let out = format!("out_{form}");
-        let o = isoclip(
-            &[
-                "project",
-                "--projector",
-                "p.st",
-                "--input",
-                "g",
-                "--output",
-                &out,
-                "--form",
-                form,
-                "--dtype",
-                dtype,
-                "--json",
-            ],
+        let o = project(
             dir.path(),
+            "g",
+            &out,
+            &["--form", form, "--dtype", dtype, "--json"],
         );
         assert!(o.status.success(), "{}", stderr(&o));
         let s: serde_json::Value = serde_json::from_str(&stdout(&o)).unwrap();
@@ -146,36 +150,13 @@ fn embedding_route_matches_feature_route() {
         .flat_map(|v| half::f16::from_f64(*v).to_le_bytes())
         .collect();
     write_npy_raw(&dir.path().join("e/s.npy"), "<f2", &[n, 512], false, &emb16);
-    let a = isoclip(
-        &[
-            "project",
-            "--projector",
-            "p.st",
-            "--input",
-            "f",
-            "--output",
-            "of",
-            "--dtype",
-            "f32",
-        ],
-        dir.path(),
-    );
+    let a = project(dir.path(), "f", "of", &["--dtype", "f32"]);
     assert!(a.status.success(), "{}", stderr(&a));
-    let b = isoclip(
-        &[
-            "project",
-            "--projector",
-            "p.st",
-            "--input",
-            "e",
-            "--output",
-            "oe",
-            "--dtype",
-            "f32",
-            "--input-kind",
-            "embeddings",
-        ],
+    let b = project(
         dir.path(),
+        "e",
+        "oe",
+        &["--dtype", "f32", "--input-kind", "embeddings"],
     );
     assert!(b.status.success(), "{}", stderr(&b));
     let (_, c1, y1) = read_rows(&dir.path().join("of/s.npy"));
@@ -199,19 +180,7 @@ fn sigkill_at_any_moment_then_rerun_is_byte_identical() {
     let dir = tempfile::tempdir().unwrap();
     projector(dir.path());
     gallery(dir.path(), "g", 4, 6000, 768, "f16");
-    let clean = isoclip(
-        &[
-            "project",
-            "--projector",
-            "p.st",
-            "--input",
-            "g",
-            "--output",
-            "clean",
-            "--quiet",
-        ],
-        dir.path(),
-    );
+    let clean = project(dir.path(), "g", "clean", &["--quiet"]);
     assert!(clean.status.success(), "{}", stderr(&clean));
     let reference = dir_files(&dir.path().join("clean"));
     assert_eq!(reference.len(), 4);
@@ -256,19 +225,7 @@ fn sigkill_at_any_moment_then_rerun_is_byte_identical() {
         if kills > 0 {
             killed_midway += 1;
         }
-        let fin = isoclip(
-            &[
-                "project",
-                "--projector",
-                "p.st",
-                "--input",
-                "g",
-                "--output",
-                &out,
-                "--quiet",
-            ],
-            dir.path(),
-        );
+        let fin = project(dir.path(), "g", &out, &["--quiet"]);
         assert!(fin.status.success(), "{}", stderr(&fin));
         assert_eq!(
             dir_files(&dir.path().join(&out)),
@@ -339,18 +296,7 @@ fn zero_rows_and_nonfinite_rows() {
     x[10 * 768..11 * 768].iter_mut().for_each(|v| *v = 0.0);
     x[333 * 768 + 5] = f64::NAN;
     write_npy_f32(&dir.path().join("g/s.npy"), 400, 768, &x);
-    let o = isoclip(
-        &[
-            "project",
-            "--projector",
-            "p.st",
-            "--input",
-            "g",
-            "--output",
-            "o",
-        ],
-        dir.path(),
-    );
+    let o = project(dir.path(), "g", "o", &[]);
     assert_fails_with(&o, &["s.npy", "row 333", "NaN or Inf"]);
     assert!(!dir.path().join("o/s.npy").exists());
     assert!(std::fs::read_dir(dir.path().join("o")).unwrap().all(|e| !e
@@ -358,21 +304,7 @@ fn zero_rows_and_nonfinite_rows() {
         .file_name()
         .to_string_lossy()
         .contains("tmp")));
-    let o = isoclip(
-        &[
-            "project",
-            "--projector",
-            "p.st",
-            "--input",
-            "g",
-            "--output",
-            "o",
-            "--nonfinite",
-            "zero",
-            "--json",
-        ],
-        dir.path(),
-    );
+    let o = project(dir.path(), "g", "o", &["--nonfinite", "zero", "--json"]);
     assert!(o.status.success(), "{}", stderr(&o));
     let s: serde_json::Value = serde_json::from_str(&stdout(&o)).unwrap();
     assert_eq!(s["zero_norm_rows"], 1);
@@ -466,18 +398,7 @@ fn bad_shards_are_refused_before_any_work() {
             &vec![0u8; 4 * 768 * 2],
         );
         let out = format!("out_{name}");
-        let o = isoclip(
-            &[
-                "project",
-                "--projector",
-                "p.st",
-                "--input",
-                sub.to_str().unwrap(),
-                "--output",
-                &out,
-            ],
-            dir.path(),
-        );
+        let o = project(dir.path(), sub.to_str().unwrap(), &out, &[]);
         assert_fails_with(&o, &needles);
         assert!(
             !dir.path().join(&out).join("aaa_good.npy").exists(),
@@ -494,18 +415,7 @@ fn bad_shards_are_refused_before_any_work() {
         false,
         &vec![0u8; 999 * 768 * 2],
     );
-    let o = isoclip(
-        &[
-            "project",
-            "--projector",
-            "p.st",
-            "--input",
-            "trunc",
-            "--output",
-            "o_t",
-        ],
-        dir.path(),
-    );
+    let o = project(dir.path(), "trunc", "o_t", &[]);
     assert_fails_with(&o, &["t.npy", "truncated", "1000 x 768"]);
 }
 
@@ -514,58 +424,14 @@ fn output_directory_checks() {
     let dir = tempfile::tempdir().unwrap();
     projector(dir.path());
     gallery(dir.path(), "g", 1, 10, 768, "f16");
-    let o = isoclip(
-        &[
-            "project",
-            "--projector",
-            "p.st",
-            "--input",
-            "g",
-            "--output",
-            "g",
-        ],
-        dir.path(),
-    );
+    let o = project(dir.path(), "g", "g", &[]);
     assert_fails_with(&o, &["inside (or equal to) the input"]);
-    let o = isoclip(
-        &[
-            "project",
-            "--projector",
-            "p.st",
-            "--input",
-            "g",
-            "--output",
-            "g/sub",
-        ],
-        dir.path(),
-    );
+    let o = project(dir.path(), "g", "g/sub", &[]);
     assert_fails_with(&o, &["inside (or equal to) the input"]);
-    let o = isoclip(
-        &[
-            "project",
-            "--projector",
-            "p.st",
-            "--input",
-            "g/img_emb_0000.npy",
-            "--output",
-            "g",
-        ],
-        dir.path(),
-    );
+    let o = project(dir.path(), "g/img_emb_0000.npy", "g", &[]);
     assert_fails_with(&o, &["would overwrite its input shard"]);
     std::fs::write(dir.path().join("afile"), b"x").unwrap();
-    let o = isoclip(
-        &[
-            "project",
-            "--projector",
-            "p.st",
-            "--input",
-            "g",
-            "--output",
-            "afile/out",
-        ],
-        dir.path(),
-    );
+    let o = project(dir.path(), "g", "afile/out", &[]);
     assert_fails_with(&o, &["afile/out"]);
     assert_eq!(
         std::fs::read(dir.path().join("g/img_emb_0000.npy"))
@@ -583,19 +449,7 @@ fn disk_full_mid_run_then_rerun_completes() {
     let dir = tempfile::tempdir().unwrap();
     projector(dir.path());
     gallery(dir.path(), "g", 3, 2000, 768, "f16"); // each output: 2000 x 262 x 2 ≈ 1.05 MB
-    let clean = isoclip(
-        &[
-            "project",
-            "--projector",
-            "p.st",
-            "--input",
-            "g",
-            "--output",
-            "clean",
-            "--quiet",
-        ],
-        dir.path(),
-    );
+    let clean = project(dir.path(), "g", "clean", &["--quiet"]);
     assert!(clean.status.success());
     let mnt = dir.path().join("small_disk");
     std::fs::create_dir(&mnt).unwrap();
@@ -616,19 +470,7 @@ fn disk_full_mid_run_then_rerun_completes() {
     }
     let _guard = Unmount(mnt.clone());
     let out = mnt.join("out");
-    let o = isoclip(
-        &[
-            "project",
-            "--projector",
-            "p.st",
-            "--input",
-            "g",
-            "--output",
-            out.to_str().unwrap(),
-            "--quiet",
-        ],
-        dir.path(),
-    );
+    let o = project(dir.path(), "g", out.to_str().unwrap(), &["--quiet"]);
     assert_fails_with(&o, &["img_emb_0002.npy", "No space left"]);
     let names: Vec<String> = std::fs::read_dir(&out)
         .unwrap()
@@ -646,19 +488,7 @@ fn disk_full_mid_run_then_rerun_completes() {
         .status()
         .unwrap();
     assert!(r.success());
-    let o = isoclip(
-        &[
-            "project",
-            "--projector",
-            "p.st",
-            "--input",
-            "g",
-            "--output",
-            out.to_str().unwrap(),
-            "--json",
-        ],
-        dir.path(),
-    );
+    let o = project(dir.path(), "g", out.to_str().unwrap(), &["--json"]);
     assert!(o.status.success(), "{}", stderr(&o));
     let s: serde_json::Value = serde_json::from_str(&stdout(&o)).unwrap();
     assert_eq!(
