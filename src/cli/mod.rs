@@ -29,8 +29,10 @@ const EXIT_CODES: &str = "Exit codes: 0 success; 1 the command failed (the messa
     about = "IsoCLIP: training-free intra-modal alignment for CLIP embeddings",
     long_about = "IsoCLIP makes CLIP embeddings better at image-to-image and text-to-text search by \
 projecting through the well-aligned middle band of the inter-modal operator Ψ = P_i P_tᵀ. \
-`fit` computes the aligned projectors from a checkpoint; `inspect` and `spectrum` explain them.",
-    after_help = format!("Examples:\n  isoclip fit --preset openai-vit-b-16 --checkpoint model.safetensors -o b16.isoclip\n  isoclip inspect b16.isoclip\n  isoclip spectrum --checkpoint model.safetensors --preset openai-vit-b-16 --svg spectrum.svg\n\n{EXIT_CODES}")
+`fit` computes the aligned projectors from a checkpoint; `project` moves galleries of embedding \
+shards into the IsoCLIP space; `eval` and `sweep` measure the gain on labelled data; `inspect` and \
+`spectrum` explain a projector. `demo` runs it all on a built-in SYNTHETIC model.",
+    after_help = format!("Examples:\n  isoclip demo\n  isoclip fit --preset openai-vit-b-16 --checkpoint model.safetensors -o b16.isoclip\n  isoclip project --projector b16.isoclip --input img_emb/ --output iso_emb/\n  isoclip eval --projector b16.isoclip --features feats.npy --labels labels.npy\n  isoclip inspect b16.isoclip\n  isoclip spectrum --checkpoint model.safetensors --preset openai-vit-b-16 --svg spectrum.svg\n\n{EXIT_CODES}")
 )]
 pub struct Cli {
     #[command(subcommand)]
