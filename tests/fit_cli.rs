@@ -13,6 +13,40 @@ fn small_weights(seed: u64, di: usize, dt: usize, d: usize) -> (Vec<f64>, Vec<f6
     )
 }
 
+/// `isoclip fit --image-proj IMAGE --text-proj TEXT --k-top 1 --k-bottom 1` in `dir`.
+fn fit_npy_pair(dir: &std::path::Path, image: &str, text: &str) -> std::process::Output {
+    isoclip(
+        &[
+            "fit",
+            "--image-proj",
+            image,
+            "--text-proj",
+            text,
+            "--k-top",
+            "1",
+            "--k-bottom",
+            "1",
+        ],
+        dir,
+    )
+}
+
+/// `isoclip fit --checkpoint CHECKPOINT --k-top 1 --k-bottom 1` in `dir`.
+fn fit_checkpoint(dir: &std::path::Path, checkpoint: &str) -> std::process::Output {
+    isoclip(
+        &[
+            "fit",
+            "--checkpoint",
+            checkpoint,
+            "--k-top",
+            "1",
+            "--k-bottom",
+            "1",
+        ],
+        dir,
+    )
+}
+
 fn transpose(v: &[f64], rows: usize, cols: usize) -> Vec<f64> {
     let mut t = vec![0.0; v.len()];
     for i in 0..rows {
@@ -148,18 +182,7 @@ fn tensors_not_found_lists_the_names_present() {
             StTensor::f32("logit_scale", &[1], &[1.0]),
         ],
     );
-    let o = isoclip(
-        &[
-            "fit",
-            "--checkpoint",
-            "m.safetensors",
-            "--k-top",
-            "1",
-            "--k-bottom",
-            "1",
-        ],
-        dir.path(),
-    );
+    let o = fit_checkpoint(dir.path(), "m.safetensors");
     assert_fails_with(
         &o,
         &[
@@ -189,20 +212,7 @@ fn different_output_dims_name_both() {
         10,
         &uniform_matrix(&mut rng, 8, 10),
     );
-    let o = isoclip(
-        &[
-            "fit",
-            "--image-proj",
-            "a.npy",
-            "--text-proj",
-            "b.npy",
-            "--k-top",
-            "1",
-            "--k-bottom",
-            "1",
-        ],
-        dir.path(),
-    );
+    let o = fit_npy_pair(dir.path(), "a.npy", "b.npy");
     assert_fails_with(&o, &["output dim 12", "output dim 10"]);
 }
 
@@ -213,20 +223,7 @@ fn non_finite_weights_are_refused_naming_the_file() {
     pi[5] = f64::NAN;
     write_npy_f32(&dir.path().join("a.npy"), 16, 8, &pi);
     write_npy_f32(&dir.path().join("b.npy"), 8, 8, &pt);
-    let o = isoclip(
-        &[
-            "fit",
-            "--image-proj",
-            "a.npy",
-            "--text-proj",
-            "b.npy",
-            "--k-top",
-            "1",
-            "--k-bottom",
-            "1",
-        ],
-        dir.path(),
-    );
+    let o = fit_npy_pair(dir.path(), "a.npy", "b.npy");
     assert_fails_with(&o, &["a.npy", "non-finite"]);
 
     let (pi, mut pt) = small_weights(4, 16, 8, 8);
@@ -238,18 +235,7 @@ fn non_finite_weights_are_refused_naming_the_file() {
             StTensor::f32("text_projection", &[8, 8], &pt),
         ],
     );
-    let o = isoclip(
-        &[
-            "fit",
-            "--checkpoint",
-            "inf.safetensors",
-            "--k-top",
-            "1",
-            "--k-bottom",
-            "1",
-        ],
-        dir.path(),
-    );
+    let o = fit_checkpoint(dir.path(), "inf.safetensors");
     assert_fails_with(&o, &["inf.safetensors", "text projector", "non-finite"]);
 }
 
@@ -278,67 +264,21 @@ fn truncated_and_unreadable_files() {
         &bytes[..bytes.len() - 100],
     )
     .unwrap();
-    let o = isoclip(
-        &[
-            "fit",
-            "--checkpoint",
-            "cut.safetensors",
-            "--k-top",
-            "1",
-            "--k-bottom",
-            "1",
-        ],
-        dir.path(),
-    );
+    let o = fit_checkpoint(dir.path(), "cut.safetensors");
     assert_fails_with(&o, &["cut.safetensors", "not a readable safetensors file"]);
 
     write_npy_f32(&dir.path().join("a.npy"), 16, 8, &pi);
     write_npy_f32(&dir.path().join("b.npy"), 8, 8, &pt);
     let b = std::fs::read(dir.path().join("a.npy")).unwrap();
     std::fs::write(dir.path().join("a_cut.npy"), &b[..b.len() - 7]).unwrap();
-    let o = isoclip(
-        &[
-            "fit",
-            "--image-proj",
-            "a_cut.npy",
-            "--text-proj",
-            "b.npy",
-            "--k-top",
-            "1",
-            "--k-bottom",
-            "1",
-        ],
-        dir.path(),
-    );
+    let o = fit_npy_pair(dir.path(), "a_cut.npy", "b.npy");
     assert_fails_with(&o, &["a_cut.npy", "truncated"]);
 
-    let o = isoclip(
-        &[
-            "fit",
-            "--checkpoint",
-            "missing.safetensors",
-            "--k-top",
-            "1",
-            "--k-bottom",
-            "1",
-        ],
-        dir.path(),
-    );
+    let o = fit_checkpoint(dir.path(), "missing.safetensors");
     assert_fails_with(&o, &["missing.safetensors", "No such file"]);
 
     std::fs::write(dir.path().join("model.pt"), b"PK\x03\x04 torch zip").unwrap();
-    let o = isoclip(
-        &[
-            "fit",
-            "--checkpoint",
-            "model.pt",
-            "--k-top",
-            "1",
-            "--k-bottom",
-            "1",
-        ],
-        dir.path(),
-    );
+    let o = fit_checkpoint(dir.path(), "model.pt");
     assert_fails_with(&o, &["model.pt", "convert it to safetensors"]);
 
     let o = isoclip(&["inspect", "full.safetensors"], dir.path());
@@ -357,20 +297,7 @@ fn unsupported_dtypes_are_named() {
         &[0u8; 16 * 8 * 4],
     );
     write_npy_f32(&dir.path().join("b.npy"), 8, 8, &pt);
-    let o = isoclip(
-        &[
-            "fit",
-            "--image-proj",
-            "int.npy",
-            "--text-proj",
-            "b.npy",
-            "--k-top",
-            "1",
-            "--k-bottom",
-            "1",
-        ],
-        dir.path(),
-    );
+    let o = fit_npy_pair(dir.path(), "int.npy", "b.npy");
     assert_fails_with(&o, &["int.npy", "'<i4'", "not supported"]);
 
     write_safetensors(
@@ -385,18 +312,7 @@ fn unsupported_dtypes_are_named() {
             StTensor::f32("text_projection", &[8, 8], &pt),
         ],
     );
-    let o = isoclip(
-        &[
-            "fit",
-            "--checkpoint",
-            "i32.safetensors",
-            "--k-top",
-            "1",
-            "--k-bottom",
-            "1",
-        ],
-        dir.path(),
-    );
+    let o = fit_checkpoint(dir.path(), "i32.safetensors");
     assert_fails_with(&o, &["i32.safetensors", "visual.proj", "I32"]);
 }
 
