@@ -1,6 +1,15 @@
 //! One error type for the whole crate. Every variant carries what a caller needs to act on it:
-//! the file, what was expected and what was found. The CLI prints it; the C ABI maps it to a
-//! status code in exactly one `match` (see `ffi`).
+//! the file, what was expected and what was found. The CLI prints it (adding its own hints, keyed
+//! on the variant); the C ABI maps it to a status code in exactly one `match` (see `ffi`).
+//!
+//! The model, shared by every layer:
+//! - A layer that knows which file an error is about, but did not produce it, wraps it with
+//!   [`Error::in_file`] (as ripgrep's `ignore::Error::WithPath` does) instead of rewriting its
+//!   message; [`Error::root`] gives back the variant underneath for status mapping and hints.
+//! - Row numbers in [`Error::NonFiniteRow`] and [`Error::Unrepresentable`] are relative to the
+//!   rows the reporting layer was given; a layer that knows the absolute position (the engine,
+//!   within a shard) re-bases them with [`Error::offset_rows`] before wrapping.
+//! - Library messages never name CLI flags or C option setters: each front end adds its own.
 
 use std::path::{Path, PathBuf};
 
@@ -29,8 +38,22 @@ pub enum Error {
     #[error("{0}")]
     NonFinite(String),
     /// An input row holds NaN or Inf; `row` is 0-based within the rows passed to the call.
-    #[error("row {row} contains NaN or Inf (pass --nonfinite zero to write zeros for such rows instead)")]
+    #[error("row {row} contains NaN or Inf")]
     NonFiniteRow { row: usize },
+    /// A row's result cannot be represented in the output type (an f16 output beyond ±65504, a
+    /// non-finite result from finite input); `row` as in `NonFiniteRow`.
+    #[error("row {row}: {message}")]
+    Unrepresentable { row: usize, message: String },
+    /// Memory (or threads, or another bounded resource) could not be obtained.
+    #[error("{0}")]
+    ResourceExhausted(String),
+    /// An error about a particular file, raised by a layer that does not know the file.
+    #[error("{}: {source}", path.display())]
+    InFile {
+        path: PathBuf,
+        #[source]
+        source: Box<Error>,
+    },
     /// The requested band keeps no direction, or is otherwise impossible.
     #[error("{0}")]
     Band(String),
@@ -71,5 +94,71 @@ impl Error {
     }
     pub fn invalid(message: impl Into<String>) -> Self {
         Error::InvalidArgument(message.into())
+    }
+
+    /// Attaches the file this error is about (no-op when it already names that file).
+    pub fn in_file(self, path: impl AsRef<Path>) -> Self {
+        let path = path.as_ref();
+        if self.path() == Some(path) {
+            return self;
+        }
+        Error::InFile {
+            path: path.to_path_buf(),
+            source: Box::new(self),
+        }
+    }
+
+    /// The variant underneath any `InFile` wrappers.
+    pub fn root(&self) -> &Error {
+        match self {
+            Error::InFile { source, .. } => source.root(),
+            e => e,
+        }
+    }
+
+    /// The outermost file this error names, if any.
+    pub fn path(&self) -> Option<&Path> {
+        match self {
+            Error::Io { path, .. }
+            | Error::Format { path, .. }
+            | Error::Unsupported { path, .. }
+            | Error::TensorNotFound { path, .. }
+            | Error::InFile { path, .. } => Some(path),
+            _ => None,
+        }
+    }
+
+    /// Re-bases the row number of a row error by `offset` (the position of the rows the
+    /// reporting layer was given inside a larger array); other errors are returned unchanged.
+    pub fn offset_rows(self, offset: usize) -> Self {
+        match self {
+            Error::NonFiniteRow { row } => Error::NonFiniteRow { row: row + offset },
+            Error::Unrepresentable { row, message } => Error::Unrepresentable {
+                row: row + offset,
+                message,
+            },
+            Error::InFile { path, source } => Error::InFile {
+                path,
+                source: Box::new(source.offset_rows(offset)),
+            },
+            e => e,
+        }
+    }
+}
+
+#[cfg(test)]
+mod tests {
+    use super::*;
+
+    #[test]
+    fn in_file_wraps_once_and_root_sees_through() {
+        let e = Error::NonFiniteRow { row: 3 }
+            .offset_rows(100)
+            .in_file("/data/a.npy");
+        assert_eq!(e.to_string(), "/data/a.npy: row 103 contains NaN or Inf");
+        assert!(matches!(e.root(), Error::NonFiniteRow { row: 103 }));
+        let f = Error::format("/data/a.npy", "bad header").in_file("/data/a.npy");
+        assert_eq!(f.to_string(), "/data/a.npy: bad header");
+        assert_eq!(e.offset_rows(1).root().to_string(), "row 104 contains NaN or Inf");
     }
 }

@@ -59,6 +59,19 @@ pub enum Command {
     Sweep(sweep::SweepArgs),
 }
 
+/// What the command line can add to a library error: the flag that changes the outcome.
+fn hint(e: &crate::Error) -> Option<&'static str> {
+    match e.root() {
+        crate::Error::NonFiniteRow { .. } => {
+            Some("pass --nonfinite zero to write zeros for such rows instead")
+        }
+        crate::Error::Unrepresentable { .. } => Some(
+            "normalise the output, write --dtype f32, or pass --nonfinite zero to write zeros for such rows",
+        ),
+        _ => None,
+    }
+}
+
 /// Runs the CLI with the process arguments; returns the exit code.
 pub fn main() -> i32 {
     let cli = match Cli::try_parse() {
@@ -82,7 +95,10 @@ pub fn main() -> i32 {
     match result {
         Ok(()) => EXIT_OK,
         Err(e) => {
-            eprintln!("error: {e}");
+            match hint(&e) {
+                Some(h) => eprintln!("error: {e} ({h})"),
+                None => eprintln!("error: {e}"),
+            }
             EXIT_FAILURE
         }
     }

@@ -482,16 +482,7 @@ fn write_shard(
                 let out = RowsOut::dense(&mut buf[..n * out_row_bytes], n, d_out, out_elem);
                 match backend.project(map, opts, input, out) {
                     Ok(st) => stats += st,
-                    Err(Error::NonFiniteRow { row }) => {
-                        return Err(Error::format(
-                            &s.path,
-                            format!(
-                                "row {} contains NaN or Inf (pass --nonfinite zero to write zeros for such rows instead)",
-                                start + row
-                            ),
-                        ))
-                    }
-                    Err(e) => return Err(e),
+                    Err(e) => return Err(e.offset_rows(start).in_file(&s.path)),
                 }
                 s.matrix.release_rows(start, start + n);
                 if to_writer.send((buf, n * out_row_bytes)).is_err() {

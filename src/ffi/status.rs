@@ -56,6 +56,12 @@ pub enum isoclip_status {
     /// The call is not valid in the object's current state (running a job that is already
     /// running, reading the summary of a job that has not finished a run).
     ISOCLIP_ERR_INVALID_STATE = 15,
+    /// A row's result cannot be represented in the output type (an f16 output value beyond
+    /// ±65504 without normalisation); the message names the row (and the shard, in a job).
+    ISOCLIP_ERR_UNREPRESENTABLE = 16,
+    /// Memory or threads could not be obtained (an allocation failed under an address-space
+    /// limit, a thread count beyond what the library allows).
+    ISOCLIP_ERR_RESOURCE_EXHAUSTED = 17,
     /// A bug: the library panicked. The message holds the panic text. The objects passed to the
     /// call remain valid to free, but their state is unspecified.
     ISOCLIP_ERR_PANIC = 255,
@@ -64,7 +70,7 @@ pub enum isoclip_status {
 use isoclip_status::*;
 
 /// Every status, for tests and for `isoclip_status_name`.
-pub(crate) const ALL_STATUSES: [isoclip_status; 17] = [
+pub(crate) const ALL_STATUSES: [isoclip_status; 19] = [
     ISOCLIP_OK,
     ISOCLIP_ERR_INVALID_ARGUMENT,
     ISOCLIP_ERR_NULL_POINTER,
@@ -81,6 +87,8 @@ pub(crate) const ALL_STATUSES: [isoclip_status; 17] = [
     ISOCLIP_ERR_CANCELLED,
     ISOCLIP_ERR_DEVICE_UNAVAILABLE,
     ISOCLIP_ERR_INVALID_STATE,
+    ISOCLIP_ERR_UNREPRESENTABLE,
+    ISOCLIP_ERR_RESOURCE_EXHAUSTED,
     ISOCLIP_ERR_PANIC,
 ];
 
@@ -104,6 +112,8 @@ impl isoclip_status {
             ISOCLIP_ERR_CANCELLED => c"ISOCLIP_ERR_CANCELLED",
             ISOCLIP_ERR_DEVICE_UNAVAILABLE => c"ISOCLIP_ERR_DEVICE_UNAVAILABLE",
             ISOCLIP_ERR_INVALID_STATE => c"ISOCLIP_ERR_INVALID_STATE",
+            ISOCLIP_ERR_UNREPRESENTABLE => c"ISOCLIP_ERR_UNREPRESENTABLE",
+            ISOCLIP_ERR_RESOURCE_EXHAUSTED => c"ISOCLIP_ERR_RESOURCE_EXHAUSTED",
             ISOCLIP_ERR_PANIC => c"ISOCLIP_ERR_PANIC",
         }
     }
@@ -139,7 +149,7 @@ impl Failure {
     /// The one place where errors become C statuses.
     pub fn status(&self) -> isoclip_status {
         match self {
-            Failure::Core(e) => match e {
+            Failure::Core(e) => match e.root() {
                 Error::Io { .. } => ISOCLIP_ERR_IO,
                 Error::Format { .. } => ISOCLIP_ERR_FORMAT,
                 Error::Unsupported { .. } => ISOCLIP_ERR_UNSUPPORTED,
@@ -152,6 +162,9 @@ impl Failure {
                 Error::InvalidArgument(_) => ISOCLIP_ERR_INVALID_ARGUMENT,
                 Error::Cancelled => ISOCLIP_ERR_CANCELLED,
                 Error::DeviceUnavailable(_) => ISOCLIP_ERR_DEVICE_UNAVAILABLE,
+                Error::Unrepresentable { .. } => ISOCLIP_ERR_UNREPRESENTABLE,
+                Error::ResourceExhausted(_) => ISOCLIP_ERR_RESOURCE_EXHAUSTED,
+                Error::InFile { .. } => unreachable!("root() looks through InFile"),
             },
             Failure::NullPointer(_) => ISOCLIP_ERR_NULL_POINTER,
             Failure::BufferTooSmall { .. } => ISOCLIP_ERR_BUFFER_TOO_SMALL,
@@ -164,12 +177,14 @@ impl Failure {
     /// The message for a C caller, prefixed with the function that failed.
     fn message(&self, function: &str) -> String {
         let text = match self {
-            // The core's wording names a CLI flag; C callers set an option instead.
-            Failure::Core(Error::NonFiniteRow { row }) => format!(
-                "row {row} contains NaN or Inf (set ISOCLIP_NONFINITE_ZERO with \
-                 isoclip_projection_options_set_nonfinite to write zeros for such rows instead)"
-            ),
-            Failure::Core(e) => e.to_string(),
+            // The core's wording is front-end neutral; C callers get the option that applies.
+            Failure::Core(e) => match e.root() {
+                Error::NonFiniteRow { .. } | Error::Unrepresentable { .. } => format!(
+                    "{e} (set ISOCLIP_NONFINITE_ZERO with \
+                     isoclip_projection_options_set_nonfinite to write zeros for such rows instead)"
+                ),
+                _ => e.to_string(),
+            },
             Failure::NullPointer(arg) => format!("argument `{arg}` must not be NULL"),
             Failure::BufferTooSmall { what, have, need } => format!(
                 "the buffer for the {what} holds {have} bytes but {need} are needed \

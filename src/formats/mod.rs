@@ -3,6 +3,7 @@
 pub mod checkpoint;
 pub mod npy;
 pub mod projector_file;
+pub mod read;
 
 use std::io::Write;
 use std::path::{Path, PathBuf};

@@ -373,11 +373,9 @@ pub fn read_flags(flags: &[u8]) -> (BlockStats, Option<usize>) {
     (stats, first_bad)
 }
 
-/// The error the CPU backend gives for a NaN/Inf row, word for word.
+/// The error every backend gives for a NaN/Inf row (the `Backend::project` contract).
 pub fn nonfinite_error(row: usize) -> Error {
-    Error::NonFinite(format!(
-        "row {row} contains NaN or Inf (use --nonfinite zero to write zeros instead)"
-    ))
+    Error::NonFiniteRow { row }
 }
 
 #[cfg(test)]
@@ -675,6 +673,6 @@ mod tests {
         );
         assert_eq!(first, Some(3));
         assert_eq!(read_flags(&[0, 0]).1, None);
-        assert!(nonfinite_error(12).to_string().contains("row 12"));
+        assert!(matches!(nonfinite_error(12), Error::NonFiniteRow { row: 12 }));
     }
 }
