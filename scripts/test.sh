@@ -1,11 +1,50 @@
 #!/usr/bin/env bash
-# The whole test suite: formatting, lints, Rust unit/integration/parity tests, and (as the
-# project grows) the C, C++ and Go binding tests and the CUDA kernel compilation check.
-# Installs what it needs on a fresh machine. Run from anywhere: ./scripts/test.sh
+# The whole test suite. Installs what it needs on a fresh machine. Run from anywhere:
+#
+#   ./scripts/test.sh          # what CI runs: fmt, clippy, docs, the no-CUDA build, Rust tests
+#                              # (unit, integration, parity, faults), C/C++/Go, CUDA kernel checks,
+#                              # fuzz smoke runs, numpy differential tests
+#   ./scripts/test.sh --full   # also the slow nets: the MSRV toolchain, Miri on the parsers and
+#                              # the FFI, and long fuzz runs (ISOCLIP_FUZZ_SECONDS, default 600)
+#
+# Every step prints its name and, when done, its wall time, so a slow step is visible in CI logs.
 set -euo pipefail
 cd "$(dirname "$0")/.."
 
-step() { printf '\n==> %s\n' "$*"; }
+FULL=0
+for arg in "$@"; do
+  case "$arg" in
+    --full) FULL=1 ;;
+    -h | --help)
+      sed -n '2,10p' "$0"
+      exit 0
+      ;;
+    *)
+      echo "unknown argument: $arg (try --help)" >&2
+      exit 2
+      ;;
+  esac
+done
+export ISOCLIP_TEST_FULL=$FULL
+if [ "$FULL" = 1 ]; then
+  export ISOCLIP_FUZZ_SECONDS=${ISOCLIP_FUZZ_SECONDS:-600}
+fi
+
+SUITE_START=$(date +%s)
+STEP_NAME=""
+STEP_START=0
+step() {
+  step_done
+  STEP_NAME="$*"
+  STEP_START=$(date +%s)
+  printf '\n==> %s\n' "$STEP_NAME"
+}
+step_done() {
+  if [ -n "$STEP_NAME" ]; then
+    printf '<== %s: %ss\n' "$STEP_NAME" "$(($(date +%s) - STEP_START))"
+  fi
+  STEP_NAME=""
+}
 
 step "cargo fmt --check"
 cargo fmt --all -- --check
@@ -13,7 +52,13 @@ cargo fmt --all -- --check
 step "cargo clippy --all-targets -- -D warnings"
 cargo clippy --all-targets -- -D warnings
 
-step "cargo test (unit, integration, parity)"
+step "cargo clippy --no-default-features (the build without the CUDA backend)"
+cargo clippy --lib --bins --no-default-features -- -D warnings
+
+step "cargo doc --no-deps with warnings denied"
+RUSTDOCFLAGS="-D warnings" cargo doc --no-deps --quiet
+
+step "cargo test (unit, integration, parity, fault injection)"
 cargo test
 
 for extra in scripts/test-*.sh; do
@@ -22,5 +67,22 @@ for extra in scripts/test-*.sh; do
   bash "$extra"
 done
 
+if [ "$FULL" = 1 ]; then
+  MSRV=$(sed -n 's/^rust-version = "\(.*\)"$/\1/p' Cargo.toml)
+  step "MSRV: cargo +$MSRV test (the declared rust-version)"
+  rustup toolchain install "$MSRV" --profile minimal >/dev/null
+  cargo "+$MSRV" test --quiet
+
+  step "cargo test --no-default-features"
+  cargo test --quiet --no-default-features
+
+  step "Miri on the FFI and the file parsers (nightly)"
+  rustup toolchain install nightly --profile minimal --component miri >/dev/null
+  cargo +nightly miri setup >/dev/null
+  MIRIFLAGS="-Zmiri-disable-isolation" cargo +nightly miri test --lib --no-default-features -- \
+    ffi:: formats::npy formats::checkpoint formats::read error::
+fi
+
+step_done
 echo
-echo "all test suites passed"
+echo "all test suites passed in $(($(date +%s) - SUITE_START))s"

@@ -4,7 +4,7 @@
 //!   [`metrics`] for the exact definitions, the mAP@R quirk and the tie rule), computed in
 //!   blocks on all cores without materialising the N x N similarity matrix;
 //! * [`ncm`]: nearest-class-mean classification (IsoNCM);
-//! * [`embed`]: features or stored CLIP embeddings -> normalised CLIP / IsoCLIP embeddings;
+//! * [`mod@embed`]: features or stored CLIP embeddings -> normalised CLIP / IsoCLIP embeddings;
 //! * [`labels`]: integer label files; [`plots`]: precision@K curves and similarity histograms.
 
 pub mod embed;
