@@ -124,7 +124,10 @@ fn normalize(path: &Path) -> String {
 
 #[test]
 fn normalize_resolves_dot_segments() {
-    assert_eq!(normalize(Path::new("docs/../include/isoclip.h")), "include/isoclip.h");
+    assert_eq!(
+        normalize(Path::new("docs/../include/isoclip.h")),
+        "include/isoclip.h"
+    );
     assert_eq!(normalize(Path::new("./docs/METHOD.md")), "docs/METHOD.md");
 }
 
@@ -152,6 +155,9 @@ fn documentation_links_name_files_in_the_repository() {
             }
         }
     }
-    assert!(checked > 0, "README.md and docs/ hold no relative link at all");
+    assert!(
+        checked > 0,
+        "README.md and docs/ hold no relative link at all"
+    );
     assert!(broken.is_empty(), "broken links:\n{}", broken.join("\n"));
 }
