@@ -3,7 +3,7 @@
 #  1. kernels/project.cu compiled as C++ under the host emulator (kernels/emu/) runs every kernel
 #     variant on row/column tails, odd widths, bias, f16/f32 in and out, NaN/Inf and zero rows,
 #     extreme f32 magnitudes and both pipeline depths, against an f64 reference;
-#  2. NVRTC from the CUDA 13.0 wheels (pinned: see ../shared/guides/GPU.md) compiles every kernel
+#  2. NVRTC from the CUDA 13.0 wheels (pinned: see docs/CUDA.md) compiles every kernel
 #     to PTX for sm_80 and sm_90 (the ignored test in tests/cuda_kernels.rs).
 # The venv lives in .cuda-venv (git-ignored) and is reused when present.
 set -euo pipefail

@@ -6,7 +6,7 @@
 //!      embedding route (from already-projected embeddings), plain map (CLIP, for comparison).
 //!
 //! Everything here is pure, deterministic Rust: the same weights and band give the same bytes.
-//! See `../shared/guides/DESIGN.md` §1–2 for the math.
+//! See `docs/METHOD.md` for the math.
 
 pub mod presets;
 pub mod synthetic;
