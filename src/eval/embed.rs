@@ -4,7 +4,7 @@
 //! * features: plain = `x · P` (+ bias), IsoCLIP = `x · U_m Rᵀ` (the compact map: the same cosines
 //!   as the paper's full map in fewer dimensions);
 //! * embeddings (already `x · P`, possibly normalised): plain = the rows themselves, IsoCLIP =
-//!   `e · E_img` (the exact embedding route, DESIGN.md §2).
+//!   `e · E_img` (the exact embedding route, docs/METHOD.md §5).
 //!
 //! Rows are normalised as torch's `F.normalize` does: `v / max(‖v‖, 1e-12)`, so an all-zero row
 //! stays zero instead of becoming NaN.

@@ -1,4 +1,4 @@
-//! Per-query retrieval metrics with the reference's semantics (DESIGN.md §3, PAPER-NOTES.md §6).
+//! Per-query retrieval metrics with the reference's semantics (docs/METHOD.md §8).
 //!
 //! Everything is derived from one thing: the 1-based positions `p_1 < p_2 < … < p_R` of the
 //! query's relevant gallery items in the ranked gallery (the query's own entry removed in

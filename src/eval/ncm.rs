@@ -1,4 +1,4 @@
-//! Nearest class mean (NCM) classification, the reference's IsoNCM protocol (PAPER-NOTES.md §2 C):
+//! Nearest class mean (NCM) classification, the reference's IsoNCM protocol (docs/METHOD.md §8):
 //! class means of the **unnormalised** rows (pre-projection features, or embeddings as stored),
 //! projected, L2-normalised; each test row, projected and normalised, takes the class of the
 //! mean with the highest cosine. Ties go to the smallest label. A test label absent from the

@@ -12,7 +12,7 @@ Mirrors `apply_iso` in src/retrieval.py of github.com/simomagi/IsoCLIP (read at 
     W_image_iso = W_image @ U_k @ U_k.T                # (d x d_i)
     return W_text_iso.T, W_image_iso.T                 # used as  X @ W_iso.T
 
-plus the two exact reformulations of DESIGN.md §2 (compact output, embedding route), written
+plus the two exact reformulations of docs/METHOD.md §4–5 (compact output, embedding route), written
 here independently of the Rust code. The reference runs in fp32 torch; we use float64 so the
 fixtures carry the exact answer and differences measure the port, not fp32 SVD noise.
 
@@ -67,7 +67,7 @@ def apply_iso(proj_image, proj_text, k_top, k_bottom):
 
 
 def compact_and_embedding(P_own, P_other, own_basis, other_basis, sigma_band):
-    """DESIGN.md §2: z = x U_m R^T with P^T U_m = Q R; embedding route E = P_other^T W_m S^-1 R^T."""
+    """docs/METHOD.md §4–5: z = x U_m R^T with P^T U_m = Q R; embedding route E = P_other^T W_m S^-1 R^T."""
     Q, R = np.linalg.qr(P_own.T @ own_basis)
     compact = own_basis @ R.T
     embedding = (P_other.T @ other_basis / sigma_band[None, :]) @ R.T
