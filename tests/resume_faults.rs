@@ -423,7 +423,11 @@ fn every_spelling_of_the_input_folder_is_refused_as_output() {
     };
     // A single-shard input, run from its own folder.
     let o = project(&g, "img_emb_0000.npy", "", &[]);
-    assert_eq!(o.status.code(), Some(2), "the command line refuses an empty --output");
+    assert_eq!(
+        o.status.code(),
+        Some(2),
+        "the command line refuses an empty --output"
+    );
     for out in [".", "./", "sub/..", "../link", abs.as_str()] {
         let o = project(&g, "img_emb_0000.npy", out, &[]);
         refused(&o, out);
@@ -467,4 +471,44 @@ fn every_spelling_of_the_input_folder_is_refused_as_output() {
     }
     assert_eq!(std::fs::read(&shard).unwrap(), original);
     assert!(!g.join("new").exists());
+}
+
+/// Touches the first shard's mtime as soon as rows flow, as a concurrent `touch` would.
+struct TouchInput(PathBuf);
+
+impl ProgressSink for TouchInput {
+    fn advance(&self, _rows: u64) {
+        set_mtime(&self.0, std::time::SystemTime::UNIX_EPOCH);
+    }
+}
+
+#[test]
+fn an_input_that_changes_while_it_is_read_is_not_recorded() {
+    let dir = setup(1, 300);
+    let d = dir.path();
+    let shard = d.join("g/img_emb_0000.npy");
+    let spec = JobSpec::new(d.join("g"), d.join("o"));
+    let e = library_job(
+        d,
+        &spec,
+        &TouchInput(shard.clone()),
+        &AtomicBool::new(false),
+    )
+    .unwrap_err();
+    assert!(matches!(e.root(), isoclip::Error::Format { .. }), "{e}");
+    let msg = e.to_string();
+    assert!(
+        msg.starts_with(&format!("{}: ", shard.display())) && msg.contains("changed"),
+        "{msg}"
+    );
+    let names: Vec<_> = std::fs::read_dir(d.join("o"))
+        .unwrap()
+        .map(|e| e.unwrap().file_name().to_string_lossy().into_owned())
+        .collect();
+    assert!(
+        names.iter().all(|n| n == "isoclip-manifest.json"),
+        "{names:?}"
+    );
+    // A rerun (input now stable) projects it.
+    assert_eq!(counts(d, "o", &[]), (1, 0));
 }

@@ -312,6 +312,7 @@ fn run_job_inner(
             s, &tmp, &out_path, &map, &opts, backend, chunk_rows, progress, cancel,
         )
         .and_then(|(stats, size, hash)| {
+            check_input_unchanged(s)?;
             let mut rec = record_for(s);
             rec.output_xxh3 = format!("{hash:016x}");
             rec.zero_norm_rows = stats.zero_norm_rows;
@@ -337,6 +338,19 @@ fn run_job_inner(
         summary.gb_per_second_read = summary.bytes_read as f64 / summary.seconds / 1e9;
     }
     Ok(summary)
+}
+
+/// Refuses to record an output whose input changed (rewritten, replaced, touched) while it was
+/// read: the record would vouch for bytes made from something else.
+fn check_input_unchanged(s: &OpenShard) -> Result<()> {
+    let now = std::fs::metadata(&s.path).map_err(|e| Error::io(&s.path, e))?;
+    if FileIdentity::of(&now) != s.identity {
+        return Err(Error::format(
+            &s.path,
+            "changed while it was being read (size, time stamps or inode differ); its output was discarded",
+        ));
+    }
+    Ok(())
 }
 
 /// Removes temporary files a killed run may have left (ours: we hold the lock).

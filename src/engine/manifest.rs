@@ -19,6 +19,7 @@ use std::path::{Path, PathBuf};
 use serde::{Deserialize, Serialize};
 
 use crate::error::{Error, Result};
+use crate::formats::read::read_bounded;
 
 pub const MANIFEST_NAME: &str = "isoclip-manifest.json";
 const MANIFEST_FORMAT: &str = "isoclip-output-manifest";
@@ -153,14 +154,13 @@ impl OutputManifest {
     /// permission denied) is an error.
     pub fn load(dir: &Path) -> Result<(Self, Option<String>)> {
         let p = Self::path_in(dir);
-        match std::fs::symlink_metadata(&p) {
-            Err(e) if e.kind() == std::io::ErrorKind::NotFound => {
+        let bytes = match read_bounded(&p, MAX_MANIFEST_BYTES, "an output manifest") {
+            Ok(b) => b,
+            Err(Error::Io { source, .. }) if source.kind() == std::io::ErrorKind::NotFound => {
                 return Ok((Self::default(), None))
             }
-            _ => {}
-        }
-        let bytes =
-            crate::formats::read::read_bounded(&p, MAX_MANIFEST_BYTES, "an output manifest")?;
+            Err(e) => return Err(e),
+        };
         match Self::parse(&bytes, &p) {
             Ok(m) => Ok((m, None)),
             Err(e) => Ok((
