@@ -227,33 +227,7 @@ fn run_job_inner(
     }
     let mut committer = Committer::new(out_dir, manifest, fault);
     let out_elem = opts.output;
-    let record_for = |s: &OpenShard| ShardRecord {
-        input: canonical(&s.path).display().to_string(),
-        input_identity: s.identity,
-        rows: s.matrix.rows as u64,
-        cols_in: s.matrix.cols as u64,
-        cols_out: map.d_out() as u64,
-        output_identity: FileIdentity {
-            dev: 0,
-            ino: 0,
-            size: 0,
-            mtime_ns: 0,
-            ctime_ns: 0,
-        },
-        output_xxh3: String::new(),
-        projector: projector_id.clone(),
-        modality: maps.modality.name().into(),
-        input_kind: opts.input_kind.name().into(),
-        form: opts.form.name().into(),
-        dtype: out_elem.name().into(),
-        normalize: opts.normalize,
-        nonfinite: match opts.nonfinite {
-            NonFinitePolicy::Error => "error".into(),
-            NonFinitePolicy::Zero => "zero".into(),
-        },
-        zero_norm_rows: 0,
-        nonfinite_rows: 0,
-    };
+    let run_record = run_record(&projector_id, maps.modality.name(), &opts, map.d_out());
     let mut todo = Vec::new();
     let mut summary = JobSummary {
         backend: backend.describe(),
@@ -270,7 +244,7 @@ fn run_job_inner(
         ..Default::default()
     };
     for (i, s) in open.iter().enumerate() {
-        let want = record_for(s);
+        let want = shard_record(&run_record, s);
         let done = !spec.overwrite
             && committer.manifest.shards.get(&s.name).is_some_and(|r| {
                 r.matches(&want) && output_is_intact(&out_dir.join(&s.name), r, spec.trust_outputs)
@@ -313,7 +287,7 @@ fn run_job_inner(
         )
         .and_then(|(stats, size, hash)| {
             check_input_unchanged(s)?;
-            let mut rec = record_for(s);
+            let mut rec = shard_record(&run_record, s);
             rec.output_xxh3 = format!("{hash:016x}");
             rec.zero_norm_rows = stats.zero_norm_rows;
             rec.nonfinite_rows = stats.nonfinite_rows;
@@ -338,6 +312,47 @@ fn run_job_inner(
         summary.gb_per_second_read = summary.bytes_read as f64 / summary.seconds / 1e9;
     }
     Ok(summary)
+}
+
+/// The record fields every shard of a run shares: projector and options.
+fn run_record(
+    projector_id: &str,
+    modality: &str,
+    opts: &ProjectionOptions,
+    d_out: usize,
+) -> ShardRecord {
+    ShardRecord {
+        input: String::new(),
+        input_identity: FileIdentity::default(),
+        rows: 0,
+        cols_in: 0,
+        cols_out: d_out as u64,
+        output_identity: FileIdentity::default(),
+        output_xxh3: String::new(),
+        projector: projector_id.to_string(),
+        modality: modality.to_string(),
+        input_kind: opts.input_kind.name().into(),
+        form: opts.form.name().into(),
+        dtype: opts.output.name().into(),
+        normalize: opts.normalize,
+        nonfinite: match opts.nonfinite {
+            NonFinitePolicy::Error => "error".into(),
+            NonFinitePolicy::Zero => "zero".into(),
+        },
+        zero_norm_rows: 0,
+        nonfinite_rows: 0,
+    }
+}
+
+/// The record this run would write for shard `s` (output fields still empty).
+fn shard_record(run: &ShardRecord, s: &OpenShard) -> ShardRecord {
+    ShardRecord {
+        input: canonical(&s.path).display().to_string(),
+        input_identity: s.identity,
+        rows: s.matrix.rows as u64,
+        cols_in: s.matrix.cols as u64,
+        ..run.clone()
+    }
 }
 
 /// Refuses to record an output whose input changed (rewritten, replaced, touched) while it was

@@ -29,7 +29,7 @@ pub const MAX_MANIFEST_BYTES: u64 = 512 << 20;
 
 /// Who a file is, as far as the file system can tell without reading it: a file rewritten in
 /// place, replaced by another, or touched back to its old mtime has a different identity.
-#[derive(Clone, Copy, Debug, PartialEq, Eq, Serialize, Deserialize)]
+#[derive(Clone, Copy, Debug, Default, PartialEq, Eq, Serialize, Deserialize)]
 pub struct FileIdentity {
     pub dev: u64,
     pub ino: u64,
