@@ -429,7 +429,7 @@ fn output_directory_checks() {
     let o = project(dir.path(), "g", "g/sub", &[]);
     assert_fails_with(&o, &["inside (or equal to) the input"]);
     let o = project(dir.path(), "g/img_emb_0000.npy", "g", &[]);
-    assert_fails_with(&o, &["would overwrite its input shard"]);
+    assert_fails_with(&o, &["is the folder of input shard", "g/img_emb_0000.npy"]);
     std::fs::write(dir.path().join("afile"), b"x").unwrap();
     let o = project(dir.path(), "g", "afile/out", &[]);
     assert_fails_with(&o, &["afile/out"]);

@@ -52,7 +52,7 @@ pub enum ModalityArg {
 
 #[derive(Args, Debug)]
 #[command(
-    after_help = "Examples:\n  isoclip project --projector b16.safetensors --input img_emb/ --output iso_emb/\n  isoclip project --projector b16.safetensors --input img_emb/ --output iso_emb/ --input-kind embeddings\n  isoclip project --projector b16.safetensors --input shards.txt --output out/ --form full --dtype f32 --json\n\nA rerun skips shards whose output is complete and matches (input size and mtime, projector, options);\n--overwrite redoes everything. Outputs are written to a temporary name, synced, then renamed.\n\nExit codes: 0 success; 1 failure (bad input, I/O error, disk full: finished shards are kept); 2 invalid command line."
+    after_help = "Examples:\n  isoclip project --projector b16.safetensors --input img_emb/ --output iso_emb/\n  isoclip project --projector b16.safetensors --input img_emb/ --output iso_emb/ --input-kind embeddings\n  isoclip project --projector b16.safetensors --input shards.txt --output out/ --form full --dtype f32 --json\n\nA rerun skips shards whose output is complete and matches (input identity: device, inode, size,\nmtime, ctime; projector; options) and whose output's checksum verifies (--trust-outputs: its identity);\n--overwrite redoes everything. Outputs are written to a temporary name, synced, then renamed.\n\nExit codes: 0 success; 1 failure (bad input, I/O error, disk full: finished shards are kept); 2 invalid command line."
 )]
 pub struct ProjectArgs {
     /// Projector file from `isoclip fit`.
@@ -89,6 +89,10 @@ pub struct ProjectArgs {
     /// Redo every shard even if the manifest says it is finished.
     #[arg(long)]
     pub overwrite: bool,
+    /// On a rerun, keep a recorded output whose file identity (device, inode, size, mtime,
+    /// ctime) is unchanged without reading it back (default: verify its xxh3 checksum).
+    #[arg(long)]
+    pub trust_outputs: bool,
     /// No progress bar.
     #[arg(long, short)]
     pub quiet: bool,
@@ -185,6 +189,7 @@ pub fn run(a: ProjectArgs) -> Result<()> {
     });
     spec.options = a.options();
     spec.overwrite = a.overwrite;
+    spec.trust_outputs = a.trust_outputs;
     spec.chunk_bytes = a.chunk_bytes;
     let progress = BarProgress::new(!a.quiet && !a.json);
     let summary = run_job(

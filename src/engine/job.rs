@@ -2,26 +2,33 @@
 //!
 //! Order of work, chosen so that bad input never costs finished work:
 //! 1. resolve and open every shard (headers only) and check dtype, layout, size and dimension;
-//! 2. check the output directory (not the input, writable) and take its lock;
-//! 3. per shard, skip it when the manifest says an identical output exists, else: map the input,
-//!    project fixed-size row chunks on the backend while a writer thread appends the previous
-//!    chunk to a temporary file and hashes it, fsync, rename into place, record in the manifest.
+//! 2. check the output directory before creating it (not the input, not inside it, not the
+//!    folder of any input shard: [`super::outdir`]), create it and lock it;
+//! 3. per shard, skip it when the manifest records this input (same identity) with these options
+//!    and the output on disk is verified to be the recorded one ([`super::commit`]); else: map
+//!    the input, project fixed-size row chunks on the backend while a writer thread appends the
+//!    previous chunk to a temporary file and hashes it, fsync, then commit (retract the old
+//!    record, rename into place, record).
 //!
-//! A run killed at any moment leaves at worst a temporary file (ignored and overwritten later) or
-//! a finished output not yet in the manifest (redone, byte-identical): a rerun always ends with
-//! the same bytes as an uninterrupted run.
+//! A run killed at any moment leaves at worst a temporary file (removed by the next run) or a
+//! finished output with no record (redone, byte-identical): a rerun always ends with the same
+//! bytes as an uninterrupted run. A cancelled run stops at the next chunk, removes its temporary
+//! file and returns `Error::Cancelled`; every shard reported through
+//! [`ProgressSink::shard_done`] with `skipped == false` is finished and recorded.
 
 use std::fs::File;
 use std::io::{BufWriter, Write};
 use std::path::{Path, PathBuf};
 use std::sync::atomic::{AtomicBool, Ordering};
 use std::sync::mpsc;
-use std::time::{Instant, UNIX_EPOCH};
+use std::time::Instant;
 
 use serde::Serialize;
 use xxhash_rust::xxh3::Xxh3;
 
-use super::manifest::{OutputManifest, ShardRecord};
+use super::commit::{output_is_intact, Committer, FaultPlan};
+use super::manifest::{FileIdentity, OutputManifest, ShardRecord};
+use super::outdir::{check_output_dir, OutputDirLock};
 use super::shards;
 use crate::align::{AlignedProjector, Modality};
 use crate::backend::cpu::BLOCK_ROWS;
@@ -30,7 +37,7 @@ use crate::backend::{
 };
 use crate::error::{Error, Result};
 use crate::formats::npy::{self, Accept, NpyDtype, NpyMatrix};
-use crate::formats::{projector_file, sync_parent_dir, temporary_path};
+use crate::formats::{create_temporary, projector_file, temporary_path};
 
 /// What to run.
 #[derive(Clone, Debug)]
@@ -43,6 +50,9 @@ pub struct JobSpec {
     pub options: ProjectionOptions,
     /// Redo every shard even when the manifest says it is finished.
     pub overwrite: bool,
+    /// On resume, accept a recorded output whose identity (device, inode, size, mtime, ctime)
+    /// is unchanged without reading it back; by default its xxh3 is verified.
+    pub trust_outputs: bool,
     /// Output bytes per chunk (the unit of I/O, progress and cancellation); 0 = default.
     pub chunk_bytes: usize,
 }
@@ -55,6 +65,7 @@ impl JobSpec {
             modality: None,
             options: ProjectionOptions::default(),
             overwrite: false,
+            trust_outputs: false,
             chunk_bytes: 0,
         }
     }
@@ -75,7 +86,8 @@ pub trait ProgressSink: Sync {
     fn start(&self, _rows_to_process: u64, _shards_to_process: usize) {}
     /// Rows just finished (cumulative count is the caller's business).
     fn advance(&self, _rows: u64) {}
-    /// A shard finished (or was skipped).
+    /// A shard finished (or was skipped). A shard reported with `skipped == false` is complete
+    /// and recorded: a caller counting them knows how many a cancelled or failed run kept.
     fn shard_done(&self, _name: &str, _skipped: bool) {}
     /// Called once at the end, on success or failure.
     fn finish(&self) {}
@@ -116,8 +128,7 @@ struct OpenShard {
     path: PathBuf,
     name: String,
     matrix: NpyMatrix,
-    size: u64,
-    mtime_ns: u64,
+    identity: FileIdentity,
 }
 
 fn elem_of(d: NpyDtype) -> ElemType {
@@ -188,12 +199,6 @@ fn run_job_inner(
             )));
         }
         let meta = std::fs::metadata(&path).map_err(|e| Error::io(&path, e))?;
-        let mtime_ns = meta
-            .modified()
-            .ok()
-            .and_then(|t| t.duration_since(UNIX_EPOCH).ok())
-            .map(|d| d.as_nanos() as u64)
-            .unwrap_or(0);
         let name = path
             .file_name()
             .map(|n| n.to_string_lossy().into_owned())
@@ -202,85 +207,27 @@ fn run_job_inner(
             path,
             name,
             matrix,
-            size: meta.len(),
-            mtime_ns,
+            identity: FileIdentity::of(&meta),
         });
     }
 
-    // 2. The output directory.
+    // 2. The output directory: checked before it is created, then locked.
     let out_dir = &spec.output_dir;
+    let shard_paths: Vec<PathBuf> = open.iter().map(|s| s.path.clone()).collect();
+    check_output_dir(out_dir, &spec.input, &shard_paths)?;
+    let fault = FaultPlan::from_env()?;
     std::fs::create_dir_all(out_dir).map_err(|e| Error::io(out_dir, e))?;
-    let out_canon = canonical(out_dir);
-    if std::fs::metadata(&spec.input)
-        .map(|m| m.is_dir())
-        .unwrap_or(false)
-    {
-        let in_canon = canonical(&spec.input);
-        if out_canon.starts_with(&in_canon) {
-            return Err(Error::invalid(format!(
-                "output directory {} is inside (or equal to) the input directory {}; choose a directory outside the input",
-                out_dir.display(),
-                spec.input.display()
-            )));
-        }
-    }
-    for s in &open {
-        if canonical(&s.path) == out_canon.join(&s.name) {
-            return Err(Error::invalid(format!(
-                "output directory {} would overwrite its input shard {}; choose another --output",
-                out_dir.display(),
-                s.path.display()
-            )));
-        }
-    }
-    let probe = out_dir.join(".isoclip-write-test");
-    File::create(&probe)
-        .and_then(|mut f| f.write_all(b"ok"))
-        .map_err(|e| {
-            Error::io(
-                out_dir,
-                std::io::Error::new(e.kind(), format!("output directory is not writable: {e}")),
-            )
-        })?;
-    let _ = std::fs::remove_file(&probe);
-    let lock_path = out_dir.join(".isoclip.lock");
-    let lock = File::create(&lock_path).map_err(|e| Error::io(&lock_path, e))?;
-    if lock.try_lock().is_err() {
-        return Err(Error::invalid(format!(
-            "another isoclip run is writing to {} (lock {} is held)",
-            out_dir.display(),
-            lock_path.display()
-        )));
-    }
+    let lock = OutputDirLock::acquire(out_dir)?;
+    remove_stale_temporaries(out_dir, &open);
 
     // 3. Plan: which shards are already done.
-    let (mut manifest, warning) = OutputManifest::load(out_dir);
+    let (manifest, warning) = OutputManifest::load(out_dir)?;
     if let Some(w) = warning {
         eprintln!("warning: {w}");
     }
+    let mut committer = Committer::new(out_dir, manifest, fault);
     let out_elem = opts.output;
-    let record_for = |s: &OpenShard| ShardRecord {
-        input: canonical(&s.path).display().to_string(),
-        input_size: s.size,
-        input_mtime_ns: s.mtime_ns,
-        rows: s.matrix.rows as u64,
-        cols_in: s.matrix.cols as u64,
-        cols_out: map.d_out() as u64,
-        output_size: 0,
-        output_xxh3: String::new(),
-        projector: projector_id.clone(),
-        modality: maps.modality.name().into(),
-        input_kind: opts.input_kind.name().into(),
-        form: opts.form.name().into(),
-        dtype: out_elem.name().into(),
-        normalize: opts.normalize,
-        nonfinite: match opts.nonfinite {
-            NonFinitePolicy::Error => "error".into(),
-            NonFinitePolicy::Zero => "zero".into(),
-        },
-        zero_norm_rows: 0,
-        nonfinite_rows: 0,
-    };
+    let run_record = run_record(&projector_id, maps.modality.name(), &opts, map.d_out());
     let mut todo = Vec::new();
     let mut summary = JobSummary {
         backend: backend.describe(),
@@ -297,16 +244,13 @@ fn run_job_inner(
         ..Default::default()
     };
     for (i, s) in open.iter().enumerate() {
-        let want = record_for(s);
+        let want = shard_record(&run_record, s);
         let done = !spec.overwrite
-            && manifest.shards.get(&s.name).is_some_and(|r| {
-                r.matches(&want)
-                    && std::fs::metadata(out_dir.join(&s.name))
-                        .map(|m| m.len() == r.output_size)
-                        .unwrap_or(false)
+            && committer.manifest.shards.get(&s.name).is_some_and(|r| {
+                r.matches(&want) && output_is_intact(&out_dir.join(&s.name), r, spec.trust_outputs)
             });
         if done {
-            let r = &manifest.shards[&s.name];
+            let r = &committer.manifest.shards[&s.name];
             summary.shards_skipped += 1;
             summary.rows_skipped += s.matrix.rows as u64;
             summary.zero_norm_rows += r.zero_norm_rows;
@@ -337,16 +281,22 @@ fn run_job_inner(
             return Err(Error::Cancelled);
         }
         let out_path = out_dir.join(&s.name);
-        let (stats, size, hash) = project_shard(
-            s, &out_path, &map, &opts, backend, chunk_rows, progress, cancel,
-        )?;
-        let mut rec = record_for(s);
-        rec.output_size = size;
-        rec.output_xxh3 = format!("{hash:016x}");
-        rec.zero_norm_rows = stats.zero_norm_rows;
-        rec.nonfinite_rows = stats.nonfinite_rows;
-        manifest.shards.insert(s.name.clone(), rec);
-        manifest.save(out_dir)?;
+        let tmp = temporary_path(&out_path);
+        let (stats, size) = write_shard(
+            s, &tmp, &out_path, &map, &opts, backend, chunk_rows, progress, cancel,
+        )
+        .and_then(|(stats, size, hash)| {
+            check_input_unchanged(s)?;
+            let mut rec = shard_record(&run_record, s);
+            rec.output_xxh3 = format!("{hash:016x}");
+            rec.zero_norm_rows = stats.zero_norm_rows;
+            rec.nonfinite_rows = stats.nonfinite_rows;
+            committer.commit(&s.name, &tmp, &out_path, rec)?;
+            Ok((stats, size))
+        })
+        .inspect_err(|_| {
+            let _ = std::fs::remove_file(&tmp);
+        })?;
         summary.shards_processed += 1;
         summary.rows_processed += s.matrix.rows as u64;
         summary.bytes_read += (s.matrix.rows * s.matrix.cols * s.matrix.dtype.size()) as u64;
@@ -364,36 +314,73 @@ fn run_job_inner(
     Ok(summary)
 }
 
-/// Projects one shard into `out_path` (through its temporary name). Returns the stats, the
-/// output size and its xxh3-64.
-#[allow(clippy::too_many_arguments)]
-fn project_shard(
-    s: &OpenShard,
-    out_path: &Path,
-    map: &PreparedMap,
+/// The record fields every shard of a run shares: projector and options.
+fn run_record(
+    projector_id: &str,
+    modality: &str,
     opts: &ProjectionOptions,
-    backend: &dyn Backend,
-    chunk_rows: usize,
-    progress: &dyn ProgressSink,
-    cancel: &AtomicBool,
-) -> Result<(BlockStats, u64, u64)> {
-    let tmp = temporary_path(out_path);
-    let result = write_shard(
-        s, &tmp, out_path, map, opts, backend, chunk_rows, progress, cancel,
-    );
-    match result {
-        Ok(v) => {
-            std::fs::rename(&tmp, out_path).map_err(|e| Error::io(out_path, e))?;
-            sync_parent_dir(out_path);
-            Ok(v)
-        }
-        Err(e) => {
-            let _ = std::fs::remove_file(&tmp);
-            Err(e)
-        }
+    d_out: usize,
+) -> ShardRecord {
+    ShardRecord {
+        input: String::new(),
+        input_identity: FileIdentity::default(),
+        rows: 0,
+        cols_in: 0,
+        cols_out: d_out as u64,
+        output_identity: FileIdentity::default(),
+        output_xxh3: String::new(),
+        projector: projector_id.to_string(),
+        modality: modality.to_string(),
+        input_kind: opts.input_kind.name().into(),
+        form: opts.form.name().into(),
+        dtype: opts.output.name().into(),
+        normalize: opts.normalize,
+        nonfinite: match opts.nonfinite {
+            NonFinitePolicy::Error => "error".into(),
+            NonFinitePolicy::Zero => "zero".into(),
+        },
+        zero_norm_rows: 0,
+        nonfinite_rows: 0,
     }
 }
 
+/// The record this run would write for shard `s` (output fields still empty).
+fn shard_record(run: &ShardRecord, s: &OpenShard) -> ShardRecord {
+    ShardRecord {
+        input: canonical(&s.path).display().to_string(),
+        input_identity: s.identity,
+        rows: s.matrix.rows as u64,
+        cols_in: s.matrix.cols as u64,
+        ..run.clone()
+    }
+}
+
+/// Refuses to record an output whose input changed (rewritten, replaced, touched) while it was
+/// read: the record would vouch for bytes made from something else.
+fn check_input_unchanged(s: &OpenShard) -> Result<()> {
+    let now = std::fs::metadata(&s.path).map_err(|e| Error::io(&s.path, e))?;
+    if FileIdentity::of(&now) != s.identity {
+        return Err(Error::format(
+            &s.path,
+            "changed while it was being read (size, time stamps or inode differ); its output was discarded",
+        ));
+    }
+    Ok(())
+}
+
+/// Removes temporary files a killed run may have left (ours: we hold the lock).
+fn remove_stale_temporaries(out_dir: &Path, shards: &[OpenShard]) {
+    let names = shards
+        .iter()
+        .map(|s| s.name.as_str())
+        .chain([super::manifest::MANIFEST_NAME]);
+    for name in names {
+        let _ = std::fs::remove_file(temporary_path(&out_dir.join(name)));
+    }
+}
+
+/// Projects one shard into the temporary file `tmp` (created exclusively) and syncs it. Returns
+/// the stats, the output size and its xxh3-64.
 #[allow(clippy::too_many_arguments)]
 fn write_shard(
     s: &OpenShard,
@@ -529,13 +516,7 @@ struct DirectWriter {
 
 impl ShardWriter {
     fn create(path: &Path) -> std::io::Result<Self> {
-        use std::os::unix::fs::OpenOptionsExt;
-        let direct = std::fs::OpenOptions::new()
-            .write(true)
-            .create(true)
-            .truncate(true)
-            .custom_flags(libc::O_DIRECT)
-            .open(path);
+        let direct = create_temporary(path, libc::O_DIRECT);
         match direct {
             Ok(file) => {
                 let staging = vec![0u8; DIRECT_STAGING_BYTES + DIRECT_ALIGN];
@@ -551,7 +532,7 @@ impl ShardWriter {
             }
             Err(_) => Ok(ShardWriter::Buffered(BufWriter::with_capacity(
                 1 << 20,
-                File::create(path)?,
+                create_temporary(path, 0)?,
             ))),
         }
     }
