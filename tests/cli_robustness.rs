@@ -99,12 +99,38 @@ fn a_closed_stdout_ends_every_printing_command_quietly() {
         &["fit", "-o", "q.st"],
         &["eval"],
         &["eval", "--json"],
-        &["project", "--projector", "p.st", "--input", "g", "--output", "o1", "--json"],
-        &["project", "--projector", "p.st", "--input", "g", "--output", "o2"],
+        &[
+            "project",
+            "--projector",
+            "p.st",
+            "--input",
+            "g",
+            "--output",
+            "o1",
+            "--json",
+        ],
+        &[
+            "project",
+            "--projector",
+            "p.st",
+            "--input",
+            "g",
+            "--output",
+            "o2",
+        ],
         &["sweep", "--k-top-grid", "200", "--k-bottom-grid", "50"],
-        &["sweep", "--k-top-grid", "200", "--k-bottom-grid", "50", "--json"],
+        &[
+            "sweep",
+            "--k-top-grid",
+            "200",
+            "--k-bottom-grid",
+            "50",
+            "--json",
+        ],
         &["spectrum", "--svg", "s.svg"],
-        &["gallery", "--out", "g2", "--shards", "1", "--rows", "8", "--dim", "4"],
+        &[
+            "gallery", "--out", "g2", "--shards", "1", "--rows", "8", "--dim", "4",
+        ],
     ];
     for args in commands {
         let o = with_closed_stdout(args, dir);
@@ -174,7 +200,13 @@ fn kept_shards(stderr: &str, dir: &str) -> usize {
         line,
         format!("interrupted: kept {n} finished {noun} in {dir}; rerun the same command to resume")
     );
-    assert_eq!(stderr.lines().filter(|l| l.starts_with("interrupted")).count(), 1);
+    assert_eq!(
+        stderr
+            .lines()
+            .filter(|l| l.starts_with("interrupted"))
+            .count(),
+        1
+    );
     n
 }
 
@@ -185,8 +217,17 @@ fn interrupted_project_resumes_byte_identical(signal: i32, expected_code: i32) {
     gallery(dir, "g", 10, 6000);
     let args = |out: &'static str| {
         vec![
-            "project", "--projector", "p.st", "--input", "g", "--output", out, "--threads", "1",
-            "--chunk-bytes", "65536",
+            "project",
+            "--projector",
+            "p.st",
+            "--input",
+            "g",
+            "--output",
+            out,
+            "--threads",
+            "1",
+            "--chunk-bytes",
+            "65536",
         ]
     };
     let (status, err) = interrupt_after(&args("out"), dir, "done ", signal);
@@ -213,7 +254,10 @@ fn interrupted_project_resumes_byte_identical(signal: i32, expected_code: i32) {
         let name = format!("img_emb_{i:04}.npy");
         let a = std::fs::read(dir.join("out").join(&name)).unwrap();
         let b = std::fs::read(dir.join("reference").join(&name)).unwrap();
-        assert!(a == b, "{name} differs after the interrupted run was resumed");
+        assert!(
+            a == b,
+            "{name} differs after the interrupted run was resumed"
+        );
     }
 }
 
@@ -261,8 +305,14 @@ fn outputs_that_are_fifos_or_directories_are_refused_by_name() {
 
     let fifo = "fifo: is a FIFO (named pipe), not a regular file";
     let adir = "adir: is a directory, not a regular file";
-    assert_eq!(fails(&["fit", "-o", "fifo"], dir), format!("error: {fifo}\n"));
-    assert_eq!(fails(&["fit", "-o", "adir"], dir), format!("error: {adir}\n"));
+    assert_eq!(
+        fails(&["fit", "-o", "fifo"], dir),
+        format!("error: {fifo}\n")
+    );
+    assert_eq!(
+        fails(&["fit", "-o", "adir"], dir),
+        format!("error: {adir}\n")
+    );
     assert!(fails(&["spectrum", "--svg", "fifo"], dir).ends_with(&format!("error: {fifo}\n")));
     assert!(fails(&["sweep", "-o", "adir"], dir).ends_with(&format!("error: {adir}\n")));
     assert_eq!(
@@ -271,7 +321,10 @@ fn outputs_that_are_fifos_or_directories_are_refused_by_name() {
     );
     let not_dir = "exists and is not a directory; give a directory for the output";
     assert_eq!(
-        fails(&["gallery", "--out", "afile", "--rows", "8", "--dim", "4"], dir),
+        fails(
+            &["gallery", "--out", "afile", "--rows", "8", "--dim", "4"],
+            dir
+        ),
         format!("error: afile: {not_dir}\n")
     );
     // Nothing was replaced or left behind.
@@ -279,7 +332,10 @@ fn outputs_that_are_fifos_or_directories_are_refused_by_name() {
     assert_eq!(std::fs::read(dir.join("afile")).unwrap(), b"x");
     assert_eq!(temporaries(dir), Vec::<PathBuf>::new());
     use std::os::unix::fs::FileTypeExt;
-    assert!(std::fs::metadata(dir.join("fifo")).unwrap().file_type().is_fifo());
+    assert!(std::fs::metadata(dir.join("fifo"))
+        .unwrap()
+        .file_type()
+        .is_fifo());
 }
 
 // ---- 8b: a gallery that does not fit is refused with the numbers ----
@@ -289,7 +345,17 @@ fn gallery_larger_than_the_disk_is_refused_with_the_numbers() {
     let d = tempfile::tempdir().unwrap();
     let dir = d.path();
     let err = fails(
-        &["gallery", "--out", "big", "--shards", "1000", "--rows", "100000000", "--dim", "768"],
+        &[
+            "gallery",
+            "--out",
+            "big",
+            "--shards",
+            "1000",
+            "--rows",
+            "100000000",
+            "--dim",
+            "768",
+        ],
         dir,
     );
     assert!(
@@ -310,16 +376,41 @@ fn a_two_modality_projector_without_modality_is_named() {
     ok(&["fit", "--modality", "both", "-o", "both.st"], dir);
     gallery(dir, "g", 1, 16);
     let err = fails(
-        &["project", "--projector", "both.st", "--input", "g", "--output", "o"],
+        &[
+            "project",
+            "--projector",
+            "both.st",
+            "--input",
+            "g",
+            "--output",
+            "o",
+        ],
         dir,
     );
-    assert!(err.starts_with("error: both.st: the projector file holds both image and text maps"), "{err}");
-    assert!(!dir.join("o").exists(), "nothing is written before the check");
+    assert!(
+        err.starts_with("error: both.st: the projector file holds both image and text maps"),
+        "{err}"
+    );
+    assert!(
+        !dir.join("o").exists(),
+        "nothing is written before the check"
+    );
     let err = fails(
-        &["eval", "--projector", "both.st", "--features", "g/img_emb_0000.npy", "--labels", "l.npy"],
+        &[
+            "eval",
+            "--projector",
+            "both.st",
+            "--features",
+            "g/img_emb_0000.npy",
+            "--labels",
+            "l.npy",
+        ],
         dir,
     );
-    assert!(err.starts_with("error: both.st: the projector file holds both image and text maps"), "{err}");
+    assert!(
+        err.starts_with("error: both.st: the projector file holds both image and text maps"),
+        "{err}"
+    );
 }
 
 // ---- wording ----
@@ -330,22 +421,38 @@ fn summaries_agree_in_number_and_say_synthetic_and_f16() {
     let dir = d.path();
     ok(&["fit", "-o", "p.st"], dir);
     let o = ok(
-        &["gallery", "--out", "g", "--shards", "1", "--rows", "10", "--dim", "768"],
+        &[
+            "gallery", "--out", "g", "--shards", "1", "--rows", "10", "--dim", "768",
+        ],
         dir,
     );
     assert_eq!(
         stdout(&o),
         "wrote 1 SYNTHETIC shard of 10 x 768 f16 (15.49 kB) to g\n"
     );
-    let args = ["project", "--projector", "p.st", "--input", "g", "--output", "o", "--device", "auto"];
+    let args = [
+        "project",
+        "--projector",
+        "p.st",
+        "--input",
+        "g",
+        "--output",
+        "o",
+        "--device",
+        "auto",
+    ];
     let first = ok(&args, dir);
     let text = stdout(&first);
     assert!(text.starts_with("SYNTHETIC projector"), "{text}");
-    assert!(text.contains("projected 10 rows in 1 shard (0 skipped"), "{text}");
+    assert!(
+        text.contains("projected 10 rows in 1 shard (0 skipped"),
+        "{text}"
+    );
     // A rerun computes nothing: no device note, nothing but the summary.
     let second = ok(&args, dir);
     assert!(!stderr(&second).contains("note:"), "{}", stderr(&second));
-    assert!(stdout(&second).contains("projected 0 rows in 0 shards (1 skipped as already done, 10 rows)"));
+    assert!(stdout(&second)
+        .contains("projected 0 rows in 0 shards (1 skipped as already done, 10 rows)"));
 }
 
 #[test]
@@ -358,9 +465,19 @@ fn sweep_progress_is_one_line_per_band_with_a_total_when_piped() {
     let err = stderr(&o);
     let lines: Vec<&str> = err.lines().filter(|l| l.starts_with("band ")).collect();
     assert_eq!(lines.len(), 2, "{err}");
-    assert!(lines[0].starts_with("band 1/2: k_top 150 k_bottom 50 (m = "), "{err}");
-    assert!(lines[1].starts_with("band 2/2: k_top 200 k_bottom 50 (m = "), "{err}");
-    assert!(stdout(&o).contains("2 bands from one SVD"), "{}", stdout(&o));
+    assert!(
+        lines[0].starts_with("band 1/2: k_top 150 k_bottom 50 (m = "),
+        "{err}"
+    );
+    assert!(
+        lines[1].starts_with("band 2/2: k_top 200 k_bottom 50 (m = "),
+        "{err}"
+    );
+    assert!(
+        stdout(&o).contains("2 bands from one SVD"),
+        "{}",
+        stdout(&o)
+    );
 }
 
 /// Every example under "Examples:" in `isoclip [CMD] --help` stays on one line at clap's
@@ -387,7 +504,11 @@ fn help_examples_fit_in_100_columns_and_name_projectors_alike() {
             );
             assert!(line.chars().count() <= 100, "{line:?}");
             continued = line.ends_with('\\');
-            for other in ["b16.isoclip", "projector.isoclip", "--projector p.safetensors"] {
+            for other in [
+                "b16.isoclip",
+                "projector.isoclip",
+                "--projector p.safetensors",
+            ] {
                 assert!(!line.contains(other), "{line:?}");
             }
         }
@@ -398,8 +519,25 @@ fn help_examples_fit_in_100_columns_and_name_projectors_alike() {
 fn help_states_checkpoint_dtypes_and_the_torchmetrics_version() {
     let d = tempfile::tempdir().unwrap();
     let fit = stdout(&ok(&["fit", "--help"], d.path())).replace('\n', " ");
-    assert!(fit.contains("F32, F16,") && fit.contains("BF16 or F64"), "{fit}");
+    assert!(
+        fit.contains("F32, F16,") && fit.contains("BF16 or F64"),
+        "{fit}"
+    );
     let eval = stdout(&ok(&["eval", "--help"], d.path())).replace('\n', " ");
     assert!(eval.contains("torchmetrics 1.4.0.post0"), "{eval}");
     assert!(eval.contains("PR #3104"), "{eval}");
+}
+
+#[test]
+fn demo_writes_the_promised_spectrum_plot_and_shows_gallery_progress() {
+    let d = tempfile::tempdir().unwrap();
+    let o = ok(&["demo", "--dir", "d"], d.path());
+    let svg = std::fs::read_to_string(d.path().join("d/spectrum.svg")).unwrap();
+    assert!(svg.starts_with("<svg") && svg.contains("kept band (image): 262 directions"));
+    let err = stderr(&o);
+    for i in 0..4 {
+        let line = format!("wrote d/gallery/img_emb_{i:04}.npy ({}/4)", i + 1);
+        assert!(err.lines().any(|l| l == line), "{err}");
+    }
+    assert!(stdout(&o).contains("spectrum.svg"));
 }

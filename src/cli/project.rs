@@ -55,7 +55,7 @@ pub enum ModalityArg {
 
 #[derive(Args, Debug)]
 #[command(
-    after_help = "Examples:\n  isoclip project --projector b16.safetensors --input img_emb/ --output iso_emb/\n  isoclip project --projector b16.safetensors --input img_emb/ --output iso_emb/ --input-kind embeddings\n  isoclip project --projector b16.safetensors --input shards.txt --output out/ --form full --dtype f32 --json\n\nA rerun skips shards whose output is complete and matches (input size and mtime, projector, options);\n--overwrite redoes everything. Outputs are written to a temporary name, synced, then renamed.\n\nExit codes: 0 success; 1 failure (bad input, I/O error, disk full: finished shards are kept); 2 invalid command line."
+    after_help = "Examples:\n  isoclip project --projector b16.safetensors --input img_emb/ --output iso_emb/\n  isoclip project --projector b16.safetensors --input img_emb/ --output iso_emb/ \\\n                  --input-kind embeddings\n  isoclip project --projector b16.safetensors --input shards.txt --output out/ \\\n                  --form full --dtype f32 --json\n\nA rerun skips shards whose output is complete and matches (input size and mtime, projector, options);\n--overwrite redoes everything. Outputs are written to a temporary name, synced, then renamed.\n\nExit codes: 0 success; 1 failure (bad input, I/O error, disk full: finished shards are kept); 2 invalid command line; 130/143 interrupted by SIGINT/SIGTERM (finished shards kept: rerun to resume)."
 )]
 pub struct ProjectArgs {
     /// Projector file from `isoclip fit`.
