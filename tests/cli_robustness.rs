@@ -541,3 +541,14 @@ fn demo_writes_the_promised_spectrum_plot_and_shows_gallery_progress() {
     }
     assert!(stdout(&o).contains("spectrum.svg"));
 }
+
+#[test]
+fn sigint_during_fit_exits_130_and_leaves_no_file() {
+    let d = tempfile::tempdir().unwrap();
+    // The note is printed when the weights are loaded, before the fit and the write.
+    let (status, err) = interrupt_after(&["fit", "-o", "p.st"], d.path(), "note: ", libc::SIGINT);
+    assert_eq!(status.code(), Some(130), "{err}");
+    assert!(!err.contains("panicked"), "{err}");
+    assert_eq!(temporaries(d.path()), Vec::<PathBuf>::new());
+    assert!(!d.path().join("p.st").exists());
+}
