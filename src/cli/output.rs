@@ -89,7 +89,7 @@ mod tests {
 
     #[test]
     fn rates_are_rounded_for_people() {
-        assert_eq!(human_rate(125_353.5913), "125,354");
+        assert_eq!(human_rate(125_353.591_3), "125,354");
         assert_eq!(human_rate(1_000.0), "1,000");
         assert_eq!(human_rate(999.4), "999");
         assert_eq!(human_rate(87.46), "87.5");

@@ -69,6 +69,8 @@ pub fn free_bytes(dir: &Path) -> Result<u64> {
     if rc != 0 {
         return Err(Error::io(dir, std::io::Error::last_os_error()));
     }
+    // The field types differ between platforms (u64 on Linux x86_64, u32 elsewhere).
+    #[allow(clippy::unnecessary_cast)]
     Ok((st.f_bavail as u64).saturating_mul(st.f_frsize as u64))
 }
 

@@ -137,10 +137,9 @@ mod tests {
     fn tick_labels(svg: &str) -> Vec<String> {
         svg.lines()
             .filter(|l| l.starts_with("<line"))
-            .filter_map(|l| {
+            .map(|l| {
                 let t = &l[l.find("<text").unwrap()..];
-                let v = &t[t.find('>').unwrap() + 1..t.find("</text>").unwrap()];
-                Some(v.to_string())
+                t[t.find('>').unwrap() + 1..t.find("</text>").unwrap()].to_string()
             })
             .collect()
     }
