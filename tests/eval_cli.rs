@@ -576,3 +576,55 @@ fn sweep_finds_the_synthetic_band_and_writes_its_projector() {
     let err = fails(&["sweep", "--k-top-grid", "600", "--k-bottom-grid", "0"]);
     assert!(err.contains("no band"), "{err}");
 }
+
+#[test]
+fn sweep_writes_no_projector_when_no_band_beats_clip_unless_forced() {
+    let d = Data::new();
+    let out = d.path("worse.safetensors");
+    // Keeping only 12 of 512 directions loses to plain CLIP on the synthetic data.
+    let args = [
+        "sweep",
+        "--k-top-grid",
+        "500",
+        "--k-bottom-grid",
+        "0",
+        "-o",
+        s(&out),
+        "--json",
+    ];
+    let o = isoclip(&args);
+    assert!(o.status.success(), "{}", String::from_utf8_lossy(&o.stderr));
+    let v: Value = serde_json::from_slice(&o.stdout).unwrap();
+    assert_eq!(v["beats_clip"], false);
+    assert!(num(&v, &["best", "map"]) < num(&v, &["clip", "map"]));
+    assert_eq!(v["output"], Value::Null);
+    assert!(!out.exists(), "the losing band must not be written");
+    let err = String::from_utf8_lossy(&o.stderr);
+    assert!(
+        err.contains("warning: no band beats plain CLIP")
+            && err.contains("pass --force to write it anyway"),
+        "{err}"
+    );
+
+    let mut forced = args.to_vec();
+    forced.push("--force");
+    let v = ok_json(&forced);
+    assert_eq!(v["beats_clip"], false);
+    assert_eq!(v["output"], s(&out));
+    assert!(out.is_file());
+
+    // A band that wins is written without --force and says so.
+    let best = d.path("best.safetensors");
+    let v = ok_json(&[
+        "sweep",
+        "--k-top-grid",
+        "200",
+        "--k-bottom-grid",
+        "50",
+        "-o",
+        s(&best),
+        "--json",
+    ]);
+    assert_eq!(v["beats_clip"], true);
+    assert!(best.is_file());
+}

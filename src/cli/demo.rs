@@ -1,23 +1,25 @@
 //! `isoclip demo`: the main job end to end on built-in defaults (a SYNTHETIC model), so a
 //! newcomer sees every stage work with one command.
 
-use std::path::PathBuf;
+use std::path::{Path, PathBuf};
 use std::time::Instant;
 
 use clap::{Args, Parser};
 
 use super::fit::print_summary;
+use super::gallery::write_gallery;
+use super::project::{print_summary as print_project_summary, run_interruptible, BarProgress};
+use super::signals::atomic_output;
+use super::spectrum::write_spectrum_svg;
+use super::targets::check_output_dir;
 use crate::align::synthetic::{SyntheticModel, SYNTHETIC_IMAGE_BAND};
-use crate::align::{fit, BandSpec, Modality};
+use crate::align::{fit, AlignedProjector, BandSpec, Modality};
+use crate::backend::{select_backend, DeviceChoice};
+use crate::engine::gallery::GallerySpec;
+use crate::engine::JobSpec;
 use crate::error::{Error, Result};
 use crate::formats::npy::NpyDtype;
 use crate::formats::projector_file;
-use std::sync::atomic::AtomicBool;
-
-use super::project::{print_summary as print_project_summary, BarProgress};
-use crate::backend::{select_backend, DeviceChoice};
-use crate::engine::gallery::write_random_gallery;
-use crate::engine::{run_job, JobSpec};
 
 #[derive(Args, Debug)]
 #[command(
@@ -30,47 +32,14 @@ pub struct DemoArgs {
 }
 
 pub fn run(a: DemoArgs) -> Result<()> {
+    check_output_dir(&a.dir)?;
     std::fs::create_dir_all(&a.dir).map_err(|e| Error::io(&a.dir, e))?;
-    println!("isoclip demo on the built-in SYNTHETIC CLIP-like model (ViT-B/16 shapes)");
-    println!("== 1. fit the aligned projector");
-    let t0 = Instant::now();
-    let model = SyntheticModel::vit_b()?;
-    let band = BandSpec::new(SYNTHETIC_IMAGE_BAND.0, SYNTHETIC_IMAGE_BAND.1);
-    let mut projector = fit(&model.weights, &[(Modality::Image, band)], None)?;
-    projector.synthetic = true;
-    let projector_path = a.dir.join("projector.safetensors");
-    projector_file::save(&projector, &projector_path)?;
-    print_summary(&projector);
-    println!(
-        "wrote {} ({:.3} s)",
-        projector_path.display(),
-        t0.elapsed().as_secs_f64()
-    );
+    outln!("isoclip demo on the built-in SYNTHETIC CLIP-like model (ViT-B/16 shapes)")?;
+    let projector = fit_step(&a.dir)?;
+    gallery_step(&a.dir)?;
+    project_step(&a.dir, &projector)?;
 
-    println!(
-        "\n== 2. a SYNTHETIC gallery: {DEMO_SHARDS} shards x {DEMO_ROWS} rows x 768 fp16 features"
-    );
-    let gallery = a.dir.join("gallery");
-    write_random_gallery(&gallery, DEMO_SHARDS, DEMO_ROWS, 768, NpyDtype::F16, 1)?;
-    println!("wrote {}", gallery.display());
-
-    println!("\n== 3. project it into the IsoCLIP space (compact fp16, normalised; resumable)");
-    let (backend, notice) = select_backend(DeviceChoice::Auto, None)?;
-    if let Some(n) = notice {
-        println!("note: {n}");
-    }
-    let spec = JobSpec::new(&gallery, a.dir.join("projected"));
-    let progress = BarProgress::new(true);
-    let summary = run_job(
-        &spec,
-        &projector,
-        backend.as_ref(),
-        &progress,
-        &AtomicBool::new(false),
-    )?;
-    print_project_summary(&summary);
-
-    println!("\n== 4. what IsoCLIP gains: image-image retrieval on SYNTHETIC labelled data");
+    outln!("\n== 4. what IsoCLIP gains: image-image retrieval on SYNTHETIC labelled data")?;
     let prefix = a.dir.join("eval");
     let eval_args = EvalOnly::try_parse_from([
         std::ffi::OsStr::new("eval"),
@@ -79,11 +48,72 @@ pub fn run(a: DemoArgs) -> Result<()> {
     ])
     .expect("fixed arguments parse");
     super::eval::run(eval_args.args)?;
-    println!(
-        "\nfiles in {}: projector.safetensors, gallery/, projected/, eval-*.svg",
+    outln!(
+        "\nfiles in {}: projector.safetensors, spectrum.svg, gallery/, projected/, eval-*.svg",
         a.dir.display()
-    );
+    )?;
     Ok(())
+}
+
+/// Step 1: fit the synthetic model, write the projector file and the spectrum plot.
+fn fit_step(dir: &Path) -> Result<AlignedProjector> {
+    outln!("== 1. fit the aligned projector")?;
+    let t0 = Instant::now();
+    let model = SyntheticModel::vit_b()?;
+    let band = BandSpec::new(SYNTHETIC_IMAGE_BAND.0, SYNTHETIC_IMAGE_BAND.1);
+    let mut projector = fit(&model.weights, &[(Modality::Image, band)], None)?;
+    projector.synthetic = true;
+    let projector_path = dir.join("projector.safetensors");
+    atomic_output(&projector_path, || {
+        projector_file::save(&projector, &projector_path)
+    })?;
+    print_summary(&projector)?;
+    outln!(
+        "wrote {} ({:.3} s)",
+        projector_path.display(),
+        t0.elapsed().as_secs_f64()
+    )?;
+    let spectrum_path = dir.join("spectrum.svg");
+    write_spectrum_svg(
+        &spectrum_path,
+        &projector.sigma,
+        Some(band),
+        Modality::Image,
+        "SYNTHETIC model",
+    )?;
+    outln!(
+        "wrote {} (Ψ spectrum, kept band shaded)",
+        spectrum_path.display()
+    )?;
+    Ok(projector)
+}
+
+/// Step 2: the synthetic gallery (one progress line per shard on stderr).
+fn gallery_step(dir: &Path) -> Result<()> {
+    outln!(
+        "\n== 2. a SYNTHETIC gallery: {DEMO_SHARDS} shards x {DEMO_ROWS} rows x 768 f16 features"
+    )?;
+    let gallery = dir.join("gallery");
+    let spec = GallerySpec {
+        shards: DEMO_SHARDS,
+        rows_per_shard: DEMO_ROWS,
+        cols: 768,
+        dtype: NpyDtype::F16,
+        seed: 1,
+    };
+    write_gallery(&gallery, &spec)?;
+    outln!("wrote {}", gallery.display())?;
+    Ok(())
+}
+
+/// Step 3: project the gallery (resumable; SIGINT/SIGTERM stop it cleanly).
+fn project_step(dir: &Path, projector: &AlignedProjector) -> Result<()> {
+    outln!("\n== 3. project it into the IsoCLIP space (compact f16, normalised; resumable)")?;
+    let (backend, notice) = select_backend(DeviceChoice::Auto, None)?;
+    let spec = JobSpec::new(dir.join("gallery"), dir.join("projected"));
+    let progress = BarProgress::new(true).with_notice(notice);
+    let summary = run_interruptible(&spec, projector, backend.as_ref(), &progress)?;
+    print_project_summary(&summary, projector.synthetic)
 }
 
 /// Lets the demo run `isoclip eval` with its defaults.

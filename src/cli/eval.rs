@@ -7,6 +7,8 @@ use std::time::Instant;
 use clap::Args;
 use serde_json::{json, Value};
 
+use super::signals::atomic_output;
+use super::targets::check_output_file;
 use crate::align::synthetic::{SyntheticModel, SYNTHETIC_IMAGE_BAND};
 use crate::align::{self, AlignedProjector, BandSpec, Modality, ModalityMaps};
 use crate::error::{Error, Result};
@@ -223,7 +225,28 @@ pub fn describe_sets(sets: &Sets<'_>) -> String {
 
 #[derive(Args, Debug)]
 #[command(
-    after_help = "Examples:\n  isoclip eval                                  # built-in SYNTHETIC model and data\n  isoclip eval --projector b16.safetensors --features cub_feats.npy --labels cub_labels.npy\n  isoclip eval --projector b16.safetensors --query-features test.npy --query-labels test_y.npy \\\n               --gallery-features train.npy --gallery-labels train_y.npy --json\n  isoclip eval --projector b16.safetensors --input-kind embeddings --features img_emb.npy --labels y.npy\n  isoclip eval --projector b16.safetensors --ncm --train-features tr.npy --train-labels tr_y.npy \\\n               --test-features te.npy --test-labels te_y.npy\n  isoclip eval --svg out/cub                     # + out/cub-precision-at-k.svg, -similarity-*.svg\n\nMetrics follow the IsoCLIP reference: mAP (torchmetrics, whole ranked gallery), mAP@R (R counted\nbefore self-exclusion, as the reference does; 'exact R' is the corrected variant), P@R, R@1/5/10;\nper query, averaged, x100. Ties rank by gallery index. Queries with no relevant item score 0.\n\nExit codes: 0 success; 1 failure (the message names the file and the problem); 2 invalid command line."
+    after_help = concat!(
+        "Examples:\n",
+        "  isoclip eval                                  # built-in SYNTHETIC model and data\n",
+        "  isoclip eval --projector b16.safetensors --features cub_feats.npy --labels cub_labels.npy\n",
+        "  isoclip eval --projector b16.safetensors --query-features test.npy --query-labels test_y.npy \\\n",
+        "               --gallery-features train.npy --gallery-labels train_y.npy --json\n",
+        "  isoclip eval --projector b16.safetensors --input-kind embeddings \\\n",
+        "               --features img_emb.npy --labels y.npy\n",
+        "  isoclip eval --projector b16.safetensors --ncm --train-features tr.npy --train-labels tr_y.npy \\\n",
+        "               --test-features te.npy --test-labels te_y.npy\n",
+        "  isoclip eval --svg out/cub                     # + out/cub-precision-at-k.svg, -similarity-*.svg\n",
+        "\n",
+        "Metrics follow the IsoCLIP reference: mAP (torchmetrics, whole ranked gallery), mAP@R (R counted ",
+        "before self-exclusion, as the reference does; 'exact R' is the corrected variant), P@R, R@1/5/10; ",
+        "per query, averaged, x100. Ties rank by gallery index. Queries with no relevant item score 0.\n",
+        "\n",
+        "mAP is torchmetrics 1.4.0.post0's retrieval_average_precision, the version the paper pins. From ",
+        "torchmetrics 1.7 on, that function ignores relevant items whose score is <= 0 (PR #3104), so a ",
+        "current torchmetrics gives an mAP 0.1 to 0.8 points different on the same data.\n",
+        "\n",
+        "Exit codes: 0 success; 1 failure (the message names the file and the problem); 2 invalid command line."
+    )
 )]
 pub struct EvalArgs {
     /// Projector file from `isoclip fit`. Without it and without data, the built-in SYNTHETIC
@@ -282,6 +305,11 @@ pub fn run(a: EvalArgs) -> Result<()> {
             "--ncm takes --train-features/--train-labels/--test-features/--test-labels, not retrieval sets",
         ));
     }
+    if let Some(prefix) = &a.svg {
+        for p in svg_paths(prefix) {
+            check_output_file(&p)?;
+        }
+    }
     let has_data = a.sets.given() || a.train_features.is_some();
     let source = match (&a.projector, has_data) {
         (None, false) => {
@@ -315,7 +343,12 @@ pub fn run(a: EvalArgs) -> Result<()> {
         Source::Synthetic { projector, .. } | Source::Files { projector, .. } => projector,
     };
     let modality = a.modality.as_deref().and_then(Modality::parse);
-    let maps = projector.only_modality(modality)?;
+    let maps = match &source {
+        Source::Files { path, .. } => projector
+            .only_modality(modality)
+            .map_err(|e| e.in_file(path))?,
+        Source::Synthetic { .. } => projector.only_modality(modality)?,
+    };
     let kind = a.sets.input_kind;
     let header = Header::new(&source, maps, kind);
     if a.ncm {
@@ -361,27 +394,27 @@ pub fn run(a: EvalArgs) -> Result<()> {
             "svg": svgs.iter().map(|p| p.display().to_string()).collect::<Vec<_>>(),
             "seconds": seconds,
         });
-        println!("{}", serde_json::to_string_pretty(&v).expect("json"));
+        outln!("{}", serde_json::to_string_pretty(&v).expect("json"))?;
         return Ok(());
     }
-    header.print();
-    println!("data:      {}", describe_sets(&sets));
-    println!();
-    print_retrieval_table(&clip.summary, &isoclip.summary);
+    header.print()?;
+    outln!("data:      {}", describe_sets(&sets))?;
+    outln!()?;
+    print_retrieval_table(&clip.summary, &isoclip.summary)?;
     if let (Some(hc), Some(hi)) = (&clip.histogram, &isoclip.histogram) {
-        println!(
+        outln!(
             "positive/negative similarity overlap (coefficient, {} bins on [-1,1]): CLIP {:.3} -> IsoCLIP {:.3}; IoU {:.3} -> {:.3}",
             hc.bins(),
             hc.overlap(),
             hi.overlap(),
             hc.iou(),
             hi.iou()
-        );
+        )?;
     }
     for p in &svgs {
-        println!("wrote {}", p.display());
+        outln!("wrote {}", p.display())?;
     }
-    println!("({seconds:.2} s)");
+    outln!("({seconds:.2} s)")?;
     Ok(())
 }
 
@@ -431,31 +464,34 @@ impl Header {
             lines,
         }
     }
-    fn print(&self) {
+    fn print(&self) -> Result<()> {
         for l in &self.lines {
-            println!("{l}");
+            outln!("{l}")?;
         }
+        Ok(())
     }
 }
 
-fn print_retrieval_table(clip: &RetrievalSummary, iso: &RetrievalSummary) {
-    println!("{:<16} {:>8} {:>8} {:>8}", "metric", "CLIP", "IsoCLIP", "Δ");
+fn print_retrieval_table(clip: &RetrievalSummary, iso: &RetrievalSummary) -> Result<()> {
+    outln!("{:<16} {:>8} {:>8} {:>8}", "metric", "CLIP", "IsoCLIP", "Δ")?;
     for ((name, c), (_, i)) in clip.rows().iter().zip(iso.rows().iter()) {
-        println!("{name:<16} {c:>8.2} {i:>8.2} {:>+8.2}", i - c);
+        outln!("{name:<16} {c:>8.2} {i:>8.2} {:>+8.2}", i - c)?;
     }
-    println!(
+    outln!(
         "per query, averaged, x100 over {} queries ranked against {} gallery items.",
-        clip.queries, clip.gallery
-    );
-    println!(
+        clip.queries,
+        clip.gallery
+    )?;
+    outln!(
         "mAP@R as in the reference (R counted before self-exclusion); 'exact R' corrects it. Ties rank by gallery index."
-    );
+    )?;
     if clip.queries_without_relevant > 0 {
-        println!(
+        outln!(
             "note: {} queries have no relevant gallery item: they score 0 (the reference's mAP@R would be NaN for them).",
             clip.queries_without_relevant
-        );
+        )?;
     }
+    Ok(())
 }
 
 pub fn summary_json(s: &RetrievalSummary, h: Option<&eval::PairHistogram>) -> Value {
@@ -475,20 +511,34 @@ fn delta_json(c: &RetrievalSummary, i: &RetrievalSummary) -> Value {
     Value::Object(m)
 }
 
+/// The files `--svg PREFIX` writes: precision@K, then the CLIP and IsoCLIP histograms.
+fn svg_paths(prefix: &Path) -> [PathBuf; 3] {
+    let with_suffix = |s: &str| {
+        let mut p = prefix.as_os_str().to_owned();
+        p.push(s);
+        PathBuf::from(p)
+    };
+    [
+        with_suffix("-precision-at-k.svg"),
+        with_suffix("-similarity-clip.svg"),
+        with_suffix("-similarity-isoclip.svg"),
+    ]
+}
+
+/// Writes `bytes` to `path` atomically; a signal during the write leaves no temporary file.
+fn write_svg(path: &Path, svg: &str) -> Result<()> {
+    atomic_output(path, || crate::formats::atomic_write(path, svg.as_bytes()))
+}
+
 fn write_svgs(
     prefix: &Path,
     clip: &RetrievalOutcome,
     iso: &RetrievalOutcome,
     label: &str,
 ) -> Result<Vec<PathBuf>> {
-    let with_suffix = |s: &str| {
-        let mut p = prefix.as_os_str().to_owned();
-        p.push(s);
-        PathBuf::from(p)
-    };
+    let [curve_path, clip_path, iso_path] = svg_paths(prefix);
     let mut out = Vec::new();
-    let p = with_suffix("-precision-at-k.svg");
-    if let Some(dir) = p.parent().filter(|d| !d.as_os_str().is_empty()) {
+    if let Some(dir) = curve_path.parent().filter(|d| !d.as_os_str().is_empty()) {
         std::fs::create_dir_all(dir).map_err(|e| Error::io(dir, e))?;
     }
     let svg = plots::precision_at_k(
@@ -496,21 +546,17 @@ fn write_svgs(
         &iso.summary.precision_at_k,
         &format!("Precision@K, CLIP vs IsoCLIP — {label}"),
     );
-    crate::formats::atomic_write(&p, svg.as_bytes())?;
-    out.push(p);
+    write_svg(&curve_path, &svg)?;
+    out.push(curve_path);
     if let (Some(hc), Some(hi)) = (&clip.histogram, &iso.histogram) {
-        let range = plots::occupied_range(&[hc, hi]);
-        for (name, h, title) in [
-            ("-similarity-clip.svg", hc, "CLIP"),
-            ("-similarity-isoclip.svg", hi, "IsoCLIP"),
-        ] {
-            let p = with_suffix(name);
+        let axes = plots::HistogramAxes::shared(&[hc, hi]);
+        for (p, h, title) in [(clip_path, hc, "CLIP"), (iso_path, hi, "IsoCLIP")] {
             let svg = plots::similarity_histogram(
                 h,
                 &format!("{title}: cosine similarity of positive vs negative pairs — {label}"),
-                range,
+                &axes,
             );
-            crate::formats::atomic_write(&p, svg.as_bytes())?;
+            write_svg(&p, &svg)?;
             out.push(p);
         }
     }
@@ -603,38 +649,38 @@ fn run_ncm(
             "delta": { "accuracy": isoclip.accuracy - clip.accuracy },
             "seconds": seconds,
         });
-        println!("{}", serde_json::to_string_pretty(&v).expect("json"));
+        outln!("{}", serde_json::to_string_pretty(&v).expect("json"))?;
         return Ok(());
     }
-    header.print();
-    println!(
+    header.print()?;
+    outln!(
         "data:      NCM: {} training rows ({} classes, {}), {} test rows ({})",
         train.rows(),
         clip.classes,
         train.name(),
         clip.test_rows,
         test.name()
-    );
-    println!();
-    println!("{:<16} {:>8} {:>8} {:>8}", "metric", "CLIP", "IsoCLIP", "Δ");
-    print_ncm_row(&clip, &isoclip);
-    println!("class means of unnormalised rows, projected and L2-normalised; nearest by cosine; ties -> smallest label.");
+    )?;
+    outln!()?;
+    outln!("{:<16} {:>8} {:>8} {:>8}", "metric", "CLIP", "IsoCLIP", "Δ")?;
+    print_ncm_row(&clip, &isoclip)?;
+    outln!("class means of unnormalised rows, projected and L2-normalised; nearest by cosine; ties -> smallest label.")?;
     if clip.unseen_test_labels > 0 {
-        println!(
+        outln!(
             "note: {} test rows have a label absent from the training set (always counted wrong).",
             clip.unseen_test_labels
-        );
+        )?;
     }
-    println!("({seconds:.2} s)");
+    outln!("({seconds:.2} s)")?;
     Ok(())
 }
 
-fn print_ncm_row(c: &NcmResult, i: &NcmResult) {
-    println!(
+fn print_ncm_row(c: &NcmResult, i: &NcmResult) -> Result<()> {
+    outln!(
         "{:<16} {:>8.2} {:>8.2} {:>+8.2}",
         "NCM top-1 acc.",
         c.accuracy,
         i.accuracy,
         i.accuracy - c.accuracy
-    );
+    )
 }

@@ -6,6 +6,8 @@ use std::time::Instant;
 use clap::{Args, ValueEnum};
 use serde_json::json;
 
+use super::signals::atomic_output;
+use super::targets::check_output_file;
 use super::weights_args::{preset_help, BandArgs, WeightsArgs};
 use crate::align::{self, AlignedProjector, Modality, ModalityMaps};
 use crate::error::Result;
@@ -60,6 +62,7 @@ fn fit_after_help() -> String {
 
 pub fn run(a: FitArgs) -> Result<()> {
     let t0 = Instant::now();
+    check_output_file(&a.output)?;
     let loaded = a.weights.load()?;
     a.band.check_preset_shapes(&loaded.weights)?;
     let mut bands = Vec::new();
@@ -70,22 +73,22 @@ pub fn run(a: FitArgs) -> Result<()> {
     let mut projector = align::fit(&loaded.weights, &bands, preset)?;
     projector.synthetic = loaded.synthetic;
     let fit_seconds = t0.elapsed().as_secs_f64();
-    projector_file::save(&projector, &a.output)?;
+    atomic_output(&a.output, || projector_file::save(&projector, &a.output))?;
     let total = t0.elapsed().as_secs_f64();
     if a.json {
-        println!(
+        outln!(
             "{}",
             serde_json::to_string_pretty(&summary_json(&projector, fit_seconds, total, &a.output))
                 .unwrap()
-        );
+        )?;
     } else {
-        print_summary(&projector);
-        println!(
+        print_summary(&projector)?;
+        outln!(
             "wrote {} in {:.3} s (fit {:.3} s)",
             a.output.display(),
             total,
             fit_seconds
-        );
+        )?;
     }
     Ok(())
 }
@@ -130,28 +133,28 @@ fn summary_json(
 }
 
 /// The human summary shared by `fit` and `inspect`.
-pub fn print_summary(p: &AlignedProjector) {
+pub fn print_summary(p: &AlignedProjector) -> Result<()> {
     if p.synthetic {
-        println!("SYNTHETIC model (built-in default, not a real checkpoint)");
+        outln!("SYNTHETIC model (built-in default, not a real checkpoint)")?;
     }
-    println!("source:      {}", p.source);
-    println!("fingerprint: {}", p.fingerprint);
-    println!("preset:      {}", p.preset.as_deref().unwrap_or("none"));
+    outln!("source:      {}", p.source)?;
+    outln!("fingerprint: {}", p.fingerprint)?;
+    outln!("preset:      {}", p.preset.as_deref().unwrap_or("none"))?;
     let s1 = p.sigma.first().copied().unwrap_or(0.0);
-    println!(
+    outln!(
         "Ψ spectrum:  r = {}, σ_1 = {:.4e}, σ_r/σ_1 = {:.3e}, embedding dim d = {}",
         p.r(),
         s1,
         p.sigma.last().copied().unwrap_or(0.0) / s1.max(f64::MIN_POSITIVE),
         p.d
-    );
+    )?;
     for m in p.modalities() {
         let maps = p.maps(m).unwrap();
         let gap = |g: Option<f64>| {
             g.map(|g| format!("{:.3e} ({:.3}% of σ_1)", g, 100.0 * g / s1))
                 .unwrap_or_else(|| "-".into())
         };
-        println!(
+        outln!(
             "{:<5} band [{}, {}) of {}: keeps m = {} directions; input {} -> compact {} dims (full {}){}",
             m.name(),
             maps.band.k_top,
@@ -162,18 +165,19 @@ pub fn print_summary(p: &AlignedProjector) {
             maps.compact_dim(),
             maps.d,
             if maps.full.bias.is_some() { ", bias-augmented" } else { "" }
-        );
-        println!(
+        )?;
+        outln!(
             "      σ gap at top edge {}, at bottom edge {}",
             gap(maps.gap_top),
             gap(maps.gap_bottom)
-        );
-        println!(
+        )?;
+        outln!(
             "      embedding route: {}",
             match &maps.embedding_compact {
                 Ok(_) => "exact".to_string(),
                 Err(r) => format!("unavailable: {r}"),
             }
-        );
+        )?;
     }
+    Ok(())
 }

@@ -37,10 +37,10 @@ pub fn run(a: InspectArgs) -> Result<()> {
             "spectrum": p.sigma,
             "maps": p.modalities().iter().map(|m| maps_json(p.maps(*m).unwrap(), &p.sigma)).collect::<Vec<_>>(),
         });
-        println!("{}", serde_json::to_string_pretty(&v).unwrap());
+        outln!("{}", serde_json::to_string_pretty(&v).unwrap())?;
     } else {
-        println!("{}", a.file.display());
-        print_summary(&p);
+        outln!("{}", a.file.display())?;
+        print_summary(&p)?;
     }
     Ok(())
 }

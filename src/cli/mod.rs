@@ -2,16 +2,22 @@
 //! runs the command and maps errors to exit codes.
 //!
 //! Exit codes: 0 success; 1 the command failed (bad input file, I/O error, impossible band, ...);
-//! 2 the command line itself is wrong (unknown flag, missing value: clap's usage errors).
+//! 2 the command line itself is wrong (unknown flag, missing value: clap's usage errors);
+//! 130 / 143 interrupted by SIGINT / SIGTERM (finished work kept, see `signals`).
+//! A closed standard output (`isoclip inspect p | head -1`) ends the command quietly with 0.
 
+#[macro_use]
+mod output;
 mod demo;
 mod eval;
 mod fit;
 mod gallery;
 mod inspect;
 mod project;
+mod signals;
 mod spectrum;
 mod sweep;
+mod targets;
 mod weights_args;
 
 use clap::{Parser, Subcommand};
@@ -20,7 +26,7 @@ pub const EXIT_OK: i32 = 0;
 pub const EXIT_FAILURE: i32 = 1;
 pub const EXIT_USAGE: i32 = 2;
 
-const EXIT_CODES: &str = "Exit codes: 0 success; 1 the command failed (the message names the file and the problem); 2 invalid command line.";
+const EXIT_CODES: &str = "Exit codes: 0 success; 1 the command failed (the message names the file and the problem); 2 invalid command line; 130/143 interrupted (SIGINT/SIGTERM).";
 
 #[derive(Parser, Debug)]
 #[command(
@@ -32,7 +38,7 @@ projecting through the well-aligned middle band of the inter-modal operator Ψ =
 `fit` computes the aligned projectors from a checkpoint; `project` moves galleries of embedding \
 shards into the IsoCLIP space; `eval` and `sweep` measure the gain on labelled data; `inspect` and \
 `spectrum` explain a projector. `demo` runs it all on a built-in SYNTHETIC model.",
-    after_help = format!("Examples:\n  isoclip demo\n  isoclip fit --preset openai-vit-b-16 --checkpoint model.safetensors -o b16.isoclip\n  isoclip project --projector b16.isoclip --input img_emb/ --output iso_emb/\n  isoclip eval --projector b16.isoclip --features feats.npy --labels labels.npy\n  isoclip inspect b16.isoclip\n  isoclip spectrum --checkpoint model.safetensors --preset openai-vit-b-16 --svg spectrum.svg\n\n{EXIT_CODES}")
+    after_help = format!("Examples:\n  isoclip demo\n  isoclip fit --preset openai-vit-b-16 --checkpoint model.safetensors -o b16.safetensors\n  isoclip project --projector b16.safetensors --input img_emb/ --output iso_emb/\n  isoclip eval --projector b16.safetensors --features feats.npy --labels labels.npy\n  isoclip inspect b16.safetensors\n  isoclip spectrum --checkpoint model.safetensors --preset openai-vit-b-16 --svg spectrum.svg\n\n{EXIT_CODES}")
 )]
 pub struct Cli {
     #[command(subcommand)]
@@ -82,6 +88,7 @@ pub fn main() -> i32 {
             return code;
         }
     };
+    signals::install();
     let result = match cli.command {
         Command::Demo(a) => demo::run(a),
         Command::Fit(a) => fit::run(a),
@@ -92,8 +99,12 @@ pub fn main() -> i32 {
         Command::Eval(a) => eval::run(a),
         Command::Sweep(a) => sweep::run(a),
     };
+    let result = result.and_then(|()| output::flush());
     match result {
         Ok(()) => EXIT_OK,
+        Err(e) if output::is_broken_pipe(&e) => EXIT_OK,
+        // The command has said what was kept; the exit code says which signal stopped it.
+        Err(e) if matches!(e.root(), crate::Error::Cancelled) => signals::exit_code(),
         Err(e) => {
             match hint(&e) {
                 Some(h) => eprintln!("error: {e} ({h})"),

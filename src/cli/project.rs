@@ -1,17 +1,20 @@
 //! `isoclip project`: move a gallery of embedding shards into the IsoCLIP space.
 
 use std::io::IsTerminal;
-use std::path::PathBuf;
-use std::sync::atomic::AtomicBool;
+use std::path::{Path, PathBuf};
+use std::sync::atomic::{AtomicUsize, Ordering};
 
 use clap::{Args, ValueEnum};
 use indicatif::{ProgressBar, ProgressStyle};
 
-use crate::align::Modality;
-use crate::backend::{select_backend, DeviceChoice};
+use super::output::{count, human_rate};
+use super::signals;
+use super::targets::check_output_dir;
+use crate::align::{AlignedProjector, Modality};
+use crate::backend::{select_backend, Backend, DeviceChoice};
 use crate::backend::{ElemType, InputKind, NonFinitePolicy, OutputForm, ProjectionOptions};
 use crate::engine::{run_job, JobSpec, JobSummary, ProgressSink};
-use crate::error::Result;
+use crate::error::{Error, Result};
 use crate::formats::projector_file;
 
 #[derive(Clone, Copy, Debug, ValueEnum)]
@@ -52,7 +55,7 @@ pub enum ModalityArg {
 
 #[derive(Args, Debug)]
 #[command(
-    after_help = "Examples:\n  isoclip project --projector b16.safetensors --input img_emb/ --output iso_emb/\n  isoclip project --projector b16.safetensors --input img_emb/ --output iso_emb/ --input-kind embeddings\n  isoclip project --projector b16.safetensors --input shards.txt --output out/ --form full --dtype f32 --json\n\nA rerun skips shards whose output is complete and matches (input identity: device, inode, size,\nmtime, ctime; projector; options) and whose output's checksum verifies (--trust-outputs: its identity);\n--overwrite redoes everything. Outputs are written to a temporary name, synced, then renamed.\n\nExit codes: 0 success; 1 failure (bad input, I/O error, disk full: finished shards are kept); 2 invalid command line."
+    after_help = "Examples:\n  isoclip project --projector b16.safetensors --input img_emb/ --output iso_emb/\n  isoclip project --projector b16.safetensors --input img_emb/ --output iso_emb/ \\\n                  --input-kind embeddings\n  isoclip project --projector b16.safetensors --input shards.txt --output out/ \\\n                  --form full --dtype f32 --json\n\nA rerun skips shards whose output is complete and matches (input identity: device, inode,\nsize, mtime, ctime; projector; options) and whose output's checksum verifies\n(--trust-outputs: its identity instead); --overwrite redoes everything. Outputs are written\nto a temporary name, synced, then renamed.\n\nExit codes: 0 success; 1 failure (bad input, I/O error, disk full: finished shards are kept);\n2 invalid command line; 130/143 interrupted by SIGINT/SIGTERM (finished shards kept: rerun\nto resume)."
 )]
 pub struct ProjectArgs {
     /// Projector file from `isoclip fit`.
@@ -104,31 +107,68 @@ pub struct ProjectArgs {
     pub chunk_bytes: usize,
 }
 
-/// A terminal progress bar (rows/s, ETA); absent when stderr is not a terminal or with --quiet.
+/// Progress of a run on stderr: a bar (rows/s, ETA) on a terminal, one line per finished shard
+/// otherwise (logs), nothing with `quiet`. Also holds the backend's notice ("no usable CUDA GPU:
+/// running on the CPU"), printed only when the run has work to compute, and counts the finished
+/// shards (done or skipped) for the line an interrupted run prints.
 pub struct BarProgress {
     bar: Option<ProgressBar>,
+    lines: bool,
+    notice: Option<String>,
+    to_process: AtomicUsize,
+    processed: AtomicUsize,
+    finished: AtomicUsize,
 }
 
 impl BarProgress {
     pub fn new(enabled: bool) -> Self {
+        let terminal = std::io::stderr().is_terminal();
         BarProgress {
-            bar: (enabled && std::io::stderr().is_terminal()).then(ProgressBar::hidden),
+            bar: (enabled && terminal).then(ProgressBar::hidden),
+            lines: enabled && !terminal,
+            notice: None,
+            to_process: AtomicUsize::new(0),
+            processed: AtomicUsize::new(0),
+            finished: AtomicUsize::new(0),
         }
+    }
+
+    /// A note to print once the run is known to compute something.
+    pub fn with_notice(mut self, notice: Option<String>) -> Self {
+        self.notice = notice;
+        self
+    }
+
+    /// Shards finished so far (written by this run or found finished), all in the manifest.
+    pub fn finished_shards(&self) -> usize {
+        self.finished.load(Ordering::SeqCst)
     }
 }
 
 impl ProgressSink for BarProgress {
     fn start(&self, rows: u64, shards: usize) {
+        self.to_process.store(shards, Ordering::SeqCst);
+        if shards > 0 {
+            if let Some(n) = &self.notice {
+                eprintln!("note: {n}");
+            }
+        }
         if let Some(b) = &self.bar {
             b.set_length(rows);
             b.set_draw_target(indicatif::ProgressDrawTarget::stderr());
             b.set_style(
                 ProgressStyle::with_template(
-                    "{bar:40.cyan/blue} {human_pos}/{human_len} rows  {per_sec}  ETA {eta}  {msg}",
+                    "{bar:40.cyan/blue} {human_pos}/{human_len} rows  {rate} rows/s  ETA {eta}  {msg}",
                 )
-                .expect("valid template"),
+                .expect("valid template")
+                .with_key(
+                    "rate",
+                    |state: &indicatif::ProgressState, w: &mut dyn std::fmt::Write| {
+                        let _ = w.write_str(&human_rate(state.per_sec()));
+                    },
+                ),
             );
-            b.set_message(format!("{shards} shards"));
+            b.set_message(count(shards as u64, "shard", "shards"));
         }
     }
     fn advance(&self, rows: u64) {
@@ -137,17 +177,55 @@ impl ProgressSink for BarProgress {
         }
     }
     fn shard_done(&self, name: &str, skipped: bool) {
+        self.finished.fetch_add(1, Ordering::SeqCst);
+        let what = if skipped { "skipped" } else { "done" };
         if let Some(b) = &self.bar {
-            b.set_message(format!(
-                "{} {name}",
-                if skipped { "skipped" } else { "done" }
-            ));
+            b.set_message(format!("{what} {name}"));
+        }
+        if self.lines && !skipped {
+            let n = self.processed.fetch_add(1, Ordering::SeqCst) + 1;
+            let total = self.to_process.load(Ordering::SeqCst);
+            eprintln!("{what} {name} ({n}/{total})");
         }
     }
     fn finish(&self) {
         if let Some(b) = &self.bar {
             b.finish_and_clear();
         }
+    }
+}
+
+/// The one line an interrupted run prints: what was kept and how to resume.
+pub fn interrupted_line(finished: usize, dir: &Path) -> String {
+    format!(
+        "interrupted: kept {} in {}; rerun the same command to resume",
+        count(finished as u64, "finished shard", "finished shards"),
+        dir.display()
+    )
+}
+
+/// Runs a job with SIGINT/SIGTERM wired to its cancel flag. On a signal the job stops at the
+/// next chunk (its temporary file removed, finished shards kept in the manifest), the
+/// interrupted line is printed and `Error::Cancelled` returned (exit 130/143).
+pub fn run_interruptible(
+    spec: &JobSpec,
+    projector: &AlignedProjector,
+    backend: &dyn Backend,
+    progress: &BarProgress,
+) -> Result<JobSummary> {
+    let result = {
+        let _cooperative = signals::cooperative();
+        run_job(spec, projector, backend, progress, &signals::CANCEL)
+    };
+    match result {
+        Err(e) if matches!(e.root(), Error::Cancelled) => {
+            eprintln!(
+                "{}",
+                interrupted_line(progress.finished_shards(), &spec.output_dir)
+            );
+            Err(e)
+        }
+        other => other,
     }
 }
 
@@ -176,46 +254,50 @@ impl ProjectArgs {
 }
 
 pub fn run(a: ProjectArgs) -> Result<()> {
+    check_output_dir(&a.output)?;
     let projector = projector_file::load(&a.projector)?;
-    let device = DeviceChoice::parse(&a.device).expect("clap checked the value");
-    let (backend, notice) = select_backend(device, a.threads)?;
-    if let Some(n) = notice {
-        eprintln!("note: {n}");
-    }
-    let mut spec = JobSpec::new(&a.input, &a.output);
-    spec.modality = a.modality.map(|m| match m {
+    let modality = a.modality.map(|m| match m {
         ModalityArg::Image => Modality::Image,
         ModalityArg::Text => Modality::Text,
     });
+    projector
+        .only_modality(modality)
+        .map_err(|e| e.in_file(&a.projector))?;
+    let device = DeviceChoice::parse(&a.device).expect("clap checked the value");
+    let (backend, notice) = select_backend(device, a.threads)?;
+    let mut spec = JobSpec::new(&a.input, &a.output);
+    spec.modality = modality;
     spec.options = a.options();
     spec.overwrite = a.overwrite;
     spec.trust_outputs = a.trust_outputs;
     spec.chunk_bytes = a.chunk_bytes;
-    let progress = BarProgress::new(!a.quiet && !a.json);
-    let summary = run_job(
-        &spec,
-        &projector,
-        backend.as_ref(),
-        &progress,
-        &AtomicBool::new(false),
-    )?;
+    let progress = BarProgress::new(!a.quiet && !a.json).with_notice(notice);
+    let summary = run_interruptible(&spec, &projector, backend.as_ref(), &progress)?;
     if a.json {
-        println!(
-            "{}",
-            serde_json::to_string_pretty(&summary).expect("serialises")
-        );
+        let mut v = serde_json::to_value(&summary).expect("serialises");
+        v["synthetic"] = projector.synthetic.into();
+        outln!("{}", serde_json::to_string_pretty(&v).expect("serialises"))?;
     } else {
-        print_summary(&summary);
+        print_summary(&summary, projector.synthetic)?;
     }
     Ok(())
 }
 
-pub fn print_summary(s: &JobSummary) {
-    println!(
-        "projected {} rows in {} shards ({} skipped as already done, {} rows) on {}",
-        s.rows_processed, s.shards_processed, s.shards_skipped, s.rows_skipped, s.backend
-    );
-    println!(
+/// The human summary of a run (shared with the demo). `synthetic`: the projector was fitted
+/// from the built-in SYNTHETIC model.
+pub fn print_summary(s: &JobSummary, synthetic: bool) -> Result<()> {
+    if synthetic {
+        outln!("SYNTHETIC projector (built-in CLIP-like model, not a real checkpoint)")?;
+    }
+    outln!(
+        "projected {} in {} ({} skipped as already done, {}) on {}",
+        count(s.rows_processed, "row", "rows"),
+        count(s.shards_processed as u64, "shard", "shards"),
+        s.shards_skipped,
+        count(s.rows_skipped, "row", "rows"),
+        s.backend
+    )?;
+    outln!(
         "  {} {} -> {} {} dims ({}{}), into {}",
         s.modality,
         s.input_kind,
@@ -224,16 +306,18 @@ pub fn print_summary(s: &JobSummary) {
         s.dtype,
         if s.normalized { ", L2-normalised" } else { "" },
         s.output_dir
-    );
-    println!(
-        "  {:.2} s, {:.0} rows/s, {:.3} GB/s read, {:.1} MB written",
+    )?;
+    outln!(
+        "  {:.2} s, {} rows/s, {:.3} GB/s read, {:.1} MB written",
         s.seconds,
-        s.rows_per_second,
+        human_rate(s.rows_per_second),
         s.gb_per_second_read,
         s.bytes_written as f64 / 1e6
-    );
-    println!(
+    )?;
+    outln!(
         "  rows with zero norm: {}; rows with NaN/Inf written as zeros: {}",
-        s.zero_norm_rows, s.nonfinite_rows
-    );
+        s.zero_norm_rows,
+        s.nonfinite_rows
+    )?;
+    Ok(())
 }

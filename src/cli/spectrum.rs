@@ -1,9 +1,11 @@
 //! `isoclip spectrum`: Ψ's normalised spectrum σ_j/σ_1 with the kept band marked.
 
-use std::path::PathBuf;
+use std::path::{Path, PathBuf};
 
 use clap::Args;
 
+use super::signals::atomic_output;
+use super::targets::check_output_file;
 use super::weights_args::{BandArgs, WeightsArgs};
 use crate::align::{BandSpec, Modality, PsiSpectrum};
 use crate::error::{Error, Result};
@@ -31,6 +33,7 @@ pub struct SpectrumArgs {
 }
 
 pub fn run(a: SpectrumArgs) -> Result<()> {
+    check_output_file(&a.svg)?;
     let modality = Modality::parse(&a.modality).unwrap();
     let (sigma, band, label) = if let Some(p) = &a.projector {
         let proj = projector_file::load(p)?;
@@ -54,9 +57,30 @@ pub fn run(a: SpectrumArgs) -> Result<()> {
         };
         (spectrum.sigma, band, label)
     };
-    let r = sigma.len();
+    write_spectrum_svg(&a.svg, &sigma, band, modality, &label)?;
+    let norm = normalised(&sigma);
+    print_terminal_summary(&norm, band, &label)?;
+    outln!("wrote {}", a.svg.display())?;
+    Ok(())
+}
+
+/// σ_j / σ_1.
+fn normalised(sigma: &[f64]) -> Vec<f64> {
     let s1 = sigma.first().copied().unwrap_or(1.0).max(f64::MIN_POSITIVE);
-    let norm: Vec<f64> = sigma.iter().map(|s| s / s1).collect();
+    sigma.iter().map(|s| s / s1).collect()
+}
+
+/// Writes the SVG of σ_j/σ_1 with `band` shaded (shared with the demo). A signal during the
+/// write leaves no temporary file.
+pub fn write_spectrum_svg(
+    path: &Path,
+    sigma: &[f64],
+    band: Option<BandSpec>,
+    modality: Modality,
+    label: &str,
+) -> Result<()> {
+    let r = sigma.len();
+    let norm = normalised(sigma);
     let mut plot = Plot {
         title: format!("Normalised spectrum of Ψ — {label}"),
         x_label: "singular direction j".into(),
@@ -85,15 +109,14 @@ pub fn run(a: SpectrumArgs) -> Result<()> {
             });
         }
     }
-    crate::formats::atomic_write(&a.svg, plot.render().as_bytes())?;
-    print_terminal_summary(&norm, band, &label);
-    println!("wrote {}", a.svg.display());
-    Ok(())
+    atomic_output(path, || {
+        crate::formats::atomic_write(path, plot.render().as_bytes())
+    })
 }
 
-fn print_terminal_summary(norm: &[f64], band: Option<BandSpec>, label: &str) {
+fn print_terminal_summary(norm: &[f64], band: Option<BandSpec>, label: &str) -> Result<()> {
     let r = norm.len();
-    println!("Ψ spectrum of {label}: r = {r}");
+    outln!("Ψ spectrum of {label}: r = {r}")?;
     let at = |j: usize| norm.get(j).copied().unwrap_or(0.0);
     let picks = [
         0,
@@ -116,35 +139,36 @@ fn print_terminal_summary(norm: &[f64], band: Option<BandSpec>, label: &str) {
             last = j;
         }
     }
-    println!("{line}");
+    outln!("{line}")?;
     if let Some(b) = band {
         match b.kept(r) {
             Ok(m) => {
                 let lo = b.k_top;
                 let hi = r - b.k_bottom;
-                println!(
+                outln!(
                     "  kept band [{lo}, {hi}): {m} directions, σ/σ_1 from {:.3} down to {:.3} (flatness {:.2}x)",
                     at(lo),
                     at(hi - 1),
                     at(lo) / at(hi - 1).max(f64::MIN_POSITIVE)
-                );
+                )?;
                 if lo > 0 {
-                    println!(
+                    outln!(
                         "  dropped top {lo}: σ/σ_1 from {:.3} to {:.3}",
                         at(0),
                         at(lo - 1)
-                    );
+                    )?;
                 }
                 if b.k_bottom > 0 {
-                    println!(
+                    outln!(
                         "  dropped bottom {}: σ/σ_1 from {:.3} to {:.3e}",
                         b.k_bottom,
                         at(hi),
                         at(r - 1)
-                    );
+                    )?;
                 }
             }
-            Err(e) => println!("  band: {e}"),
+            Err(e) => outln!("  band: {e}")?,
         }
     }
+    Ok(())
 }

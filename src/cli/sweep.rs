@@ -9,6 +9,9 @@ use clap::Args;
 use serde_json::json;
 
 use super::eval::{describe_sets, SetArgs, SyntheticSet, SYNTHETIC_ROWS};
+use super::output::count;
+use super::signals::atomic_output;
+use super::targets::check_output_file;
 use super::weights_args::WeightsArgs;
 use crate::align::synthetic::SyntheticModel;
 use crate::align::{fit_modality, AlignedProjector, BandSpec, Modality, ModalityMaps, PsiSpectrum};
@@ -18,7 +21,7 @@ use crate::formats::projector_file;
 
 #[derive(Args, Debug)]
 #[command(
-    after_help = "Examples:\n  isoclip sweep                                          # built-in SYNTHETIC model and data\n  isoclip sweep --checkpoint model.safetensors --features val.npy --labels val_y.npy -o best.safetensors\n  isoclip sweep --checkpoint model.safetensors --modality text --features caps.npy --labels caps_y.npy \\\n                --k-top-grid 0,10,20,50 --k-bottom-grid 50,100,150\n\nThe best band is the one with the highest mAP (ties: the first in grid order). Bands that keep no\ndirection (k_top + k_bottom >= r) are skipped.\n\nExit codes: 0 success; 1 failure (the message names the file and the problem); 2 invalid command line."
+    after_help = "Examples:\n  isoclip sweep                                          # built-in SYNTHETIC model and data\n  isoclip sweep --checkpoint model.safetensors --features val.npy --labels val_y.npy \\\n                -o b16.safetensors\n  isoclip sweep --checkpoint model.safetensors --modality text \\\n                --features caps.npy --labels caps_y.npy \\\n                --k-top-grid 0,10,20,50 --k-bottom-grid 50,100,150\n\nThe best band is the one with the highest mAP (ties: the first in grid order). Bands that keep no\ndirection (k_top + k_bottom >= r) are skipped, and so is k_top 0 / k_bottom 0 of the default grids\n(it is plain CLIP, the baseline row). When no band beats plain CLIP, -o writes nothing unless\n--force is given. Progress goes to stderr: one line per band when stderr is not a terminal.\n\nExit codes: 0 success; 1 failure (the message names the file and the problem); 2 invalid command line."
 )]
 pub struct SweepArgs {
     #[command(flatten)]
@@ -34,9 +37,13 @@ pub struct SweepArgs {
     /// k_bottom values to try (default: 0, 25, 50, then every 50 up to 0.4 r).
     #[arg(long, value_name = "LIST", value_delimiter = ',')]
     pub k_bottom_grid: Option<Vec<usize>>,
-    /// Write the projector file of the best band here.
+    /// Write the projector file of the best band here (only when it beats plain CLIP, unless
+    /// --force).
     #[arg(short, long, value_name = "FILE")]
     pub output: Option<PathBuf>,
+    /// Write -o even when no band beats plain CLIP.
+    #[arg(long, requires = "output")]
+    pub force: bool,
     /// Machine-readable output.
     #[arg(long)]
     pub json: bool,
@@ -59,8 +66,14 @@ struct BandResult {
     summary: RetrievalSummary,
 }
 
+/// mAP differences below this (x100 points) are rounding, not a gain: band 0/0 is plain CLIP.
+const MAP_TOLERANCE: f64 = 1e-6;
+
 pub fn run(a: SweepArgs) -> Result<()> {
     let t0 = Instant::now();
+    if let Some(out) = &a.output {
+        check_output_file(out)?;
+    }
     let modality = Modality::parse(&a.modality).expect("clap checked the value");
     let loaded = a.weights.load()?;
     let weights = &loaded.weights;
@@ -97,10 +110,14 @@ pub fn run(a: SweepArgs) -> Result<()> {
         .k_bottom_grid
         .clone()
         .unwrap_or_else(|| default_k_bottom_grid(r));
+    let default_grid = a.k_top_grid.is_none() && a.k_bottom_grid.is_none();
     let mut bands = Vec::new();
     let mut skipped = Vec::new();
     for &kt in &k_tops {
         for &kb in &k_bottoms {
+            if default_grid && kt == 0 && kb == 0 {
+                continue;
+            }
             let band = BandSpec::new(kt, kb);
             if band.kept(r).is_ok() {
                 bands.push(band);
@@ -128,7 +145,7 @@ pub fn run(a: SweepArgs) -> Result<()> {
         InputKind::Embeddings => Projection::IDENTITY,
     };
     let baseline = eval::evaluate_sets(sets, plain, kind, opts)?.summary;
-    let progress = !a.json && std::io::stderr().is_terminal();
+    let terminal = std::io::stderr().is_terminal();
     let mut results: Vec<BandResult> = Vec::new();
     let mut best: Option<(usize, ModalityMaps)> = None;
     for &band in &bands {
@@ -147,15 +164,35 @@ pub fn run(a: SweepArgs) -> Result<()> {
         if better {
             best = Some((results.len() - 1, maps));
         }
-        if progress {
-            eprint!("\r  evaluated {} bands", results.len());
-        }
+        report_band(
+            results.last().expect("just pushed"),
+            results.len(),
+            bands.len(),
+            terminal,
+        );
     }
-    if progress {
+    if terminal {
         eprintln!();
     }
     let (best_i, best_maps) = best.expect("at least one band was evaluated");
-    if let Some(out) = &a.output {
+    let beats_clip = results[best_i].summary.map > baseline.map + MAP_TOLERANCE;
+    let write_output = a.output.as_ref().filter(|_| beats_clip || a.force);
+    if let (Some(out), false) = (&a.output, beats_clip) {
+        eprintln!(
+            "warning: no band beats plain CLIP (best mAP {:.2}, CLIP {:.2}){}",
+            results[best_i].summary.map,
+            baseline.map,
+            if a.force {
+                format!("; writing {} anyway (--force)", out.display())
+            } else {
+                format!(
+                    "; not writing {} (pass --force to write it anyway)",
+                    out.display()
+                )
+            }
+        );
+    }
+    if let Some(out) = write_output {
         let mut p = AlignedProjector {
             fingerprint: weights.fingerprint.clone(),
             source: weights.source.clone(),
@@ -170,7 +207,7 @@ pub fn run(a: SweepArgs) -> Result<()> {
             Modality::Image => p.image = Some(best_maps),
             Modality::Text => p.text = Some(best_maps),
         }
-        projector_file::save(&p, out)?;
+        atomic_output(out, || projector_file::save(&p, out))?;
     }
     let seconds = t0.elapsed().as_secs_f64();
     let best_band = results[best_i].band;
@@ -192,41 +229,51 @@ pub fn run(a: SweepArgs) -> Result<()> {
             "clip": { "map": baseline.map, "map_at_r": baseline.map_at_r, "p_at_r": baseline.p_at_r, "r_at_1": baseline.r_at_1, "map_at_r_exact": baseline.map_at_r_exact },
             "bands": results.iter().map(row).collect::<Vec<_>>(),
             "best": row(&results[best_i]),
+            "beats_clip": beats_clip,
             "skipped": skipped.iter().map(|b| json!({"k_top": b.k_top, "k_bottom": b.k_bottom})).collect::<Vec<_>>(),
-            "output": a.output.as_ref().map(|p| p.display().to_string()),
+            "output": write_output.map(|p| p.display().to_string()),
             "seconds": seconds,
         });
-        println!("{}", serde_json::to_string_pretty(&v).expect("json"));
+        outln!("{}", serde_json::to_string_pretty(&v).expect("json"))?;
         return Ok(());
     }
     if loaded.synthetic {
-        println!(
+        outln!(
             "SYNTHETIC: built-in CLIP-like model{}, for demonstration only",
             if a.sets.given() {
                 ""
             } else {
                 " and labelled data"
             }
-        );
+        )?;
     }
-    println!("weights:   {}", weights.source);
-    println!("data:      {}", describe_sets(&sets));
-    println!(
-        "{modality} band sweep: {} bands from one SVD of Ψ (r = {r}), best by mAP marked *",
-        results.len()
-    );
-    println!();
-    println!(
+    outln!("weights:   {}", weights.source)?;
+    outln!("data:      {}", describe_sets(&sets))?;
+    outln!(
+        "{modality} band sweep: {} from one SVD of Ψ (r = {r}), best by mAP marked *",
+        count(results.len() as u64, "band", "bands")
+    )?;
+    outln!()?;
+    outln!(
         "  {:>6} {:>8} {:>5} {:>8} {:>8} {:>8} {:>8}",
-        "k_top", "k_bottom", "m", "mAP", "mAP@R", "P@R", "R@1"
-    );
+        "k_top",
+        "k_bottom",
+        "m",
+        "mAP",
+        "mAP@R",
+        "P@R",
+        "R@1"
+    )?;
     let line = |mark: &str, kt: String, kb: String, m: String, s: &RetrievalSummary| {
-        println!(
+        outln!(
             "{mark} {kt:>6} {kb:>8} {m:>5} {:>8.2} {:>8.2} {:>8.2} {:>8.2}",
-            s.map, s.map_at_r, s.p_at_r, s.r_at_1
-        );
+            s.map,
+            s.map_at_r,
+            s.p_at_r,
+            s.r_at_1
+        )
     };
-    line(" ", "CLIP".into(), "-".into(), "-".into(), &baseline);
+    line(" ", "CLIP".into(), "-".into(), "-".into(), &baseline)?;
     for (i, b) in results.iter().enumerate() {
         line(
             if i == best_i { "*" } else { " " },
@@ -234,16 +281,16 @@ pub fn run(a: SweepArgs) -> Result<()> {
             b.band.k_bottom.to_string(),
             b.m.to_string(),
             &b.summary,
-        );
+        )?;
     }
     if !skipped.is_empty() {
-        println!(
-            "skipped {} bands that keep no direction (k_top + k_bottom >= {r})",
-            skipped.len()
-        );
+        outln!(
+            "skipped {} that keep no direction (k_top + k_bottom >= {r})",
+            count(skipped.len() as u64, "band", "bands")
+        )?;
     }
     let bs = &results[best_i].summary;
-    println!(
+    outln!(
         "best: k_top {} / k_bottom {} (m = {}): mAP {:.2} vs CLIP {:.2} ({:+.2})",
         best_band.k_top,
         best_band.k_bottom,
@@ -251,10 +298,26 @@ pub fn run(a: SweepArgs) -> Result<()> {
         bs.map,
         baseline.map,
         bs.map - baseline.map
-    );
-    if let Some(out) = &a.output {
-        println!("wrote {} (best band)", out.display());
+    )?;
+    if !beats_clip {
+        outln!("no band beats plain CLIP on these data: keep the plain projector")?;
     }
-    println!("({seconds:.2} s)");
+    if let Some(out) = write_output {
+        outln!("wrote {} (best band)", out.display())?;
+    }
+    outln!("({seconds:.2} s)")?;
     Ok(())
+}
+
+/// Progress of the sweep on stderr: an updating count on a terminal, one line per band (with
+/// its mAP) otherwise, so a piped or logged sweep shows it is alive and how far it is.
+fn report_band(b: &BandResult, done: usize, total: usize, terminal: bool) {
+    if terminal {
+        eprint!("\r  evaluated {done}/{total} bands");
+    } else {
+        eprintln!(
+            "band {done}/{total}: k_top {} k_bottom {} (m = {}): mAP {:.2}",
+            b.band.k_top, b.band.k_bottom, b.m, b.summary.map
+        );
+    }
 }

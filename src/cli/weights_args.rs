@@ -12,7 +12,8 @@ use crate::formats::checkpoint;
 
 #[derive(Args, Debug, Clone, Default)]
 pub struct WeightsArgs {
-    /// A safetensors checkpoint (OpenAI/OpenCLIP or Hugging Face tensor names, f32/f16/bf16).
+    /// A safetensors checkpoint (OpenAI/OpenCLIP or Hugging Face tensor names; tensors in F32, F16,
+    /// BF16 or F64).
     #[arg(long, value_name = "FILE", conflicts_with_all = ["image_proj", "text_proj"])]
     pub checkpoint: Option<PathBuf>,
     /// Image projector as .npy, "input x output" (d_i x d).

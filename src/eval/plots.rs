@@ -63,9 +63,35 @@ pub fn occupied_range(hists: &[&PairHistogram]) -> (f64, f64) {
     }
 }
 
-/// Positive and negative pair densities (each sums to 1 over the bins) as overlapping bars.
-pub fn similarity_histogram(h: &PairHistogram, title: &str, x_range: (f64, f64)) -> String {
+/// The axes the CLIP and IsoCLIP histograms share, so they can be compared by eye: the same x
+/// range (the bins either occupies), the same bins and the same y scale.
+#[derive(Clone, Copy, Debug, PartialEq)]
+pub struct HistogramAxes {
+    pub x_range: (f64, f64),
+    pub y_max: f64,
+}
+
+impl HistogramAxes {
+    pub fn shared(hists: &[&PairHistogram]) -> Self {
+        let y_max = hists
+            .iter()
+            .map(|h| {
+                let (p, n) = h.densities();
+                p.iter().chain(&n).cloned().fold(0.0, f64::max)
+            })
+            .fold(0.0, f64::max);
+        HistogramAxes {
+            x_range: occupied_range(hists),
+            y_max: (y_max * 1.08).max(1e-9),
+        }
+    }
+}
+
+/// Positive and negative pair densities (each sums to 1 over the bins) as overlapping bars, on
+/// `axes` (shared with the other histogram of the comparison).
+pub fn similarity_histogram(h: &PairHistogram, title: &str, axes: &HistogramAxes) -> String {
     let (p, n) = h.densities();
+    let x_range = axes.x_range;
     let pts = |v: &[f64]| {
         v.iter()
             .enumerate()
@@ -73,7 +99,6 @@ pub fn similarity_histogram(h: &PairHistogram, title: &str, x_range: (f64, f64))
             .filter(|(x, _)| *x >= x_range.0 && *x <= x_range.1)
             .collect::<Vec<_>>()
     };
-    let ymax = p.iter().chain(&n).cloned().fold(0.0, f64::max) * 1.08;
     Plot {
         title: title.to_string(),
         x_label: "cosine similarity".into(),
@@ -93,7 +118,8 @@ pub fn similarity_histogram(h: &PairHistogram, title: &str, x_range: (f64, f64))
             },
         ],
         x_range: Some(x_range),
-        y_range: Some((0.0, ymax.max(1e-9))),
+        y_range: Some((0.0, axes.y_max)),
+        bar_width: Some((h.hi - h.lo) / h.bins() as f64),
         notes: vec![
             format!("overlap coefficient {:.3}", h.overlap()),
             format!("IoU of distributions {:.3}", h.iou()),
@@ -101,4 +127,62 @@ pub fn similarity_histogram(h: &PairHistogram, title: &str, x_range: (f64, f64))
         ..Default::default()
     }
     .render()
+}
+
+#[cfg(test)]
+mod tests {
+    use super::*;
+
+    /// The tick labels along the axes (every `text-anchor="middle"` or `"end"` number).
+    fn tick_labels(svg: &str) -> Vec<String> {
+        svg.lines()
+            .filter(|l| l.starts_with("<line"))
+            .map(|l| {
+                let t = &l[l.find("<text").unwrap()..];
+                t[t.find('>').unwrap() + 1..t.find("</text>").unwrap()].to_string()
+            })
+            .collect()
+    }
+
+    fn histogram(pos: &[(usize, u64)], neg: &[(usize, u64)]) -> PairHistogram {
+        let mut h = PairHistogram::new(200);
+        for &(b, c) in pos {
+            h.positive[b] = c;
+        }
+        for &(b, c) in neg {
+            h.negative[b] = c;
+        }
+        h
+    }
+
+    #[test]
+    fn both_histograms_share_x_range_bins_and_y_scale() {
+        // CLIP's pairs sit high (bins 150..160), IsoCLIP's spread lower (bins 90..140).
+        let clip = histogram(&[(155, 10), (158, 30)], &[(150, 40), (152, 20)]);
+        let iso = histogram(&[(130, 5), (139, 5)], &[(90, 50), (100, 10)]);
+        let axes = HistogramAxes::shared(&[&clip, &iso]);
+        // Bins 90..=158 widened by one bin each side: [-0.11, 0.60].
+        assert!(
+            (axes.x_range.0 - (-0.11)).abs() < 1e-12,
+            "{:?}",
+            axes.x_range
+        );
+        assert!((axes.x_range.1 - 0.60).abs() < 1e-12, "{:?}", axes.x_range);
+        // The tallest density of either: IsoCLIP's negative bin 90 (50 of 60).
+        assert!((axes.y_max - 50.0 / 60.0 * 1.08).abs() < 1e-12);
+        let a = similarity_histogram(&clip, "CLIP", &axes);
+        let b = similarity_histogram(&iso, "IsoCLIP", &axes);
+        assert_eq!(tick_labels(&a), tick_labels(&b));
+        assert!(!tick_labels(&a).is_empty());
+        // One bin (0.01 wide) is drawn equally wide in both.
+        let width = |svg: &str| {
+            let l = svg
+                .lines()
+                .find(|l| l.contains("fill-opacity=\"0.45\""))
+                .unwrap();
+            let w = &l[l.find("width=\"").unwrap() + 7..];
+            w[..w.find('"').unwrap()].to_string()
+        };
+        assert_eq!(width(&a), width(&b));
+    }
 }

@@ -1,5 +1,6 @@
 //! Minimal, dependency-free SVG plots: line plots with shaded ranges, and histograms.
 //! Good enough to look at, deterministic (fixed precision), and viewable in any browser.
+//! The legend and notes sit below the plot area (under the x-axis label), never over the data.
 
 use std::fmt::Write;
 
@@ -30,6 +31,8 @@ pub struct Plot {
     pub x_range: Option<(f64, f64)>,
     pub y_range: Option<(f64, f64)>,
     pub notes: Vec<String>,
+    /// Width of a bar in x units (histograms: the bin width); default: the plot width / bars.
+    pub bar_width: Option<f64>,
 }
 
 const W: f64 = 760.0;
@@ -38,6 +41,8 @@ const ML: f64 = 70.0;
 const MR: f64 = 20.0;
 const MT: f64 = 40.0;
 const MB: f64 = 60.0;
+/// Height of one legend or note line, below the plot.
+const LEGEND_LINE: f64 = 16.0;
 
 fn esc(s: &str) -> String {
     s.replace('&', "&amp;")
@@ -103,10 +108,16 @@ impl Plot {
         let ph = H - MT - MB;
         let sx = |x: f64| ML + (x - x0) / (x1 - x0) * pw;
         let sy = |y: f64| MT + ph - (y - y0) / (y1 - y0) * ph;
+        let legend_lines = (self.series.len() + self.notes.len()) as f64;
+        let height = if legend_lines > 0.0 {
+            H + legend_lines * LEGEND_LINE + 8.0
+        } else {
+            H
+        };
         let mut s = String::new();
         let _ = writeln!(
             s,
-            r#"<svg xmlns="http://www.w3.org/2000/svg" width="{W}" height="{H}" viewBox="0 0 {W} {H}" font-family="sans-serif" font-size="12">"#
+            r#"<svg xmlns="http://www.w3.org/2000/svg" width="{W}" height="{height}" viewBox="0 0 {W} {height}" font-family="sans-serif" font-size="12">"#
         );
         let _ = writeln!(s, r#"<rect width="100%" height="100%" fill="white"/>"#);
         let _ = writeln!(
@@ -176,8 +187,13 @@ impl Plot {
         );
         for se in &self.series {
             if se.bars {
+                // Bars are `bar_width` wide in x units (a histogram's bin width), so two plots
+                // with the same x range draw the same bins at the same places.
                 let n = se.points.len().max(1) as f64;
-                let bw = pw / n * 0.9;
+                let bw = match self.bar_width {
+                    Some(w) => w / (x1 - x0) * pw * 0.9,
+                    None => pw / n * 0.9,
+                };
                 for &(x, y) in &se.points {
                     let top = sy(y.min(y1));
                     let _ = writeln!(
@@ -202,31 +218,75 @@ impl Plot {
                 );
             }
         }
-        // Legend and notes.
-        let mut ly = MT + 30.0;
+        // Legend and notes: below the x-axis label, outside the plot area.
+        let mut ly = H + 4.0;
         for se in &self.series {
             let _ = writeln!(
                 s,
-                r#"<rect x="{:.2}" y="{:.2}" width="14" height="4" fill="{}"/><text x="{:.2}" y="{:.2}">{}</text>"#,
-                ML + pw - 230.0,
+                r#"<rect x="{ML:.2}" y="{:.2}" width="14" height="4" fill="{}"/><text x="{:.2}" y="{ly:.2}">{}</text>"#,
                 ly - 4.0,
                 se.color,
-                ML + pw - 210.0,
-                ly,
+                ML + 20.0,
                 esc(&se.label)
             );
-            ly += 16.0;
+            ly += LEGEND_LINE;
         }
         for n in &self.notes {
             let _ = writeln!(
                 s,
-                r#"<text x="{:.2}" y="{ly:.2}" fill="grey">{}</text>"#,
-                ML + pw - 230.0,
+                r#"<text x="{ML:.2}" y="{ly:.2}" fill="grey">{}</text>"#,
                 esc(n)
             );
-            ly += 16.0;
+            ly += LEGEND_LINE;
         }
         s.push_str("</svg>\n");
         s
+    }
+}
+
+#[cfg(test)]
+mod tests {
+    use super::*;
+
+    /// The y coordinates of every `<text>` element whose content is `label`.
+    fn text_y(svg: &str, label: &str) -> Vec<f64> {
+        svg.lines()
+            .filter(|l| l.contains(&format!(">{label}</text>")))
+            .map(|l| {
+                let at = l.rfind("<text").unwrap();
+                let y = &l[at..];
+                let y = &y[y.find(" y=\"").unwrap() + 4..];
+                y[..y.find('"').unwrap()].parse().unwrap()
+            })
+            .collect()
+    }
+
+    #[test]
+    fn legend_and_notes_lie_below_the_plot_area() {
+        let plot = Plot {
+            title: "t".into(),
+            x_label: "x".into(),
+            y_label: "y".into(),
+            series: vec![Series {
+                label: "positive pairs".into(),
+                color: "#2ca02c".into(),
+                points: vec![(0.0, 1.0), (1.0, 0.5)],
+                bars: true,
+            }],
+            notes: vec!["overlap coefficient 0.500".into()],
+            ..Default::default()
+        };
+        let svg = plot.render();
+        let x_label = text_y(&svg, "x")[0];
+        for label in ["positive pairs", "overlap coefficient 0.500"] {
+            let ys = text_y(&svg, label);
+            assert_eq!(ys.len(), 1, "{label}");
+            assert!(
+                ys[0] > x_label,
+                "{label} at y {} is not below the axis",
+                ys[0]
+            );
+        }
+        assert!(svg.contains(&format!("height=\"{}\"", H + 2.0 * LEGEND_LINE + 8.0)));
     }
 }
