@@ -215,9 +215,9 @@ fn project_blocks(
         .map_init(
             || Scratch::try_new(d_in, d_out),
             |scratch, (block, out_bytes)| -> BlockOutcome {
-                let scratch = scratch.as_mut().map_err(|e| {
-                    BlockFailure::Memory(Error::ResourceExhausted(e.to_string()))
-                })?;
+                let scratch = scratch
+                    .as_mut()
+                    .map_err(|e| BlockFailure::Memory(Error::ResourceExhausted(e.to_string())))?;
                 let start = block * BLOCK_ROWS;
                 let block = Block {
                     start,
@@ -278,7 +278,14 @@ fn project_one_block(
         let outcome = if exponents[r] == NONFINITE_INPUT {
             Err(RowFailure::NonFiniteInput)
         } else {
-            finish_and_write(row, map.bias.as_deref(), exponents[r], opts, block.out_elem, out)
+            finish_and_write(
+                row,
+                map.bias.as_deref(),
+                exponents[r],
+                opts,
+                block.out_elem,
+                out,
+            )
         };
         match outcome {
             Ok(RowResult::ZeroNorm) => stats.zero_norm_rows += 1,
