@@ -243,7 +243,8 @@ fn validate_view(
 pub struct BlockStats {
     /// Rows whose projection had zero norm (written as zeros when normalising).
     pub zero_norm_rows: u64,
-    /// Rows with NaN/Inf written as zeros under `NonFinitePolicy::Zero`.
+    /// Rows written as zeros under `NonFinitePolicy::Zero`: input rows with NaN/Inf, and finite
+    /// rows whose result the output type cannot hold (`Error::Unrepresentable` otherwise).
     pub nonfinite_rows: u64,
 }
 
@@ -261,8 +262,11 @@ pub trait Backend: Send + Sync {
 
     /// Projects every input row through `map` into `output` per `opts`. The input has
     /// `map.d_in()` columns, the output `map.d_out()`. A row with NaN/Inf under
-    /// `NonFinitePolicy::Error` fails the call with `Error::NonFiniteRow { row }`, the lowest
-    /// such row index (0-based within this call); nothing is promised about the output then.
+    /// `NonFinitePolicy::Error` fails the call with `Error::NonFiniteRow { row }`, and a finite
+    /// row whose result the output type cannot hold with `Error::Unrepresentable { row }`: the
+    /// lowest failing row index (0-based within this call); nothing is promised about the output
+    /// then. Every finite input row otherwise gives a finite row, L2-normalised when asked (to
+    /// the output type's rounding). `tests/backend_conformance.rs` checks these contracts.
     fn project(
         &self,
         map: &PreparedMap,
