@@ -28,8 +28,8 @@ use half::slice::HalfFloatSliceExt;
 use rayon::prelude::*;
 
 use super::{
-    check_shapes, Backend, BlockStats, ElemType, NonFinitePolicy, PreparedMap, ProjectionOptions,
-    RowsIn, RowsOut,
+    check_shapes, try_zeroed, Backend, BlockStats, ElemType, NonFinitePolicy, PreparedMap,
+    ProjectionOptions, RowsIn, RowsOut,
 };
 use crate::error::{Error, Result};
 
@@ -139,19 +139,6 @@ impl Scratch {
             exponents: try_zeroed(BLOCK_ROWS)?,
         })
     }
-}
-
-/// A zero-filled vector of `len` elements, or `Error::ResourceExhausted`.
-pub(crate) fn try_zeroed<T: Default + Clone>(len: usize) -> Result<Vec<T>> {
-    let mut v = Vec::new();
-    v.try_reserve_exact(len).map_err(|_| {
-        Error::ResourceExhausted(format!(
-            "cannot allocate {} bytes of working memory",
-            len.saturating_mul(std::mem::size_of::<T>())
-        ))
-    })?;
-    v.resize(len, T::default());
-    Ok(v)
 }
 
 /// Why a block stopped: a row that fails the call (the lowest one wins), or no memory.

@@ -276,6 +276,21 @@ pub trait Backend: Send + Sync {
     ) -> Result<BlockStats>;
 }
 
+/// A zero-filled vector of `len` elements, or `Error::ResourceExhausted` when the allocation is
+/// refused (an address-space limit, strict overcommit): a host process is never aborted for a
+/// buffer we size. Use it for every buffer whose size depends on the data or the options.
+pub fn try_zeroed<T: Default + Clone>(len: usize) -> Result<Vec<T>> {
+    let mut v = Vec::new();
+    v.try_reserve_exact(len).map_err(|_| {
+        Error::ResourceExhausted(format!(
+            "cannot allocate {} bytes of working memory",
+            len.saturating_mul(std::mem::size_of::<T>())
+        ))
+    })?;
+    v.resize(len, T::default());
+    Ok(v)
+}
+
 /// Checks that the views fit the map; shared by every backend.
 pub fn check_shapes(map: &PreparedMap, input: &RowsIn<'_>, output: &RowsOut<'_>) -> Result<()> {
     input.validate()?;
