@@ -1125,7 +1125,7 @@ static void test_jobs(const isoclip_projector *fitted, const char *dir, const ch
     CHECK(write_npy(path, nan_rows, 8, DI, 0) == 0);
     FORMAT(out, "%s/out-nan", dir);
     EXPECT_OK(isoclip_job_new(fitted, NULL, po, jo, path, out, &job));
-    EXPECT_STATUS(ISOCLIP_ERR_FORMAT, isoclip_job_run(job));
+    EXPECT_STATUS(ISOCLIP_ERR_NON_FINITE_ROW, isoclip_job_run(job));
     EXPECT_MESSAGE_HAS("nan.npy: row 5 contains NaN or Inf");
     isoclip_job_free(job);
 
