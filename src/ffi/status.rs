@@ -194,6 +194,9 @@ impl Failure {
                     "{e} (set ISOCLIP_NONFINITE_ZERO with \
                      isoclip_projection_options_set_nonfinite to write zeros for such rows instead)"
                 ),
+                Error::DeviceUnavailable(_) => {
+                    format!("{e} (ISOCLIP_DEVICE_AUTO falls back to the CPU)")
+                }
                 _ => e.to_string(),
             },
             Failure::NullPointer(arg) => format!("argument `{arg}` must not be NULL"),
