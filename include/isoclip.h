@@ -118,11 +118,13 @@ enum isoclip_status
      */
     ISOCLIP_ERR_NON_FINITE_ROW = 10,
     /**
-     * The band keeps no direction (`k_top + k_bottom >= r`).
+     * The band keeps no direction (`k_top + k_bottom >= r`), or keeps directions whose singular
+     * value is zero (Ψ has rank below r; the message names the rank).
      */
     ISOCLIP_ERR_BAND = 11,
     /**
-     * A numerical routine failed (the SVD did not converge).
+     * A numerical routine failed (the SVD did not converge), or the weights cannot give finite
+     * f32 maps (all zero, or a largest |weight| outside [2^-40, 2^40]).
      */
     ISOCLIP_ERR_NUMERICAL = 12,
     /**
@@ -138,6 +140,17 @@ enum isoclip_status
      * running, reading the summary of a job that has not finished a run).
      */
     ISOCLIP_ERR_INVALID_STATE = 15,
+    /**
+     * A finite row's result cannot be represented in the output type (an unnormalised value
+     * beyond ±65504 in f16, or beyond the f32 range); the message names the row (and the shard,
+     * in a job). Under `ISOCLIP_NONFINITE_ZERO` such rows are zeros counted in `nonfinite_rows`.
+     */
+    ISOCLIP_ERR_UNREPRESENTABLE = 16,
+    /**
+     * Memory or threads could not be obtained (an allocation failed under an address-space
+     * limit, the system refused to start the requested threads).
+     */
+    ISOCLIP_ERR_RESOURCE_EXHAUSTED = 17,
     /**
      * A bug: the library panicked. The message holds the panic text. The objects passed to the
      * call remain valid to free, but their state is unspecified.
@@ -266,7 +279,8 @@ typedef struct {
      */
     uint64_t zero_norm_rows;
     /**
-     * Rows with NaN or Inf written as zeros under `ISOCLIP_NONFINITE_ZERO`.
+     * Rows written as zeros under `ISOCLIP_NONFINITE_ZERO`: input rows with NaN or Inf, and
+     * finite rows whose result the output type cannot hold.
      */
     uint64_t nonfinite_rows;
 } isoclip_projection_stats;
@@ -282,7 +296,8 @@ typedef int32_t isoclip_form;
 typedef int32_t isoclip_input_kind;
 
 /**
- * What to do with an input row holding NaN or Inf: a value of `ISOCLIP_NONFINITE_*`.
+ * What to do with an input row holding NaN or Inf, or a finite row whose result the output type
+ * cannot hold: a value of `ISOCLIP_NONFINITE_*`.
  */
 typedef int32_t isoclip_nonfinite;
 
@@ -395,7 +410,8 @@ typedef int32_t isoclip_nonfinite;
 #define ISOCLIP_MODALITY_TEXT 2
 
 /**
- * Fail with `ISOCLIP_ERR_NON_FINITE_ROW` naming the lowest such row. The default.
+ * Fail with `ISOCLIP_ERR_NON_FINITE_ROW` (or `ISOCLIP_ERR_UNREPRESENTABLE`) naming the lowest
+ * such row. The default.
  */
 #define ISOCLIP_NONFINITE_ERROR 1
 
@@ -461,7 +477,8 @@ void isoclip_backend_free(const isoclip_backend *backend);
  *
  * Returns `ISOCLIP_OK`, `ISOCLIP_ERR_NULL_POINTER` (`out`), `ISOCLIP_ERR_DEVICE_UNAVAILABLE`
  * (`ISOCLIP_DEVICE_CUDA` without a usable GPU; the message says why),
- * `ISOCLIP_ERR_INVALID_ARGUMENT` (threads cannot be started), `ISOCLIP_ERR_PANIC`.
+ * `ISOCLIP_ERR_RESOURCE_EXHAUSTED` (the system refused to start the threads; the message says
+ * why), `ISOCLIP_ERR_PANIC`.
  * Thread-safety: any thread.
  *
  * # Safety
@@ -502,9 +519,11 @@ isoclip_status isoclip_backend_options_set_device(isoclip_backend_options *optio
 
 /**
  * Sets the number of CPU worker threads (0, the default: every core, shared with other
- * backends created with 0). A non-zero count gives the backend its own thread pool.
+ * backends created with 0). A non-zero count gives the backend its own thread pool; at most
+ * 1024 threads.
  *
- * Returns `ISOCLIP_OK`, `ISOCLIP_ERR_NULL_POINTER`, `ISOCLIP_ERR_PANIC`.
+ * Returns `ISOCLIP_OK`, `ISOCLIP_ERR_NULL_POINTER`, `ISOCLIP_ERR_INVALID_ARGUMENT` (more than
+ * 1024 threads; the options keep their previous count), `ISOCLIP_ERR_PANIC`.
  *
  * # Safety
  * `options` is NULL or a live handle.
@@ -534,7 +553,8 @@ isoclip_status isoclip_fit_options_new(isoclip_fit_options **out);
 /**
  * Fits `modality` (`ISOCLIP_MODALITY_IMAGE` or `_TEXT`) keeping the singular directions
  * `[k_top, r - k_bottom)` of Ψ; setting a modality again replaces its band. The band is checked
- * by the fit (`ISOCLIP_ERR_BAND` there when it keeps nothing).
+ * by the fit (`ISOCLIP_ERR_BAND` there when it keeps nothing, including sizes whose sum
+ * overflows, or reaches zero singular values).
  *
  * Returns `ISOCLIP_OK`, `ISOCLIP_ERR_NULL_POINTER`, `ISOCLIP_ERR_INVALID_ARGUMENT` (modality),
  * `ISOCLIP_ERR_PANIC`.
@@ -693,7 +713,10 @@ isoclip_status isoclip_job_options_set_progress(isoclip_job_options *options,
  *
  * Returns `ISOCLIP_OK`; `ISOCLIP_ERR_CANCELLED` (`isoclip_job_cancel` was called, before or
  * during the run: cancellation is permanent for the job); `ISOCLIP_ERR_IO`; `ISOCLIP_ERR_FORMAT`
- * (a shard is not a valid `.npy`, or holds a NaN/Inf row under `ISOCLIP_NONFINITE_ERROR`);
+ * (a shard is not a valid `.npy`); `ISOCLIP_ERR_NON_FINITE_ROW` (a NaN/Inf row under
+ * `ISOCLIP_NONFINITE_ERROR`; the message names the shard and the row);
+ * `ISOCLIP_ERR_UNREPRESENTABLE` (likewise, a result the output type cannot hold);
+ * `ISOCLIP_ERR_RESOURCE_EXHAUSTED` (memory or threads could not be obtained);
  * `ISOCLIP_ERR_UNSUPPORTED` (dtype or layout); `ISOCLIP_ERR_SHAPE` (a shard's column count does
  * not match the projector); `ISOCLIP_ERR_INVALID_ARGUMENT` (output directory inside the input,
  * or locked by another run); `ISOCLIP_ERR_INVALID_STATE` (the job is already running);
@@ -794,7 +817,9 @@ isoclip_status isoclip_last_error_message(char *buf,
  * that overflow, overlapping input and output, a modality the projector lacks or AUTO on one with
  * both, the embedding route of a bias-augmented projector); `ISOCLIP_ERR_SHAPE` (`input_cols` or
  * `output_cols` do not match the projector); `ISOCLIP_ERR_NON_FINITE_ROW` (the message names
- * the row); `ISOCLIP_ERR_DEVICE_UNAVAILABLE` (the GPU failed); `ISOCLIP_ERR_PANIC`. On failure
+ * the row); `ISOCLIP_ERR_UNREPRESENTABLE` (a finite row whose unnormalised result does not fit
+ * the output type; the message names the row); `ISOCLIP_ERR_RESOURCE_EXHAUSTED` (working memory
+ * could not be allocated); `ISOCLIP_ERR_DEVICE_UNAVAILABLE` (the GPU failed); `ISOCLIP_ERR_PANIC`. On failure
  * the output buffer's content is unspecified and `stats` is not written.
  *
  * Thread-safety: any number of threads may project at once with the same projector, backend
@@ -969,8 +994,11 @@ isoclip_status isoclip_projector_fingerprint(const isoclip_projector *projector,
  * Returns `ISOCLIP_OK`; `ISOCLIP_ERR_NULL_POINTER` (a matrix pointer with a non-zero size,
  * `options`, `out`); `ISOCLIP_ERR_INVALID_ARGUMENT` (no band set, a size overflow, a misaligned
  * pointer); `ISOCLIP_ERR_SHAPE` (an empty matrix, output dimensions that differ, a bias of the
- * wrong length); `ISOCLIP_ERR_NON_FINITE`; `ISOCLIP_ERR_BAND` (a band that keeps nothing);
- * `ISOCLIP_ERR_NUMERICAL`; `ISOCLIP_ERR_PANIC`.
+ * wrong length); `ISOCLIP_ERR_NON_FINITE`; `ISOCLIP_ERR_BAND` (a band that keeps nothing, band
+ * sizes whose sum overflows, or a band reaching singular values of Ψ that are zero: the message
+ * names the rank and the bands possible); `ISOCLIP_ERR_NUMERICAL` (all-zero weights, a largest
+ * |weight| outside [2^-40, 2^40], an SVD that failed, maps that are not finite in f32);
+ * `ISOCLIP_ERR_PANIC`.
  *
  * Thread-safety: any thread; `options` must not be modified during the call.
  *

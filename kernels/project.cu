@@ -17,7 +17,9 @@
 //         exact power of two (w_inv undoes it) so small or large weights keep f16 precision.
 //   bias  npad floats, pad zero, or null.
 //   out   n rows of ldo elements, ldo = round_up(d_out, 2); the pad column is written as 0.
-//   flags n bytes: bit 0 = row had NaN/Inf (written as zeros), bit 1 = zero norm (zeros).
+//   flags n bytes: bit 0 = row had NaN/Inf (written as zeros), bit 1 = zero norm (zeros),
+//         bit 2 = finite row whose stored result was not finite (an unnormalised value beyond
+//         the output type; written as zeros).
 //
 // Tiling (why one CTA owns whole output rows): the epilogue divides every output row by its
 // norm, which is known only when the whole row (d_out <= 1024 columns) has been accumulated. A
@@ -93,6 +95,10 @@ ISO_DEVICE void iso_store2_f32(float* p, float a, float b) {
 
 #define ISO_FLAG_NONFINITE 1
 #define ISO_FLAG_ZERO_NORM 2
+#define ISO_FLAG_UNREPRESENTABLE 4
+// bad_row[] values: the input row held NaN/Inf, or its stored result was not finite.
+#define ISO_BAD_INPUT 1
+#define ISO_BAD_RESULT 2
 
 ISO_DEVICE bool iso_has_nonfinite_f16x2(unsigned int v) {
   // An f16 is NaN or Inf exactly when its 5 exponent bits are all ones.
@@ -217,16 +223,22 @@ ISO_DEVICE void iso_project_body(const unsigned short* __restrict__ x, int ldx,
 #pragma unroll
   for (int mi = 0; mi < MT; ++mi) {
     const int lr = warp_m * 16 * MT + mi * 16 + g;  // local rows lr and lr + 8
-    if (bad_lo[mi]) bad_row[lr] = 1;
-    if (bad_hi[mi]) bad_row[lr + 8] = 1;
+    if (bad_lo[mi]) bad_row[lr] = ISO_BAD_INPUT;
+    if (bad_hi[mi]) bad_row[lr + 8] = ISO_BAD_INPUT;
   }
   float sq[MT][2];
 #pragma unroll
   for (int mi = 0; mi < MT; ++mi) {
     const int lr = warp_m * 16 * MT + mi * 16 + g;
     const int r_lo = row0 + lr, r_hi = r_lo + 8;
-    const float s_lo = (row_inv != 0 && r_lo < n) ? row_inv[r_lo] * w_inv : w_inv;
-    const float s_hi = (row_inv != 0 && r_hi < n) ? row_inv[r_hi] * w_inv : w_inv;
+    // Normalised rows without a bias need no unscaling: the per-row scale cancels, and the
+    // accumulators (|acc| <= 2^30 · d_in) neither overflow nor underflow when squared, whatever
+    // the magnitude of the row they came from.
+    const bool keep_scaled = normalize && bias == 0;
+    const float s_lo =
+        keep_scaled ? 1.0f : ((row_inv != 0 && r_lo < n) ? row_inv[r_lo] * w_inv : w_inv);
+    const float s_hi =
+        keep_scaled ? 1.0f : ((row_inv != 0 && r_hi < n) ? row_inv[r_hi] * w_inv : w_inv);
     sq[mi][0] = 0.0f;
     sq[mi][1] = 0.0f;
 #pragma unroll
@@ -273,7 +285,7 @@ ISO_DEVICE void iso_project_body(const unsigned short* __restrict__ x, int ldx,
       const float norm = sqrtf(total);
       int flag = 0;
       float mult = 1.0f;
-      if (bad_row[lr]) {
+      if (bad_row[lr] == ISO_BAD_INPUT) {
         flag = ISO_FLAG_NONFINITE;
       } else if (norm == 0.0f) {
         flag = ISO_FLAG_ZERO_NORM;
@@ -291,19 +303,49 @@ ISO_DEVICE void iso_project_body(const unsigned short* __restrict__ x, int ldx,
               const float v0 = zero ? 0.0f : acc[mi][j][2 * h] * mult;
               const float v1 = zero ? 0.0f : acc[mi][j][2 * h + 1] * mult;
               const long long idx = (long long)row * ldo + c;  // c even, ldo even: aligned pair
+              bool stored_finite;
               if (OUT_F32) {
                 iso_store2_f32(reinterpret_cast<float*>(out) + idx, v0, v1);
+                stored_finite = iso_is_finite(v0) && iso_is_finite(v1);
               } else {
                 const unsigned int packed = (unsigned int)iso_f32_to_f16(v0) |
                                             ((unsigned int)iso_f32_to_f16(v1) << 16);
                 *reinterpret_cast<unsigned int*>(reinterpret_cast<unsigned short*>(out) + idx) =
                     packed;
+                stored_finite = !iso_has_nonfinite_f16x2(packed);
               }
+              // Only rows with finite input get here with non-zero values; every thread that
+              // sees a non-finite value writes the same mark, so the race is benign.
+              if (!stored_finite) bad_row[lr] = ISO_BAD_RESULT;
             }
           }
         }
         if (warp_n == 0 && t == 0) flags[row] = (unsigned char)flag;
       }
+    }
+  }
+  // A row whose stored result was not finite anywhere in the CTA becomes zeros, flagged.
+  __syncthreads();
+#pragma unroll
+  for (int mi = 0; mi < MT; ++mi) {
+#pragma unroll
+    for (int h = 0; h < 2; ++h) {
+      const int lr = warp_m * 16 * MT + mi * 16 + g + 8 * h;
+      const int row = row0 + lr;
+      if (row >= n || bad_row[lr] != ISO_BAD_RESULT) continue;
+#pragma unroll
+      for (int j = 0; j < NTMAX; ++j) {
+        const int c = (warp_n * nt + j) * 8 + 2 * t;
+        if (j < nt && c < d_out) {
+          const long long idx = (long long)row * ldo + c;
+          if (OUT_F32) {
+            iso_store2_f32(reinterpret_cast<float*>(out) + idx, 0.0f, 0.0f);
+          } else {
+            *reinterpret_cast<unsigned int*>(reinterpret_cast<unsigned short*>(out) + idx) = 0u;
+          }
+        }
+      }
+      if (warp_n == 0 && t == 0) flags[row] = ISO_FLAG_UNREPRESENTABLE;
     }
   }
 }

@@ -156,6 +156,7 @@ fn every_export_is_declared_and_guarded() {
             "guard(",
             "guard_infallible(",
             "catch_unwind(",
+            "catch_quietly(",
             "set_option(",
         ]
         .iter()

@@ -370,3 +370,107 @@ fn usage_errors_exit_2() {
     assert_eq!(o.status.code(), Some(0));
     assert!(stdout(&o).contains("Examples") && stdout(&o).contains("Exit codes"));
 }
+
+/// `isoclip fit` on two `.npy` projectors with an explicit band, in `dir`.
+fn fit_npy_band(dir: &std::path::Path, k_top: &str, k_bottom: &str) -> std::process::Output {
+    isoclip(
+        &[
+            "fit",
+            "--image-proj",
+            "a.npy",
+            "--text-proj",
+            "b.npy",
+            "--k-top",
+            k_top,
+            "--k-bottom",
+            k_bottom,
+            "-o",
+            "p.safetensors",
+        ],
+        dir,
+    )
+}
+
+#[test]
+fn all_zero_weights_are_refused_with_the_reason() {
+    let dir = tempfile::tempdir().unwrap();
+    let (_, pt) = small_weights(5, 16, 8, 8);
+    write_npy_f32(&dir.path().join("a.npy"), 16, 8, &[0.0; 16 * 8]);
+    write_npy_f32(&dir.path().join("b.npy"), 8, 8, &pt);
+    let o = fit_npy_band(dir.path(), "1", "1");
+    assert_fails_with(
+        &o,
+        &[
+            "the image projector (16 x 8) is all zeros: Ψ = P_i P_tᵀ would be zero and have no \
+           singular direction to keep",
+        ],
+    );
+    assert!(!dir.path().join("p.safetensors").exists());
+}
+
+#[test]
+fn weights_far_outside_the_f32_safe_scale_are_refused() {
+    let dir = tempfile::tempdir().unwrap();
+    let (pi, pt) = small_weights(6, 16, 8, 8);
+    let huge: Vec<f64> = pi.iter().map(|v| v * 1e36).collect();
+    write_npy_f32(&dir.path().join("a.npy"), 16, 8, &huge);
+    write_npy_f32(&dir.path().join("b.npy"), 8, 8, &pt);
+    let o = fit_npy_band(dir.path(), "1", "1");
+    assert_fails_with(
+        &o,
+        &[
+            "the image projector's largest |weight| is",
+            "outside the supported range [9.094947017729282e-13, 1.099511627776e12]",
+        ],
+    );
+    assert!(!dir.path().join("p.safetensors").exists());
+    // The same weights at their real scale fit.
+    write_npy_f32(&dir.path().join("a.npy"), 16, 8, &pi);
+    let o = fit_npy_band(dir.path(), "1", "1");
+    assert!(o.status.success(), "{}", stderr(&o));
+}
+
+#[test]
+fn a_band_reaching_the_zero_singular_values_of_a_rank_deficient_psi_is_refused() {
+    // Ψ = P_i P_tᵀ is 96 x 64 but has rank d = 32: σ_33..σ_64 are zero.
+    let dir = tempfile::tempdir().unwrap();
+    let (pi, pt) = small_weights(7, 96, 64, 32);
+    write_npy_f32(&dir.path().join("a.npy"), 96, 32, &pi);
+    write_npy_f32(&dir.path().join("b.npy"), 64, 32, &pt);
+    let o = fit_npy_band(dir.path(), "40", "10");
+    assert_fails_with(
+        &o,
+        &[
+            "Ψ has rank 32: only 32 of its 64 singular values exceed 1e-9·σ_1, but the band \
+           k_top 40 / k_bottom 10 keeps directions [40, 54), which reach singular values that \
+           are zero; a band must end by direction 32: k_bottom >= 32 (r − rank) and \
+           k_top + k_bottom < 64",
+        ],
+    );
+    assert!(!dir.path().join("p.safetensors").exists());
+    let o = fit_npy_band(dir.path(), "4", "31");
+    assert_fails_with(&o, &["Ψ has rank 32", "keeps directions [4, 33)"]);
+    // The band the message allows fits, with m = 64 − 4 − 32 = 28 directions.
+    let o = fit_npy_band(dir.path(), "4", "32");
+    assert!(o.status.success(), "{}", stderr(&o));
+    let i = isoclip(&["inspect", "p.safetensors", "--json"], dir.path());
+    let j: serde_json::Value = serde_json::from_slice(&i.stdout).unwrap();
+    assert_eq!(j["maps"][0]["m"], 28, "{j}");
+}
+
+#[test]
+fn band_sizes_that_overflow_when_added_are_an_empty_band_not_a_panic() {
+    let dir = tempfile::tempdir().unwrap();
+    let (pi, pt) = small_weights(8, 16, 8, 8);
+    write_npy_f32(&dir.path().join("a.npy"), 16, 8, &pi);
+    write_npy_f32(&dir.path().join("b.npy"), 8, 8, &pt);
+    let max = usize::MAX.to_string();
+    let o = fit_npy_band(dir.path(), &max, "1");
+    assert_fails_with(
+        &o,
+        &[&format!(
+            "empty band: k_top {max} + k_bottom 1 = more than the largest size leaves no \
+             direction of the 8 singular directions of Ψ; k_top + k_bottom must be < 8"
+        )],
+    );
+}

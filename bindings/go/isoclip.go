@@ -50,6 +50,8 @@ const (
 	StatusCancelled         Status = C.ISOCLIP_ERR_CANCELLED
 	StatusDeviceUnavailable Status = C.ISOCLIP_ERR_DEVICE_UNAVAILABLE
 	StatusInvalidState      Status = C.ISOCLIP_ERR_INVALID_STATE
+	StatusUnrepresentable   Status = C.ISOCLIP_ERR_UNREPRESENTABLE
+	StatusResourceExhausted Status = C.ISOCLIP_ERR_RESOURCE_EXHAUSTED
 	StatusPanic             Status = C.ISOCLIP_ERR_PANIC
 )
 
@@ -84,6 +86,8 @@ var (
 	ErrCancelled         = &Error{Status: StatusCancelled}
 	ErrDeviceUnavailable = &Error{Status: StatusDeviceUnavailable}
 	ErrInvalidState      = &Error{Status: StatusInvalidState}
+	ErrUnrepresentable   = &Error{Status: StatusUnrepresentable}
+	ErrResourceExhausted = &Error{Status: StatusResourceExhausted}
 	ErrClosed            = errors.New("isoclip: use of a closed object")
 )
 

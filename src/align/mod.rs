@@ -292,17 +292,21 @@ impl BandSpec {
         BandSpec { k_top, k_bottom }
     }
     /// Number of kept directions for a spectrum of length `r`, or an error if none is kept
-    /// (the reference raises when k_top + k_bottom ≥ r).
+    /// (the reference raises when k_top + k_bottom ≥ r). Sizes of any magnitude are safe: the sum
+    /// is checked, never wrapped.
     pub fn kept(&self, r: usize) -> Result<usize> {
-        match r.checked_sub(self.k_top + self.k_bottom) {
+        let dropped = self.k_top.checked_add(self.k_bottom);
+        match dropped.and_then(|d| r.checked_sub(d)) {
             Some(m) if m >= 1 => Ok(m),
-            _ => Err(Error::Band(format!(
+            _ => {
+                Err(Error::Band(format!(
                 "empty band: k_top {} + k_bottom {} = {} leaves no direction of the {r} singular \
                  directions of Ψ; k_top + k_bottom must be < {r}",
                 self.k_top,
                 self.k_bottom,
-                self.k_top + self.k_bottom
-            ))),
+                dropped.map_or_else(|| "more than the largest size".to_string(), |d| d.to_string())
+            )))
+            }
         }
     }
 }
@@ -326,6 +330,7 @@ pub struct PsiSpectrum {
 
 impl PsiSpectrum {
     pub fn compute(weights: &ProjectorWeights) -> Result<Self> {
+        check_weight_scale(weights)?;
         // Sequential kernels: the fit is small (< 1 s) and the result must not depend on the
         // number of threads, so two fits give byte-identical files on any machine.
         faer::set_global_parallelism(Par::Seq);
@@ -358,7 +363,56 @@ impl PsiSpectrum {
                 }
             }
         }
+        if let Some(j) = sigma.iter().position(|s| !s.is_finite()) {
+            return Err(Error::Numerical(format!(
+                "the SVD of Ψ gave a non-finite singular value σ_{} = {}",
+                j + 1,
+                sigma[j]
+            )));
+        }
         Ok(PsiSpectrum { u, v, sigma })
+    }
+
+    /// The numerical rank of Ψ: how many σ_j exceed [`SIGMA_FLOOR`]·σ_1 (0 when Ψ = 0). Ψ has
+    /// rank at most d, so r = min(d_i', d_t') can exceed it (a bias-augmented model, a projector
+    /// with more inputs than outputs on both sides, degenerate weights).
+    pub fn rank(&self) -> usize {
+        let s1 = self.sigma.first().copied().unwrap_or(0.0);
+        if s1 <= 0.0 {
+            return 0;
+        }
+        self.sigma
+            .iter()
+            .take_while(|&&s| s > SIGMA_FLOOR * s1)
+            .count()
+    }
+
+    /// Checks a band against this spectrum: it must keep at least one direction
+    /// ([`BandSpec::kept`]) and every kept direction must have a non-zero singular value
+    /// (index < [`rank`](Self::rank)); a direction with σ = 0 carries no alignment, only noise.
+    /// Returns the number of kept directions.
+    pub fn check_band(&self, band: BandSpec) -> Result<usize> {
+        let r = self.r();
+        let m = band.kept(r)?;
+        let rank = self.rank();
+        let end = r - band.k_bottom; // kept() guarantees k_bottom < r
+        if end <= rank {
+            return Ok(m);
+        }
+        if rank == 0 {
+            return Err(Error::Band(format!(
+                "Ψ = P_i P_tᵀ is zero (all {r} singular values are 0): the image and text \
+                 projectors are orthogonal, so there is no aligned direction to keep"
+            )));
+        }
+        let min_bottom = r - rank;
+        Err(Error::Band(format!(
+            "Ψ has rank {rank}: only {rank} of its {r} singular values exceed {SIGMA_FLOOR:e}·σ_1, \
+             but the band {band} keeps directions [{}, {end}), which reach singular values that \
+             are zero; a band must end by direction {rank}: k_bottom >= {min_bottom} (r − rank) \
+             and k_top + k_bottom < {r}",
+            band.k_top,
+        )))
     }
 
     /// r = min(d_i', d_t'): the number of singular values of Ψ.
@@ -420,11 +474,82 @@ impl ModalityMaps {
     pub fn compact_dim(&self) -> usize {
         self.compact.d_out()
     }
+
+    /// Every map holds finite f32 values (weights inside [`WEIGHT_SCALE`] guarantee it; this
+    /// catches what the scale check cannot, rather than writing Inf into a projector file).
+    fn check_finite(&self) -> Result<()> {
+        let mut named: Vec<(&str, &[f32])> = vec![
+            ("full map", &self.full.weight.data),
+            ("compact map", &self.compact.weight.data),
+            ("plain map", &self.plain.weight.data),
+        ];
+        for (name, b) in [
+            ("full map bias", &self.full.bias),
+            ("compact map bias", &self.compact.bias),
+        ] {
+            if let Some(b) = b {
+                named.push((name, b));
+            }
+        }
+        if let Ok(e) = &self.embedding_compact {
+            named.push(("embedding-route compact map", &e.data));
+        }
+        if let Ok(e) = &self.embedding_full {
+            named.push(("embedding-route full map", &e.data));
+        }
+        for (name, data) in named {
+            if let Some(i) = data.iter().position(|v| !v.is_finite()) {
+                return Err(Error::Numerical(format!(
+                    "the {} {name} is not finite in f32 (value {} at flat index {i})",
+                    self.modality, data[i]
+                )));
+            }
+        }
+        Ok(())
+    }
 }
 
-/// Relative σ below which a kept direction is considered numerically zero for the embedding
-/// route (which divides by σ).
-const SIGMA_FLOOR: f64 = 1e-9;
+/// Relative σ at or below which a singular direction is numerically zero: it counts neither
+/// towards the rank of Ψ nor as a direction the embedding route can divide by.
+pub const SIGMA_FLOOR: f64 = 1e-9;
+
+/// The range the largest |weight| (and |bias|) of each projector must lie in: far beyond any
+/// real checkpoint (CLIP weights are of order 0.01–1) on both sides, and narrow enough that
+/// every map stays finite in f32 (the embedding route scales by 1/|P|) and that the CPU
+/// backend's GEMM cannot overflow for rows it leaves unscaled.
+pub const WEIGHT_SCALE: (f64, f64) = (9.094947017729282e-13, 1.099511627776e12); // 2^-40, 2^40
+
+/// Refuses projectors that are all zero or whose scale is outside [`WEIGHT_SCALE`].
+fn check_weight_scale(weights: &ProjectorWeights) -> Result<()> {
+    let max_abs = |v: &mut dyn Iterator<Item = f64>| v.fold(0.0f64, |m, x| m.max(x.abs()));
+    let (lo, hi) = WEIGHT_SCALE;
+    for modality in [Modality::Image, Modality::Text] {
+        let (p, b) = match modality {
+            Modality::Image => (&weights.image, &weights.image_bias),
+            Modality::Text => (&weights.text, &weights.text_bias),
+        };
+        let w = max_abs(&mut (0..p.nrows()).flat_map(|i| (0..p.ncols()).map(move |j| p[(i, j)])));
+        if w == 0.0 {
+            return Err(Error::Numerical(format!(
+                "the {modality} projector ({} x {}) is all zeros: Ψ = P_i P_tᵀ would be zero and \
+                 have no singular direction to keep",
+                p.nrows(),
+                p.ncols()
+            )));
+        }
+        let bias = b.as_ref().map_or(0.0, |b| max_abs(&mut b.iter().copied()));
+        for (what, v) in [("weight", w), ("bias", bias)] {
+            if v > hi || (what == "weight" && v < lo) {
+                return Err(Error::Numerical(format!(
+                    "the {modality} projector's largest |{what}| is {v:e}, outside the supported \
+                     range [{lo:e}, {hi:e}] (CLIP projector weights are of order 0.01 to 1; is \
+                     the tensor scaled or decoded wrongly?)"
+                )));
+            }
+        }
+    }
+    Ok(())
+}
 
 /// Builds all maps of `modality` for `band` from a precomputed spectrum (one SVD serves many
 /// bands, as in a sweep).
@@ -435,8 +560,7 @@ pub fn fit_modality(
     band: BandSpec,
 ) -> Result<ModalityMaps> {
     faer::set_global_parallelism(Par::Seq);
-    let r = spectrum.r();
-    let m = band.kept(r)?;
+    let m = spectrum.check_band(band)?;
     let lo = band.k_top;
     let (basis, other_basis, own, other, augmented) = match modality {
         Modality::Image => (
@@ -511,7 +635,7 @@ pub fn fit_modality(
         ),
         Err(e) => (Err(e.clone()), Err(e)),
     };
-    Ok(ModalityMaps {
+    let maps = ModalityMaps {
         modality,
         band,
         m,
@@ -524,7 +648,9 @@ pub fn fit_modality(
         plain: weights.plain_map(modality),
         gap_top,
         gap_bottom,
-    })
+    };
+    maps.check_finite()?;
+    Ok(maps)
 }
 
 /// The result of a fit: the spectrum and the maps of one or both modalities.

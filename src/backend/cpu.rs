@@ -1,23 +1,50 @@
 //! The CPU backend: rayon over fixed row blocks; per block, in cache: f16→f32 conversion (F16C
-//! via `half`'s runtime-dispatched slice conversion), a GEMM (faer's SIMD kernels, sequential
-//! inside a block), bias, row normalisation, and conversion of the output.
+//! via `half`'s runtime-dispatched slice conversion), an exact power-of-two pre-scale of rows
+//! whose magnitude could overflow or underflow the GEMM, a GEMM (the `gemm` crate's SIMD kernels,
+//! sequential inside a block), bias, row normalisation, conversion of the output, and a
+//! finiteness check of every converted output row.
+//!
+//! The numeric contract (the same one `tests/backend_conformance.rs` holds every backend to):
+//! - any finite input row gives a finite output row, L2-normalised to f32 rounding when
+//!   normalising: the norm's squares are accumulated in f64 (no f32 row can overflow or underflow
+//!   them), and a row whose largest |value| lies outside [2^-64, 2^64] is multiplied by an exact
+//!   power of two before the GEMM (cosines unchanged; undone after it when not normalising);
+//! - a result the output type cannot hold (an unnormalised value beyond ±65504 in f16, or beyond
+//!   f32) is `Error::Unrepresentable { row }`, or under `NonFinitePolicy::Zero` a zero row counted
+//!   in `nonfinite_rows`, exactly like a NaN/Inf input row; zero-norm rows are zeros, counted in
+//!   `zero_norm_rows`.
 //!
 //! Block boundaries are fixed multiples of [`BLOCK_ROWS`] from the start of each call, so a row's
 //! result never depends on the thread count: reruns are byte-identical.
+//!
+//! Memory: the GEMM runs through `gemm::gemm`, which allocates a small packing buffer per call
+//! (about `k x n` floats), instead of faer's x86 path, whose thread-local scratch reserves twice
+//! the L3 cache size per compute thread (520 MiB on a 260 MiB-L3 server) and aborts the process
+//! when that reservation fails. Our own per-thread scratch is reserved with `try_reserve`, so a
+//! refusal is `Error::ResourceExhausted`, not an abort.
 
-use faer::{Accum, MatMut, MatRef, Par};
 use half::f16;
 use half::slice::HalfFloatSliceExt;
 use rayon::prelude::*;
 
 use super::{
-    check_shapes, Backend, BlockStats, ElemType, NonFinitePolicy, PreparedMap, ProjectionOptions,
-    RowsIn, RowsOut,
+    check_shapes, try_zeroed, Backend, BlockStats, ElemType, NonFinitePolicy, PreparedMap,
+    ProjectionOptions, RowsIn, RowsOut,
 };
 use crate::error::{Error, Result};
 
 /// Rows per block: the f32 input block (128 x 768 x 4 = 384 KiB) and output block stay in L2.
 pub const BLOCK_ROWS: usize = 128;
+
+/// The most compute threads a CPU backend starts. Far above any useful count (the work is
+/// memory-bound beyond a few dozen cores), low enough that a typo cannot make the process spend
+/// minutes spawning threads or exhaust the host's thread limit.
+pub const MAX_THREADS: usize = 1024;
+
+/// Rows whose largest |value| lies in [2^-SAFE_EXP, 2^SAFE_EXP] go through the GEMM unscaled;
+/// others are first scaled by an exact power of two into [1, 2). With projector weights below
+/// 2^40 (what `fit` accepts) and up to 2^16 input columns, no such row overflows f32 in the GEMM.
+const SAFE_EXP: i32 = 64;
 
 pub struct CpuBackend {
     pool: Option<rayon::ThreadPool>,
@@ -25,19 +52,27 @@ pub struct CpuBackend {
 }
 
 impl CpuBackend {
-    /// `threads = None` uses every core (rayon's global pool).
+    /// `threads = None` (or `Some(0)`) uses every core (rayon's global pool). More than
+    /// [`MAX_THREADS`] is `Error::InvalidArgument`; a pool the system refuses to start is
+    /// `Error::ResourceExhausted`.
     pub fn new(threads: Option<usize>) -> Result<Self> {
         match threads {
             None | Some(0) => Ok(CpuBackend {
                 pool: None,
                 threads: rayon::current_num_threads(),
             }),
+            Some(n) if n > MAX_THREADS => Err(Error::invalid(format!(
+                "{n} compute threads requested; at most {MAX_THREADS} are allowed (0 uses every \
+                 core)"
+            ))),
             Some(n) => {
                 let pool = rayon::ThreadPoolBuilder::new()
                     .num_threads(n)
                     .thread_name(|i| format!("isoclip-cpu-{i}"))
                     .build()
-                    .map_err(|e| Error::invalid(format!("cannot start {n} threads: {e}")))?;
+                    .map_err(|e| {
+                        Error::ResourceExhausted(format!("cannot start {n} compute threads: {e}"))
+                    })?;
                 Ok(CpuBackend {
                     pool: Some(pool),
                     threads: n,
@@ -88,13 +123,66 @@ impl Backend for CpuBackend {
     }
 }
 
+/// Per-thread buffers for one block: f32 input rows, f32 results, each row's pre-scale exponent.
 struct Scratch {
     x: Vec<f32>,
     y: Vec<f32>,
+    exponents: Vec<i32>,
 }
 
-/// Outcome of one block: stats, or the index of the first row with NaN/Inf.
-type BlockOutcome = std::result::Result<BlockStats, usize>;
+impl Scratch {
+    /// Reserves the buffers fallibly: a refused allocation is an error, not an abort.
+    fn try_new(d_in: usize, d_out: usize) -> Result<Scratch> {
+        Ok(Scratch {
+            x: try_zeroed(BLOCK_ROWS * d_in)?,
+            y: try_zeroed(BLOCK_ROWS * d_out)?,
+            exponents: try_zeroed(BLOCK_ROWS)?,
+        })
+    }
+}
+
+/// Why a block stopped: a row that fails the call (the lowest one wins), or no memory.
+#[derive(Debug)]
+enum BlockFailure {
+    Row(usize, RowFailure),
+    Memory(Error),
+}
+
+/// What is wrong with one row.
+#[derive(Debug)]
+enum RowFailure {
+    /// The input row holds NaN or Inf.
+    NonFiniteInput,
+    /// The input is finite but the result does not fit the output type.
+    Unrepresentable(String),
+}
+
+impl BlockFailure {
+    fn into_error(self) -> Error {
+        match self {
+            BlockFailure::Row(row, RowFailure::NonFiniteInput) => Error::NonFiniteRow { row },
+            BlockFailure::Row(row, RowFailure::Unrepresentable(message)) => {
+                Error::Unrepresentable { row, message }
+            }
+            BlockFailure::Memory(e) => e,
+        }
+    }
+    /// The failure to report when two blocks fail: memory first, else the lowest row.
+    fn first(a: BlockFailure, b: BlockFailure) -> BlockFailure {
+        match (a, b) {
+            (m @ BlockFailure::Memory(_), _) | (_, m @ BlockFailure::Memory(_)) => m,
+            (BlockFailure::Row(i, x), BlockFailure::Row(j, y)) => {
+                if i <= j {
+                    BlockFailure::Row(i, x)
+                } else {
+                    BlockFailure::Row(j, y)
+                }
+            }
+        }
+    }
+}
+
+type BlockOutcome = std::result::Result<BlockStats, BlockFailure>;
 
 fn project_blocks(
     map: &PreparedMap,
@@ -112,16 +200,19 @@ fn project_blocks(
         .take(rows.div_ceil(BLOCK_ROWS))
         .enumerate()
         .map_init(
-            || Scratch {
-                x: vec![0.0; BLOCK_ROWS * d_in],
-                y: vec![0.0; BLOCK_ROWS * d_out],
-            },
+            || Scratch::try_new(d_in, d_out),
             |scratch, (block, out_bytes)| -> BlockOutcome {
+                let scratch = scratch
+                    .as_mut()
+                    .map_err(|e| BlockFailure::Memory(Error::ResourceExhausted(e.to_string())))?;
                 let start = block * BLOCK_ROWS;
-                let n = BLOCK_ROWS.min(rows - start);
-                project_one_block(
-                    map, opts, &input, start, n, out_bytes, out_stride, out_elem, scratch,
-                )
+                let block = Block {
+                    start,
+                    n: BLOCK_ROWS.min(rows - start),
+                    out_stride,
+                    out_elem,
+                };
+                project_one_block(map, opts, &input, &block, out_bytes, scratch)
             },
         )
         .reduce(
@@ -131,93 +222,267 @@ fn project_blocks(
                     x += y;
                     Ok(x)
                 }
-                (Err(i), Err(j)) => Err(i.min(j)),
+                (Err(i), Err(j)) => Err(BlockFailure::first(i, j)),
                 (Err(i), _) | (_, Err(i)) => Err(i),
             },
         );
-    outcome.map_err(|row| Error::NonFiniteRow { row })
+    outcome.map_err(BlockFailure::into_error)
 }
 
-#[allow(clippy::too_many_arguments)]
+/// Where one block lies in the call and how its output is laid out.
+struct Block {
+    start: usize,
+    n: usize,
+    out_stride: usize,
+    out_elem: ElemType,
+}
+
+/// Marks, in the exponent array, a row whose input held NaN/Inf.
+const NONFINITE_INPUT: i32 = i32::MIN;
+
+/// One block: read and pre-scale the rows, GEMM, then finish, convert and check row by row in
+/// order, so the first failing row of the block is the lowest.
 fn project_one_block(
     map: &PreparedMap,
     opts: &ProjectionOptions,
     input: &RowsIn<'_>,
-    start: usize,
-    n: usize,
+    block: &Block,
     out_bytes: &mut [u8],
-    out_stride: usize,
-    out_elem: ElemType,
     scratch: &mut Scratch,
 ) -> BlockOutcome {
     let (d_in, d_out) = (map.d_in(), map.d_out());
-    let mut stats = BlockStats::default();
+    let n = block.n;
     let x = &mut scratch.x[..n * d_in];
-    let mut bad_rows: Vec<usize> = Vec::new();
-    for r in 0..n {
-        let dst = &mut x[r * d_in..(r + 1) * d_in];
-        read_row(input.row(start + r), input.elem, dst);
-        if !dst.iter().all(|v| v.is_finite()) {
-            if opts.nonfinite == NonFinitePolicy::Error {
-                return Err(start + r);
-            }
-            dst.fill(0.0);
-            bad_rows.push(r);
-        }
-    }
+    let exponents = &mut scratch.exponents[..n];
+    read_block(input, block.start, map.bias.is_some(), x, exponents);
     let y = &mut scratch.y[..n * d_out];
-    let lhs = MatRef::from_row_major_slice(x, n, d_in);
-    let rhs = MatRef::from_row_major_slice(&map.weight.data, d_in, d_out);
-    let dst = MatMut::from_row_major_slice_mut(y, n, d_out);
-    faer::linalg::matmul::matmul(dst, Accum::Replace, lhs, rhs, 1.0f32, Par::Seq);
-    for r in 0..n {
-        let row = &mut y[r * d_out..(r + 1) * d_out];
-        if bad_rows.contains(&r) {
-            row.fill(0.0);
-            stats.nonfinite_rows += 1;
+    gemm_rows(x, &map.weight.data, y, n, d_in, d_out);
+    let mut stats = BlockStats::default();
+    let out_row_bytes = d_out * block.out_elem.size();
+    for (r, row) in y.chunks_exact_mut(d_out.max(1)).take(n).enumerate() {
+        let at = r * block.out_stride;
+        let out = &mut out_bytes[at..at + out_row_bytes];
+        let outcome = if exponents[r] == NONFINITE_INPUT {
+            Err(RowFailure::NonFiniteInput)
         } else {
-            if let Some(b) = &map.bias {
-                for (v, bv) in row.iter_mut().zip(b) {
-                    *v += bv;
-                }
+            finish_and_write(
+                row,
+                map.bias.as_deref(),
+                exponents[r],
+                opts,
+                block.out_elem,
+                out,
+            )
+        };
+        match outcome {
+            Ok(RowResult::ZeroNorm) => stats.zero_norm_rows += 1,
+            Ok(RowResult::Done) => {}
+            Err(failure) if opts.nonfinite == NonFinitePolicy::Error => {
+                return Err(BlockFailure::Row(block.start + r, failure));
             }
-            let norm = norm_f32(row);
-            if norm == 0.0 || !norm.is_finite() {
-                stats.zero_norm_rows += u64::from(norm == 0.0);
-                if norm == 0.0 {
-                    row.fill(0.0);
-                }
-            } else if opts.normalize {
-                let inv = 1.0 / norm;
-                row.iter_mut().for_each(|v| *v *= inv);
+            Err(_) => {
+                out.fill(0);
+                stats.nonfinite_rows += 1;
             }
         }
-        write_row(
-            row,
-            out_elem,
-            &mut out_bytes[r * out_stride..r * out_stride + d_out * out_elem.size()],
-        );
     }
     Ok(stats)
 }
 
-/// Euclidean norm: eight f32 partial sums (vectorisable), combined in f64; cheap next to the GEMM.
-fn norm_f32(v: &[f32]) -> f32 {
-    let mut acc = [0.0f32; 8];
+/// Converts the block's input rows to f32 in `x`, zeroing rows with NaN/Inf (marked
+/// [`NONFINITE_INPUT`]) and pre-scaling rows of extreme magnitude (their exponent recorded).
+fn read_block(
+    input: &RowsIn<'_>,
+    start: usize,
+    has_bias: bool,
+    x: &mut [f32],
+    exponents: &mut [i32],
+) {
+    let d_in = input.cols;
+    for (r, exponent) in exponents.iter_mut().enumerate() {
+        let dst = &mut x[r * d_in..(r + 1) * d_in];
+        read_row(input.row(start + r), input.elem, dst);
+        *exponent = match max_abs_if_finite(dst) {
+            Some(max_abs) => prescale_exponent(max_abs, has_bias),
+            None => {
+                dst.fill(0.0);
+                NONFINITE_INPUT
+            }
+        };
+        if *exponent != 0 && *exponent != NONFINITE_INPUT {
+            scale_by_pow2(dst, *exponent);
+        }
+    }
+}
+
+/// `y = x · w` for row-major `x` (n x d_in), `w` (d_in x d_out), `y` (n x d_out).
+fn gemm_rows(x: &[f32], w: &[f32], y: &mut [f32], n: usize, d_in: usize, d_out: usize) {
+    assert!(x.len() == n * d_in && w.len() == d_in * d_out && y.len() == n * d_out);
+    if n == 0 || d_out == 0 {
+        return;
+    }
+    if d_in == 0 {
+        y.fill(0.0);
+        return;
+    }
+    // SAFETY: the assertion above shows every index the GEMM touches is inside its slice: `x` is
+    // n rows of d_in contiguous floats (row stride d_in, column stride 1), `w` d_in rows of d_out,
+    // `y` n rows of d_out; `y` is a unique borrow, so it aliases neither input; with
+    // `read_dst = false` the GEMM only writes `y` (alpha is ignored), y = 1 · x · w.
+    unsafe {
+        gemm::gemm(
+            n,
+            d_out,
+            d_in,
+            y.as_mut_ptr(),
+            1,
+            d_out as isize,
+            false,
+            x.as_ptr(),
+            1,
+            d_in as isize,
+            w.as_ptr(),
+            1,
+            d_out as isize,
+            0.0f32,
+            1.0f32,
+            false,
+            false,
+            false,
+            gemm::Parallelism::None,
+        );
+    }
+}
+
+/// What finishing a row found.
+#[derive(Debug, PartialEq, Eq)]
+enum RowResult {
+    Done,
+    /// The projection is zero: written as zeros (any sign) and counted.
+    ZeroNorm,
+}
+
+/// Bias, normalisation (or undoing the pre-scale), conversion into `out`, and the check that
+/// the converted row is finite.
+fn finish_and_write(
+    row: &mut [f32],
+    bias: Option<&[f32]>,
+    exponent: i32,
+    opts: &ProjectionOptions,
+    elem: ElemType,
+    out: &mut [u8],
+) -> std::result::Result<RowResult, RowFailure> {
+    let result = finish_row(row, bias, exponent, opts.normalize);
+    write_row(row, elem, out);
+    if output_row_is_finite(out, elem) {
+        return Ok(result);
+    }
+    let message = if elem == ElemType::F16 && row.iter().all(|v| v.is_finite()) {
+        "the unnormalised result exceeds the f16 range (largest finite value 65504)"
+    } else {
+        "the result overflows f32 although the input row is finite"
+    };
+    Err(RowFailure::Unrepresentable(message.to_string()))
+}
+
+/// Adds the bias (scaled like the row), then normalises the row, or undoes its pre-scale when
+/// not normalising. The squares are summed in f64: exact for any finite f32 row.
+fn finish_row(row: &mut [f32], bias: Option<&[f32]>, exponent: i32, normalize: bool) -> RowResult {
+    if let Some(b) = bias {
+        if exponent == 0 {
+            row.iter_mut().zip(b).for_each(|(v, bv)| *v += bv);
+        } else {
+            let f = pow2(exponent);
+            row.iter_mut()
+                .zip(b)
+                .for_each(|(v, bv)| *v += (f64::from(*bv) * f) as f32);
+        }
+    }
+    let sum_sq = sum_squares_f64(row);
+    if sum_sq == 0.0 {
+        row.fill(0.0);
+        return RowResult::ZeroNorm;
+    }
+    if normalize {
+        if sum_sq.is_finite() {
+            let inv = 1.0 / sum_sq.sqrt();
+            row.iter_mut()
+                .for_each(|v| *v = (f64::from(*v) * inv) as f32);
+        }
+    } else if exponent != 0 {
+        scale_by_pow2(row, -exponent);
+    }
+    RowResult::Done
+}
+
+/// Σ v² in f64 over eight partial sums (vectorised); no finite f32 row overflows or underflows.
+fn sum_squares_f64(v: &[f32]) -> f64 {
+    let mut acc = [0.0f64; 8];
     let chunks = v.chunks_exact(8);
     let rem = chunks.remainder();
     for c in chunks {
         for k in 0..8 {
-            acc[k] += c[k] * c[k];
+            let x = f64::from(c[k]);
+            acc[k] += x * x;
         }
     }
-    let mut s: f64 = acc.iter().map(|a| *a as f64).sum();
+    let mut s: f64 = acc.iter().sum();
     for r in rem {
-        s += (*r as f64) * (*r as f64);
+        s += f64::from(*r) * f64::from(*r);
     }
-    s.sqrt() as f32
+    s
 }
 
+/// The largest |value| of a row, or None when it holds NaN or Inf.
+fn max_abs_if_finite(v: &[f32]) -> Option<f32> {
+    let mut finite = true;
+    let mut max = 0.0f32;
+    for x in v {
+        let a = x.abs();
+        finite &= a <= f32::MAX;
+        max = if a > max { a } else { max };
+    }
+    finite.then_some(max)
+}
+
+/// The exact power-of-two exponent `s` that brings a row with this largest |value| into [1, 2)
+/// before the GEMM, or 0 when the row is safe as it is. Tiny rows with a bias are left alone
+/// (their result is the bias plus a negligible term, and scaling the bias up could overflow).
+fn prescale_exponent(max_abs: f32, has_bias: bool) -> i32 {
+    if max_abs == 0.0 {
+        return 0;
+    }
+    // Every f32, subnormals included, is a normal f64: its f64 exponent is floor(log2 |x|).
+    let e = ((f64::from(max_abs).to_bits() >> 52) & 0x7ff) as i32 - 1023;
+    if (-SAFE_EXP..=SAFE_EXP).contains(&e) || (has_bias && e < 0) {
+        0
+    } else {
+        -e
+    }
+}
+
+/// 2^e as f64 (exact for |e| ≤ 1022).
+fn pow2(e: i32) -> f64 {
+    2f64.powi(e)
+}
+
+/// Multiplies a row by 2^e, rounding once to f32 (exact unless a value leaves the normal range).
+fn scale_by_pow2(v: &mut [f32], e: i32) {
+    let f = pow2(e);
+    v.iter_mut().for_each(|x| *x = (f64::from(*x) * f) as f32);
+}
+
+/// Whether every converted output element is finite.
+fn output_row_is_finite(out: &[u8], elem: ElemType) -> bool {
+    match elem {
+        ElemType::F16 => out
+            .chunks_exact(2)
+            .all(|c| u16::from_le_bytes([c[0], c[1]]) & 0x7c00 != 0x7c00),
+        ElemType::F32 => out
+            .chunks_exact(4)
+            .all(|c| u32::from_le_bytes([c[0], c[1], c[2], c[3]]) & 0x7f80_0000 != 0x7f80_0000),
+    }
+}
 /// Converts one little-endian row to f32.
 pub fn read_row(bytes: &[u8], elem: ElemType, dst: &mut [f32]) {
     match elem {

@@ -243,7 +243,8 @@ fn validate_view(
 pub struct BlockStats {
     /// Rows whose projection had zero norm (written as zeros when normalising).
     pub zero_norm_rows: u64,
-    /// Rows with NaN/Inf written as zeros under `NonFinitePolicy::Zero`.
+    /// Rows written as zeros under `NonFinitePolicy::Zero`: input rows with NaN/Inf, and finite
+    /// rows whose result the output type cannot hold (`Error::Unrepresentable` otherwise).
     pub nonfinite_rows: u64,
 }
 
@@ -261,8 +262,11 @@ pub trait Backend: Send + Sync {
 
     /// Projects every input row through `map` into `output` per `opts`. The input has
     /// `map.d_in()` columns, the output `map.d_out()`. A row with NaN/Inf under
-    /// `NonFinitePolicy::Error` fails the call with `Error::NonFiniteRow { row }`, the lowest
-    /// such row index (0-based within this call); nothing is promised about the output then.
+    /// `NonFinitePolicy::Error` fails the call with `Error::NonFiniteRow { row }`, and a finite
+    /// row whose result the output type cannot hold with `Error::Unrepresentable { row }`: the
+    /// lowest failing row index (0-based within this call); nothing is promised about the output
+    /// then. Every finite input row otherwise gives a finite row, L2-normalised when asked (to
+    /// the output type's rounding). `tests/backend_conformance.rs` checks these contracts.
     fn project(
         &self,
         map: &PreparedMap,
@@ -270,6 +274,21 @@ pub trait Backend: Send + Sync {
         input: RowsIn<'_>,
         output: RowsOut<'_>,
     ) -> Result<BlockStats>;
+}
+
+/// A zero-filled vector of `len` elements, or `Error::ResourceExhausted` when the allocation is
+/// refused (an address-space limit, strict overcommit): a host process is never aborted for a
+/// buffer we size. Use it for every buffer whose size depends on the data or the options.
+pub fn try_zeroed<T: Default + Clone>(len: usize) -> Result<Vec<T>> {
+    let mut v = Vec::new();
+    v.try_reserve_exact(len).map_err(|_| {
+        Error::ResourceExhausted(format!(
+            "cannot allocate {} bytes of working memory",
+            len.saturating_mul(std::mem::size_of::<T>())
+        ))
+    })?;
+    v.resize(len, T::default());
+    Ok(v)
 }
 
 /// Checks that the views fit the map; shared by every backend.

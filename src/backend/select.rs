@@ -54,7 +54,7 @@ pub fn select_backend(
         DeviceChoice::Cuda => match open_cuda(cpu_threads) {
             Ok(b) => Ok((b, None)),
             Err(why) => Err(Error::DeviceUnavailable(format!(
-                "--device cuda: no usable CUDA GPU ({why}); use --device auto or cpu"
+                "the CUDA device was requested but there is no usable CUDA GPU ({why})"
             ))),
         },
         DeviceChoice::Auto => match open_cuda(cpu_threads) {

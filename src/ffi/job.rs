@@ -386,7 +386,10 @@ unsafe fn job_arg<'a>(j: *const isoclip_job) -> FfiResult<&'a isoclip_job> {
 ///
 /// Returns `ISOCLIP_OK`; `ISOCLIP_ERR_CANCELLED` (`isoclip_job_cancel` was called, before or
 /// during the run: cancellation is permanent for the job); `ISOCLIP_ERR_IO`; `ISOCLIP_ERR_FORMAT`
-/// (a shard is not a valid `.npy`, or holds a NaN/Inf row under `ISOCLIP_NONFINITE_ERROR`);
+/// (a shard is not a valid `.npy`); `ISOCLIP_ERR_NON_FINITE_ROW` (a NaN/Inf row under
+/// `ISOCLIP_NONFINITE_ERROR`; the message names the shard and the row);
+/// `ISOCLIP_ERR_UNREPRESENTABLE` (likewise, a result the output type cannot hold);
+/// `ISOCLIP_ERR_RESOURCE_EXHAUSTED` (memory or threads could not be obtained);
 /// `ISOCLIP_ERR_UNSUPPORTED` (dtype or layout); `ISOCLIP_ERR_SHAPE` (a shard's column count does
 /// not match the projector); `ISOCLIP_ERR_INVALID_ARGUMENT` (output directory inside the input,
 /// or locked by another run); `ISOCLIP_ERR_INVALID_STATE` (the job is already running);

@@ -13,7 +13,7 @@ use super::status::{
     FfiResult,
 };
 use crate::align::Modality;
-use crate::backend::cpu::CpuBackend;
+use crate::backend::cpu::{CpuBackend, MAX_THREADS};
 use crate::backend::{
     select_backend, Backend, DeviceChoice, ElemType, InputKind, NonFinitePolicy, OutputForm,
     ProjectionOptions, RowsIn, RowsOut,
@@ -26,9 +26,11 @@ pub const ISOCLIP_DTYPE_F16: isoclip_dtype = 1;
 /// IEEE 754 single precision (`float`).
 pub const ISOCLIP_DTYPE_F32: isoclip_dtype = 2;
 
-/// What to do with an input row holding NaN or Inf: a value of `ISOCLIP_NONFINITE_*`.
+/// What to do with an input row holding NaN or Inf, or a finite row whose result the output type
+/// cannot hold: a value of `ISOCLIP_NONFINITE_*`.
 pub type isoclip_nonfinite = i32;
-/// Fail with `ISOCLIP_ERR_NON_FINITE_ROW` naming the lowest such row. The default.
+/// Fail with `ISOCLIP_ERR_NON_FINITE_ROW` (or `ISOCLIP_ERR_UNREPRESENTABLE`) naming the lowest
+/// such row. The default.
 pub const ISOCLIP_NONFINITE_ERROR: isoclip_nonfinite = 1;
 /// Write a zero row and count it in `isoclip_projection_stats.nonfinite_rows`.
 pub const ISOCLIP_NONFINITE_ZERO: isoclip_nonfinite = 2;
@@ -193,9 +195,11 @@ pub unsafe extern "C" fn isoclip_backend_options_set_device(
 }
 
 /// Sets the number of CPU worker threads (0, the default: every core, shared with other
-/// backends created with 0). A non-zero count gives the backend its own thread pool.
+/// backends created with 0). A non-zero count gives the backend its own thread pool; at most
+/// 1024 threads.
 ///
-/// Returns `ISOCLIP_OK`, `ISOCLIP_ERR_NULL_POINTER`, `ISOCLIP_ERR_PANIC`.
+/// Returns `ISOCLIP_OK`, `ISOCLIP_ERR_NULL_POINTER`, `ISOCLIP_ERR_INVALID_ARGUMENT` (more than
+/// 1024 threads; the options keep their previous count), `ISOCLIP_ERR_PANIC`.
 ///
 /// # Safety
 /// `options` is NULL or a live handle.
@@ -207,6 +211,11 @@ pub unsafe extern "C" fn isoclip_backend_options_set_threads(
     guard("isoclip_backend_options_set_threads", || {
         // SAFETY: per this function's contract.
         let o = unsafe { backend_options_mut(options) }?;
+        if threads > MAX_THREADS {
+            return Err(Failure::InvalidArgument(format!(
+                "{threads} threads requested; at most {MAX_THREADS} are allowed (0 uses every core)"
+            )));
+        }
         o.threads = threads;
         Ok(())
     })
@@ -240,7 +249,8 @@ fn open_backend(
 ///
 /// Returns `ISOCLIP_OK`, `ISOCLIP_ERR_NULL_POINTER` (`out`), `ISOCLIP_ERR_DEVICE_UNAVAILABLE`
 /// (`ISOCLIP_DEVICE_CUDA` without a usable GPU; the message says why),
-/// `ISOCLIP_ERR_INVALID_ARGUMENT` (threads cannot be started), `ISOCLIP_ERR_PANIC`.
+/// `ISOCLIP_ERR_RESOURCE_EXHAUSTED` (the system refused to start the threads; the message says
+/// why), `ISOCLIP_ERR_PANIC`.
 /// Thread-safety: any thread.
 ///
 /// # Safety
@@ -525,7 +535,8 @@ pub unsafe extern "C" fn isoclip_projection_options_set_nonfinite(
 pub struct isoclip_projection_stats {
     /// Rows whose projection had zero norm (written as zeros).
     pub zero_norm_rows: u64,
-    /// Rows with NaN or Inf written as zeros under `ISOCLIP_NONFINITE_ZERO`.
+    /// Rows written as zeros under `ISOCLIP_NONFINITE_ZERO`: input rows with NaN or Inf, and
+    /// finite rows whose result the output type cannot hold.
     pub nonfinite_rows: u64,
 }
 
@@ -581,7 +592,9 @@ fn view_bytes(
 /// that overflow, overlapping input and output, a modality the projector lacks or AUTO on one with
 /// both, the embedding route of a bias-augmented projector); `ISOCLIP_ERR_SHAPE` (`input_cols` or
 /// `output_cols` do not match the projector); `ISOCLIP_ERR_NON_FINITE_ROW` (the message names
-/// the row); `ISOCLIP_ERR_DEVICE_UNAVAILABLE` (the GPU failed); `ISOCLIP_ERR_PANIC`. On failure
+/// the row); `ISOCLIP_ERR_UNREPRESENTABLE` (a finite row whose unnormalised result does not fit
+/// the output type; the message names the row); `ISOCLIP_ERR_RESOURCE_EXHAUSTED` (working memory
+/// could not be allocated); `ISOCLIP_ERR_DEVICE_UNAVAILABLE` (the GPU failed); `ISOCLIP_ERR_PANIC`. On failure
 /// the output buffer's content is unspecified and `stats` is not written.
 ///
 /// Thread-safety: any number of threads may project at once with the same projector, backend

@@ -305,7 +305,8 @@ unsafe fn fit_options_mut<'a>(
 
 /// Fits `modality` (`ISOCLIP_MODALITY_IMAGE` or `_TEXT`) keeping the singular directions
 /// `[k_top, r - k_bottom)` of Ψ; setting a modality again replaces its band. The band is checked
-/// by the fit (`ISOCLIP_ERR_BAND` there when it keeps nothing).
+/// by the fit (`ISOCLIP_ERR_BAND` there when it keeps nothing, including sizes whose sum
+/// overflows, or reaches zero singular values).
 ///
 /// Returns `ISOCLIP_OK`, `ISOCLIP_ERR_NULL_POINTER`, `ISOCLIP_ERR_INVALID_ARGUMENT` (modality),
 /// `ISOCLIP_ERR_PANIC`.
@@ -369,8 +370,11 @@ pub unsafe extern "C" fn isoclip_fit_options_set_bias(
 /// Returns `ISOCLIP_OK`; `ISOCLIP_ERR_NULL_POINTER` (a matrix pointer with a non-zero size,
 /// `options`, `out`); `ISOCLIP_ERR_INVALID_ARGUMENT` (no band set, a size overflow, a misaligned
 /// pointer); `ISOCLIP_ERR_SHAPE` (an empty matrix, output dimensions that differ, a bias of the
-/// wrong length); `ISOCLIP_ERR_NON_FINITE`; `ISOCLIP_ERR_BAND` (a band that keeps nothing);
-/// `ISOCLIP_ERR_NUMERICAL`; `ISOCLIP_ERR_PANIC`.
+/// wrong length); `ISOCLIP_ERR_NON_FINITE`; `ISOCLIP_ERR_BAND` (a band that keeps nothing, band
+/// sizes whose sum overflows, or a band reaching singular values of Ψ that are zero: the message
+/// names the rank and the bands possible); `ISOCLIP_ERR_NUMERICAL` (all-zero weights, a largest
+/// |weight| outside [2^-40, 2^40], an SVD that failed, maps that are not finite in f32);
+/// `ISOCLIP_ERR_PANIC`.
 ///
 /// Thread-safety: any thread; `options` must not be modified during the call.
 ///

@@ -1,10 +1,18 @@
 //! Status codes, the last-error message of each thread, and the panic boundary every export
 //! goes through.
+//!
+//! The boundary is silent: a panic it catches becomes `ISOCLIP_ERR_PANIC` with the panic text as
+//! the last-error message, and nothing is printed on the host's stderr (Rust's default panic
+//! hook would print the message and, with `RUST_BACKTRACE` set, a backtrace). The first export
+//! called installs, once per process, a panic hook that is quiet on a thread running an export
+//! and on the CPU backend's own compute threads (`isoclip-cpu-*`, whose panics reach the export
+//! that started them), and hands every other panic to the hook that was installed before.
 
 use std::any::Any;
-use std::cell::RefCell;
+use std::cell::{Cell, RefCell};
 use std::ffi::{c_char, CStr, CString};
 use std::panic::{catch_unwind, AssertUnwindSafe};
+use std::sync::Once;
 
 use crate::error::Error;
 
@@ -45,9 +53,11 @@ pub enum isoclip_status {
     /// An input row of `isoclip_project` holds NaN or Inf under `ISOCLIP_NONFINITE_ERROR`; the
     /// message names the lowest such row (0-based). The output buffer's content is unspecified.
     ISOCLIP_ERR_NON_FINITE_ROW = 10,
-    /// The band keeps no direction (`k_top + k_bottom >= r`).
+    /// The band keeps no direction (`k_top + k_bottom >= r`), or keeps directions whose singular
+    /// value is zero (Ψ has rank below r; the message names the rank).
     ISOCLIP_ERR_BAND = 11,
-    /// A numerical routine failed (the SVD did not converge).
+    /// A numerical routine failed (the SVD did not converge), or the weights cannot give finite
+    /// f32 maps (all zero, or a largest |weight| outside [2^-40, 2^40]).
     ISOCLIP_ERR_NUMERICAL = 12,
     /// The job was cancelled with `isoclip_job_cancel`.
     ISOCLIP_ERR_CANCELLED = 13,
@@ -56,11 +66,12 @@ pub enum isoclip_status {
     /// The call is not valid in the object's current state (running a job that is already
     /// running, reading the summary of a job that has not finished a run).
     ISOCLIP_ERR_INVALID_STATE = 15,
-    /// A row's result cannot be represented in the output type (an f16 output value beyond
-    /// ±65504 without normalisation); the message names the row (and the shard, in a job).
+    /// A finite row's result cannot be represented in the output type (an unnormalised value
+    /// beyond ±65504 in f16, or beyond the f32 range); the message names the row (and the shard,
+    /// in a job). Under `ISOCLIP_NONFINITE_ZERO` such rows are zeros counted in `nonfinite_rows`.
     ISOCLIP_ERR_UNREPRESENTABLE = 16,
     /// Memory or threads could not be obtained (an allocation failed under an address-space
-    /// limit, a thread count beyond what the library allows).
+    /// limit, the system refused to start the requested threads).
     ISOCLIP_ERR_RESOURCE_EXHAUSTED = 17,
     /// A bug: the library panicked. The message holds the panic text. The objects passed to the
     /// call remain valid to free, but their state is unspecified.
@@ -183,6 +194,9 @@ impl Failure {
                     "{e} (set ISOCLIP_NONFINITE_ZERO with \
                      isoclip_projection_options_set_nonfinite to write zeros for such rows instead)"
                 ),
+                Error::DeviceUnavailable(_) => {
+                    format!("{e} (ISOCLIP_DEVICE_AUTO falls back to the CPU)")
+                }
                 _ => e.to_string(),
             },
             Failure::NullPointer(arg) => format!("argument `{arg}` must not be NULL"),
@@ -213,6 +227,40 @@ fn set_last_error(message: String) {
     LAST_ERROR.with(|e| *e.borrow_mut() = c);
 }
 
+thread_local! {
+    /// How many exports are running on this thread (an export may call another).
+    static EXPORTS_RUNNING: Cell<u32> = const { Cell::new(0) };
+}
+
+/// Whether a panic on the current thread will be caught by the FFI boundary.
+fn panic_is_caught_here() -> bool {
+    EXPORTS_RUNNING.with(|c| c.get() > 0)
+        || std::thread::current()
+            .name()
+            .is_some_and(|n| n.starts_with("isoclip-cpu-"))
+}
+
+fn install_quiet_panic_hook() {
+    static INSTALLED: Once = Once::new();
+    INSTALLED.call_once(|| {
+        let previous = std::panic::take_hook();
+        std::panic::set_hook(Box::new(move |info| {
+            if !panic_is_caught_here() {
+                previous(info);
+            }
+        }));
+    });
+}
+
+/// `catch_unwind` without output: the panic's text travels in the payload only.
+fn catch_quietly<R>(body: impl FnOnce() -> R) -> std::thread::Result<R> {
+    install_quiet_panic_hook();
+    EXPORTS_RUNNING.with(|c| c.set(c.get() + 1));
+    let result = catch_unwind(AssertUnwindSafe(body));
+    EXPORTS_RUNNING.with(|c| c.set(c.get() - 1));
+    result
+}
+
 fn panic_text(payload: &(dyn Any + Send)) -> String {
     if let Some(s) = payload.downcast_ref::<&str>() {
         (*s).to_string()
@@ -226,7 +274,7 @@ fn panic_text(payload: &(dyn Any + Send)) -> String {
 /// Runs the body of an export: catches panics, turns failures into a status and stores their
 /// message for this thread. `function` is the export's C name, used in the message.
 pub fn guard(function: &str, body: impl FnOnce() -> FfiResult<()>) -> isoclip_status {
-    let failure = match catch_unwind(AssertUnwindSafe(body)) {
+    let failure = match catch_quietly(body) {
         Ok(Ok(())) => return ISOCLIP_OK,
         Ok(Err(f)) => f,
         Err(payload) => Failure::Panic(panic_text(payload.as_ref())),
@@ -238,7 +286,7 @@ pub fn guard(function: &str, body: impl FnOnce() -> FfiResult<()>) -> isoclip_st
 /// Like [`guard`] for functions that cannot report a status (`*_free`, pure queries): a panic is
 /// swallowed, leaving its message as the thread's last error, and `fallback` is returned.
 pub fn guard_infallible<T>(function: &str, fallback: T, body: impl FnOnce() -> T) -> T {
-    match catch_unwind(AssertUnwindSafe(body)) {
+    match catch_quietly(body) {
         Ok(v) => v,
         Err(payload) => {
             set_last_error(Failure::Panic(panic_text(payload.as_ref())).message(function));
@@ -448,7 +496,7 @@ pub unsafe extern "C" fn isoclip_last_error_message(
             }
         })
     };
-    catch_unwind(AssertUnwindSafe(copy)).unwrap_or(ISOCLIP_ERR_PANIC)
+    catch_quietly(copy).unwrap_or(ISOCLIP_ERR_PANIC)
 }
 
 /// The identifier of a status as a static NUL-terminated string (`"ISOCLIP_ERR_IO"`), or

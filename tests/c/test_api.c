@@ -120,6 +120,27 @@ static isoclip_status project_f32(const isoclip_projector *p, const isoclip_back
                            ISOCLIP_DTYPE_F32, out_cols, out_cols * 4, stats);
 }
 
+/* Redirects stderr (the file descriptor, which the library writes to unbuffered) to a temporary
+ * file until stderr_capture_end, which returns how many bytes were written there. */
+static int g_saved_stderr = -1;
+static FILE *stderr_capture_begin(void) {
+    fflush(stderr);
+    FILE *f = tmpfile();
+    CHECK(f != NULL);
+    g_saved_stderr = dup(2);
+    CHECK(g_saved_stderr >= 0 && dup2(fileno(f), 2) == 2);
+    return f;
+}
+static long stderr_capture_end(FILE *f) {
+    fflush(stderr);
+    CHECK(dup2(g_saved_stderr, 2) == 2);
+    close(g_saved_stderr);
+    fseek(f, 0, SEEK_END);
+    long n = ftell(f);
+    fclose(f);
+    return n;
+}
+
 static const isoclip_projector *fit_model(void) {
     isoclip_fit_options *fo = NULL;
     EXPECT_OK(isoclip_fit_options_new(&fo));
@@ -583,6 +604,15 @@ static void test_fit_errors(void) {
     EXPECT_OK(isoclip_fit_options_set_band(fo, ISOCLIP_MODALITY_IMAGE, 10, 6));
     EXPECT_STATUS(ISOCLIP_ERR_BAND, isoclip_projector_fit(P_IMAGE, DI, N, P_TEXT, N, N, fo, &p));
     EXPECT_MESSAGE_HAS("isoclip_projector_fit: empty band: k_top 10 + k_bottom 6 = 16");
+    /* Band sizes whose sum overflows: an empty band, not a caught panic, and the library prints
+     * nothing on the host's stderr. */
+    EXPECT_OK(isoclip_fit_options_set_band(fo, ISOCLIP_MODALITY_IMAGE, SIZE_MAX, 1));
+    FILE *captured = stderr_capture_begin();
+    isoclip_status st = isoclip_projector_fit(P_IMAGE, DI, N, P_TEXT, N, N, fo, &p);
+    long printed = stderr_capture_end(captured);
+    EXPECT_STATUS(ISOCLIP_ERR_BAND, st);
+    EXPECT_MESSAGE_HAS("+ k_bottom 1 = more than the largest size leaves no direction");
+    CHECK(printed == 0);
     EXPECT_OK(isoclip_fit_options_set_band(fo, ISOCLIP_MODALITY_IMAGE, 1, 1));
     EXPECT_STATUS(ISOCLIP_ERR_SHAPE, isoclip_projector_fit(P_IMAGE, DI, N, P_TEXT, N, N - 1, fo, &p));
     EXPECT_MESSAGE_HAS("image projector is 20 x 16 (output dim 16), text projector is 16 x 15");
@@ -735,6 +765,10 @@ static void test_backends(const isoclip_projector *p) {
     EXPECT_STATUS(ISOCLIP_ERR_INVALID_ARGUMENT, isoclip_backend_options_set_device(bo, 9));
     EXPECT_MESSAGE("isoclip_backend_options_set_device: unknown device 9 (expected "
                    "ISOCLIP_DEVICE_AUTO, _CPU or _CUDA)");
+    /* At most 1024 threads; a refused count leaves the previous one. */
+    EXPECT_STATUS(ISOCLIP_ERR_INVALID_ARGUMENT, isoclip_backend_options_set_threads(bo, SIZE_MAX));
+    EXPECT_MESSAGE_HAS("threads requested; at most 1024 are allowed (0 uses every core)");
+    EXPECT_STATUS(ISOCLIP_ERR_INVALID_ARGUMENT, isoclip_backend_options_set_threads(bo, 1025));
     EXPECT_OK(isoclip_backend_options_set_threads(bo, 1));
     const isoclip_backend *one = NULL;
     EXPECT_OK(isoclip_backend_new(bo, &one));
@@ -1091,7 +1125,7 @@ static void test_jobs(const isoclip_projector *fitted, const char *dir, const ch
     CHECK(write_npy(path, nan_rows, 8, DI, 0) == 0);
     FORMAT(out, "%s/out-nan", dir);
     EXPECT_OK(isoclip_job_new(fitted, NULL, po, jo, path, out, &job));
-    EXPECT_STATUS(ISOCLIP_ERR_FORMAT, isoclip_job_run(job));
+    EXPECT_STATUS(ISOCLIP_ERR_NON_FINITE_ROW, isoclip_job_run(job));
     EXPECT_MESSAGE_HAS("nan.npy: row 5 contains NaN or Inf");
     isoclip_job_free(job);
 

@@ -30,9 +30,9 @@ use cudarc::nvrtc::Ptx;
 
 use super::compile::{arch_name, kernel_ptx_for_arch, probe_libraries};
 use super::plan::{
-    nonfinite_error, pack_input_rows, pack_weights, read_flags, schedule, split_rows,
-    sub_chunk_rows, sub_chunks, unpack_output_rows, Layout, Step, CONVERT_KERNEL,
-    CONVERT_ROWS_PER_CTA, KERNEL_NAMES, MAX_BM, THREADS,
+    pack_input_rows, pack_weights, read_flags, row_error, schedule, split_rows, sub_chunk_rows,
+    sub_chunks, unpack_output_rows, BadRow, Layout, Step, CONVERT_KERNEL, CONVERT_ROWS_PER_CTA,
+    KERNEL_NAMES, MAX_BM, THREADS,
 };
 use crate::backend::cpu::CpuBackend;
 use crate::backend::{
@@ -121,7 +121,7 @@ struct Worker {
 }
 
 /// (stats, first row with NaN/Inf within the worker's range, under the Error policy)
-type Outcome = (BlockStats, Option<usize>);
+type Outcome = (BlockStats, Option<BadRow>);
 
 impl CudaBackend {
     /// Opens every visible GPU. `Err` is a one-line reason ("libcuda not found", "no CUDA
@@ -439,7 +439,7 @@ impl Worker {
                     let (s, bad) = read_flags(&flags[..n]);
                     if let (Some(b), NonFinitePolicy::Error) = (bad, opts.nonfinite) {
                         // Sub-chunks drain in order, so this is the lowest such row.
-                        first_bad = Some(subs[i].start + b);
+                        first_bad = Some(b.offset(subs[i].start));
                         continue;
                     }
                     stats += s;
@@ -830,16 +830,16 @@ impl Backend for CudaBackend {
             })
         };
         let mut stats = BlockStats::default();
-        let mut first_bad: Option<usize> = None;
+        let mut first_bad: Option<BadRow> = None;
         for (start, r) in outcomes {
             let (s, bad) = r?;
             stats += s;
             if let Some(b) = bad {
-                first_bad = Some(first_bad.map_or(start + b, |f| f.min(start + b)));
+                first_bad = BadRow::lowest(first_bad, Some(b.offset(start)));
             }
         }
         match first_bad {
-            Some(row) => Err(nonfinite_error(row)),
+            Some(bad) => Err(row_error(bad)),
             None => Ok(stats),
         }
     }

@@ -30,6 +30,9 @@ pub const CONVERT_ROWS_PER_CTA: usize = THREADS as usize / 32;
 /// Flag bits written per row by the kernel.
 pub const FLAG_NONFINITE: u8 = 1;
 pub const FLAG_ZERO_NORM: u8 = 2;
+/// A finite row whose stored result was not finite (an unnormalised value beyond the output
+/// type); the kernel writes the row as zeros.
+pub const FLAG_UNREPRESENTABLE: u8 = 4;
 
 /// Name of the f32 → f16 conversion kernel.
 pub const CONVERT_KERNEL: &str = "convert_rows_f32";
@@ -357,15 +360,45 @@ pub fn unpack_output_rows(src: &[u8], layout: &Layout, rows: Range<usize>, out: 
     }
 }
 
-/// What the per-row flags of one sub-chunk say: counts, and the first row (index within the
-/// sub-chunk) that held NaN/Inf.
-pub fn read_flags(flags: &[u8]) -> (BlockStats, Option<usize>) {
+/// A row that fails the call under `NonFinitePolicy::Error`, and why.
+#[derive(Clone, Copy, Debug, PartialEq, Eq)]
+pub struct BadRow {
+    /// Index within the rows the flags cover (re-based by the caller with [`BadRow::offset`]).
+    pub row: usize,
+    /// The input was finite but the result does not fit the output type.
+    pub unrepresentable: bool,
+}
+
+impl BadRow {
+    pub fn offset(self, by: usize) -> BadRow {
+        BadRow {
+            row: self.row + by,
+            ..self
+        }
+    }
+    /// The lower of two bad rows (either may be absent).
+    pub fn lowest(a: Option<BadRow>, b: Option<BadRow>) -> Option<BadRow> {
+        match (a, b) {
+            (Some(x), Some(y)) => Some(if x.row <= y.row { x } else { y }),
+            (x, None) => x,
+            (None, y) => y,
+        }
+    }
+}
+
+/// What the per-row flags of one sub-chunk say: counts (rows written as zeros for NaN/Inf input
+/// or an unrepresentable result count as `nonfinite_rows`, as on the CPU), and the first row
+/// (index within the sub-chunk) that fails the call under `NonFinitePolicy::Error`.
+pub fn read_flags(flags: &[u8]) -> (BlockStats, Option<BadRow>) {
     let mut stats = BlockStats::default();
     let mut first_bad = None;
     for (i, &f) in flags.iter().enumerate() {
-        if f & FLAG_NONFINITE != 0 {
+        if f & (FLAG_NONFINITE | FLAG_UNREPRESENTABLE) != 0 {
             stats.nonfinite_rows += 1;
-            first_bad.get_or_insert(i);
+            first_bad.get_or_insert(BadRow {
+                row: i,
+                unrepresentable: f & FLAG_NONFINITE == 0,
+            });
         } else if f & FLAG_ZERO_NORM != 0 {
             stats.zero_norm_rows += 1;
         }
@@ -373,9 +406,17 @@ pub fn read_flags(flags: &[u8]) -> (BlockStats, Option<usize>) {
     (stats, first_bad)
 }
 
-/// The error every backend gives for a NaN/Inf row (the `Backend::project` contract).
-pub fn nonfinite_error(row: usize) -> Error {
-    Error::NonFiniteRow { row }
+/// The error every backend gives for a failing row (the `Backend::project` contract).
+pub fn row_error(bad: BadRow) -> Error {
+    if bad.unrepresentable {
+        Error::Unrepresentable {
+            row: bad.row,
+            message: "the result does not fit the output type although the input row is finite"
+                .into(),
+        }
+    } else {
+        Error::NonFiniteRow { row: bad.row }
+    }
 }
 
 #[cfg(test)]
@@ -662,6 +703,27 @@ mod tests {
 
     #[test]
     fn flags_become_stats_and_the_first_bad_row() {
+        let flags = [0, FLAG_ZERO_NORM, FLAG_UNREPRESENTABLE, FLAG_NONFINITE, 0];
+        let (s, first) = read_flags(&flags);
+        assert_eq!(
+            s,
+            BlockStats {
+                zero_norm_rows: 1,
+                nonfinite_rows: 2
+            }
+        );
+        let first = first.unwrap();
+        assert_eq!(
+            first,
+            BadRow {
+                row: 2,
+                unrepresentable: true
+            }
+        );
+        assert!(matches!(
+            row_error(first.offset(10)),
+            Error::Unrepresentable { row: 12, .. }
+        ));
         let flags = [0, FLAG_ZERO_NORM, 0, FLAG_NONFINITE, FLAG_NONFINITE, 0];
         let (s, first) = read_flags(&flags);
         assert_eq!(
@@ -671,10 +733,16 @@ mod tests {
                 nonfinite_rows: 2
             }
         );
-        assert_eq!(first, Some(3));
+        assert_eq!(
+            first,
+            Some(BadRow {
+                row: 3,
+                unrepresentable: false
+            })
+        );
         assert_eq!(read_flags(&[0, 0]).1, None);
         assert!(matches!(
-            nonfinite_error(12),
+            row_error(first.unwrap().offset(9)),
             Error::NonFiniteRow { row: 12 }
         ));
     }
