@@ -3,9 +3,11 @@
 //! Order of work, chosen so that bad input never costs finished work:
 //! 1. resolve and open every shard (headers only) and check dtype, layout, size and dimension;
 //! 2. check the output directory (not the input, writable) and take its lock;
-//! 3. per shard, skip it when the manifest says an identical output exists, else: map the input,
-//!    project fixed-size row chunks on the backend while a writer thread appends the previous
-//!    chunk to a temporary file and hashes it, fsync, rename into place, record in the manifest.
+//! 3. per shard, skip it when the manifest says an identical output exists, else: reopen the
+//!    input (refused if it changed since step 1), project fixed-size row chunks on the backend as
+//!    a read-ahead thread delivers them (see [`super::reader`]) while a writer thread appends the
+//!    previous chunk to a temporary file and hashes it, fsync, rename into place, record in the
+//!    manifest.
 //!
 //! A run killed at any moment leaves at worst a temporary file (ignored and overwritten later) or
 //! a finished output not yet in the manifest (redone, byte-identical): a rerun always ends with
@@ -16,12 +18,13 @@ use std::io::{BufWriter, Write};
 use std::path::{Path, PathBuf};
 use std::sync::atomic::{AtomicBool, Ordering};
 use std::sync::mpsc;
-use std::time::{Instant, UNIX_EPOCH};
+use std::time::Instant;
 
 use serde::Serialize;
 use xxhash_rust::xxh3::Xxh3;
 
 use super::manifest::{OutputManifest, ShardRecord};
+use super::reader::{InputMatrix, ShardReader, READ_CHUNK_BYTES};
 use super::shards;
 use crate::align::{AlignedProjector, Modality};
 use crate::backend::cpu::BLOCK_ROWS;
@@ -29,7 +32,7 @@ use crate::backend::{
     Backend, BlockStats, ElemType, NonFinitePolicy, PreparedMap, ProjectionOptions, RowsIn, RowsOut,
 };
 use crate::error::{Error, Result};
-use crate::formats::npy::{self, Accept, NpyDtype, NpyMatrix};
+use crate::formats::npy::{self, NpyDtype};
 use crate::formats::{projector_file, sync_parent_dir, temporary_path};
 
 /// What to run.
@@ -43,7 +46,8 @@ pub struct JobSpec {
     pub options: ProjectionOptions,
     /// Redo every shard even when the manifest says it is finished.
     pub overwrite: bool,
-    /// Output bytes per chunk (the unit of I/O, progress and cancellation); 0 = default.
+    /// Output bytes per chunk (the unit of I/O, progress and cancellation); 0 = default. Input
+    /// chunks are further capped at `reader::READ_CHUNK_BYTES`.
     pub chunk_bytes: usize,
 }
 
@@ -115,7 +119,8 @@ pub struct JobSummary {
 struct OpenShard {
     path: PathBuf,
     name: String,
-    matrix: NpyMatrix,
+    /// Shape, dtype and file identity, checked in step 1; the file is reopened to be read.
+    matrix: InputMatrix,
     size: u64,
     mtime_ns: u64,
 }
@@ -162,7 +167,7 @@ fn run_job_inner(
     let paths = shards::discover(&spec.input)?;
     let mut open = Vec::with_capacity(paths.len());
     for path in paths {
-        let matrix = NpyMatrix::open(&path, Accept::Embeddings)?;
+        let matrix = ShardReader::inspect(&path)?;
         if matrix.cols != map.d_in() {
             let what = match opts.input_kind {
                 crate::backend::InputKind::Features => format!(
@@ -187,13 +192,7 @@ fn run_job_inner(
                 }
             )));
         }
-        let meta = std::fs::metadata(&path).map_err(|e| Error::io(&path, e))?;
-        let mtime_ns = meta
-            .modified()
-            .ok()
-            .and_then(|t| t.duration_since(UNIX_EPOCH).ok())
-            .map(|d| d.as_nanos() as u64)
-            .unwrap_or(0);
+        let (size, mtime_ns) = (matrix.identity.size, matrix.identity.mtime_ns_since_epoch());
         let name = path
             .file_name()
             .map(|n| n.to_string_lossy().into_owned())
@@ -202,7 +201,7 @@ fn run_job_inner(
             path,
             name,
             matrix,
-            size: meta.len(),
+            size,
             mtime_ns,
         });
     }
@@ -349,7 +348,7 @@ fn run_job_inner(
         manifest.save(out_dir)?;
         summary.shards_processed += 1;
         summary.rows_processed += s.matrix.rows as u64;
-        summary.bytes_read += (s.matrix.rows * s.matrix.cols * s.matrix.dtype.size()) as u64;
+        summary.bytes_read += s.matrix.data_bytes();
         summary.bytes_written += size;
         summary.zero_norm_rows += stats.zero_norm_rows;
         summary.nonfinite_rows += stats.nonfinite_rows;
@@ -410,6 +409,8 @@ fn write_shard(
     let d_out = map.d_out();
     let rows = s.matrix.rows;
     let in_elem = elem_of(s.matrix.dtype);
+    let reader = ShardReader::reopen(&s.path, &s.matrix.identity)?;
+    let chunk_rows = cap_chunk_rows(chunk_rows, s.matrix.row_bytes(), READ_CHUNK_BYTES);
     let out_npy = match out_elem {
         ElemType::F16 => NpyDtype::F16,
         ElemType::F32 => NpyDtype::F32,
@@ -420,7 +421,6 @@ fn write_shard(
     let header = npy::header_bytes(out_npy, &[rows, d_out]);
     writer.write_all(&header).map_err(io_err)?;
     hasher.update(&header);
-    s.matrix.advise_sequential();
 
     let out_row_bytes = d_out * out_elem.size();
     let mut stats = BlockStats::default();
@@ -463,36 +463,28 @@ fn write_shard(
                 }
             },
         );
-        let compute = (|| -> Result<()> {
-            let mut start = 0;
-            while start < rows {
-                if cancel.load(Ordering::Relaxed) {
-                    return Err(Error::Cancelled);
-                }
-                let n = chunk_rows.min(rows - start);
-                let mut buf = compute_rx
-                    .recv()
-                    .map_err(|_| Error::io(out_path, std::io::Error::other("writer stopped")))?;
-                let input = RowsIn::dense(
-                    s.matrix.row_bytes(start, start + n),
-                    n,
-                    s.matrix.cols,
-                    in_elem,
-                );
-                let out = RowsOut::dense(&mut buf[..n * out_row_bytes], n, d_out, out_elem);
-                match backend.project(map, opts, input, out) {
-                    Ok(st) => stats += st,
-                    Err(e) => return Err(e.offset_rows(start).in_file(&s.path)),
-                }
-                s.matrix.release_rows(start, start + n);
-                if to_writer.send((buf, n * out_row_bytes)).is_err() {
-                    break; // the writer failed; its error is reported below
-                }
-                progress.advance(n as u64);
-                start += n;
+        // Rows arrive from the read-ahead thread; each chunk is projected straight into an output
+        // buffer, which then goes to the writer.
+        let compute = reader.stream(chunk_rows, |chunk| {
+            if cancel.load(Ordering::Relaxed) {
+                return Err(Error::Cancelled);
             }
-            Ok(())
-        })();
+            let n = chunk.rows;
+            let mut buf = compute_rx
+                .recv()
+                .map_err(|_| Error::io(out_path, std::io::Error::other("writer stopped")))?;
+            let input = RowsIn::dense(chunk.bytes, n, s.matrix.cols, in_elem);
+            let out = RowsOut::dense(&mut buf[..n * out_row_bytes], n, d_out, out_elem);
+            match backend.project(map, opts, input, out) {
+                Ok(st) => stats += st,
+                Err(e) => return Err(e.offset_rows(chunk.start).in_file(&s.path)),
+            }
+            if to_writer.send((buf, n * out_row_bytes)).is_err() {
+                return Ok(false); // the writer failed; its error is reported below
+            }
+            progress.advance(n as u64);
+            Ok(true)
+        });
         drop(to_writer);
         let w = writer_thread.join().expect("writer thread does not panic");
         match (compute, w) {
@@ -504,6 +496,14 @@ fn write_shard(
     writer.finish().map_err(io_err)?;
     let size = header.len() as u64 + (rows * out_row_bytes) as u64;
     Ok((stats, size, hasher.digest()))
+}
+
+/// `chunk_rows` lowered so that a chunk of input rows of `in_row_bytes` stays within
+/// `max_input_bytes`; still a multiple of [`BLOCK_ROWS`] (chunk boundaries never change a row's
+/// result, as blocks start at multiples of `BLOCK_ROWS` from the start of the shard either way).
+fn cap_chunk_rows(chunk_rows: usize, in_row_bytes: usize, max_input_bytes: usize) -> usize {
+    let fit = (max_input_bytes / in_row_bytes.max(1)) / BLOCK_ROWS * BLOCK_ROWS;
+    chunk_rows.min(fit.max(BLOCK_ROWS))
 }
 
 /// Where an output shard's bytes go. Direct I/O (O_DIRECT) skips the page cache: on a 2-core
