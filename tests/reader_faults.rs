@@ -234,3 +234,59 @@ fn cli_input_truncated_mid_run_exits_1_without_crash_or_leftovers() {
     assert_fails_with(&o, &["img_emb_0000.npy", "while it was being read"]);
     assert_no_output(&dir.path().join("o"), "img_emb_0000.npy");
 }
+
+/// The streamed, chunked run writes exactly the bytes of one backend call over the whole shard
+/// read in one piece (the memory-mapped reader's path), whatever the chunk size; for f16 and f32
+/// inputs and a row count that is not a multiple of the block size.
+#[test]
+fn streamed_output_is_byte_identical_to_one_call_over_the_whole_shard() {
+    use isoclip::backend::{Backend, ElemType, PreparedMap, RowsIn, RowsOut};
+    use isoclip::formats::npy::{header_bytes, Accept, NpyMatrix};
+
+    let projector = synthetic_projector();
+    let backend = CpuBackend::new(None).unwrap();
+    let dir = tempfile::tempdir().unwrap();
+    for (dtype, elem) in [
+        (NpyDtype::F16, ElemType::F16),
+        (NpyDtype::F32, ElemType::F32),
+    ] {
+        let shard = dir.path().join(format!("{dtype:?}.npy"));
+        let rows = 3 * 1024 + 77;
+        write_random_shard(&shard, rows, DIM, dtype, 11).unwrap();
+        let spec0 = JobSpec::new(&shard, dir.path());
+        let opts = spec0.options;
+        let maps = projector.only_modality(None).unwrap();
+        let map = PreparedMap::select(maps, opts.input_kind, opts.form).unwrap();
+        let whole = NpyMatrix::open(&shard, Accept::Embeddings).unwrap();
+        let out_row = map.d_out() * opts.output.size();
+        let mut expected = header_bytes(NpyDtype::F16, &[rows, map.d_out()]);
+        let header_len = expected.len();
+        expected.resize(header_len + rows * out_row, 0);
+        backend
+            .project(
+                &map,
+                &opts,
+                RowsIn::dense(whole.row_bytes(0, rows), rows, DIM, elem),
+                RowsOut::dense(&mut expected[header_len..], rows, map.d_out(), opts.output),
+            )
+            .unwrap();
+        for chunk_bytes in [1, 300_000, 0] {
+            let out = dir.path().join(format!("out_{dtype:?}_{chunk_bytes}"));
+            let mut spec = JobSpec::new(&shard, &out);
+            spec.chunk_bytes = chunk_bytes;
+            run_job(
+                &spec,
+                &projector,
+                &backend,
+                &isoclip::engine::SilentProgress,
+                &AtomicBool::new(false),
+            )
+            .unwrap();
+            let got = std::fs::read(out.join(format!("{dtype:?}.npy"))).unwrap();
+            assert!(
+                got == expected,
+                "{dtype:?}, chunk_bytes {chunk_bytes}: output differs from one call"
+            );
+        }
+    }
+}
