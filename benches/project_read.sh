@@ -3,9 +3,8 @@
 # (src/engine/reader.rs) is about: N x 768 fp16 features (default N = 524,288: 768 MiB of input)
 # projected to the compact fp16 form (262 dims) with the built-in synthetic projector.
 #
-# Each binary runs RUNS times (default 3) on the same files; the best rows/s is reported, with the
-# largest peak RSS (/usr/bin/time -v) over the runs. The input's pages are dropped from the page
-# cache before each run where the system allows it (root), so every run reads from disk alike.
+# Each binary runs RUNS times (default 3) on the same files; the best and worst rows/s are
+# reported, with the largest peak RSS (/usr/bin/time -v) over the runs.
 #
 #   benches/project_read.sh                              # target/release/isoclip
 #   benches/project_read.sh /tmp/isoclip-before target/release/isoclip   # compare binaries
@@ -33,9 +32,19 @@ if [ ! -f "$WORK/g/img_emb_0000.npy" ]; then
   "$FIRST" gallery --out "$WORK/g" --shards 1 --rows "$N" --dim 768 --dtype f16 >/dev/null
 fi
 
-drop_cache() {
-  sync
-  if [ -w /proc/sys/vm/drop_caches ]; then echo 1 >/proc/sys/vm/drop_caches; fi
+# CACHE=warm (default): the input is read into the page cache before each run (cat), so runs
+# compare CPU cost. CACHE=cold: only this input's pages are evicted before each run (dd
+# iflag=nocache; nothing else on the machine is touched), so every run reads from the disk.
+# (The reader drops the pages it has read, so without this a second run would start colder.)
+prepare_cache() {
+  local f
+  for f in "$WORK"/g/*.npy; do
+    if [ "${CACHE:-warm}" = cold ]; then
+      dd if="$f" iflag=nocache count=0 status=none
+    else
+      cat "$f" >/dev/null
+    fi
+  done
 }
 
 printf '%-40s %12s %12s %14s\n' binary "best rows/s" "worst rows/s" "max RSS (MiB)"
@@ -45,7 +54,7 @@ for bin in "$@"; do
   rss=0
   for _ in $(seq "$RUNS"); do
     rm -rf "$WORK/out"
-    drop_cache
+    prepare_cache
     /usr/bin/time -v -o "$WORK/time.txt" "$bin" project --projector "$WORK/p.st" \
       --input "$WORK/g" --output "$WORK/out" --device cpu --form compact --dtype f16 \
       --quiet --json >"$WORK/summary.json"
