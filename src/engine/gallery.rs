@@ -7,7 +7,6 @@
 //! cancel flag between chunks; a cancelled run removes its temporary file and keeps the shards
 //! it finished.
 
-use std::fs::File;
 use std::io::{BufWriter, Write};
 use std::path::{Path, PathBuf};
 use std::sync::atomic::{AtomicBool, Ordering};
@@ -18,7 +17,7 @@ use rayon::prelude::*;
 use crate::align::synthetic::Rng;
 use crate::error::{Error, Result};
 use crate::formats::npy::{header_bytes, NpyDtype};
-use crate::formats::{sync_parent_dir, temporary_path};
+use crate::formats::{create_temporary, sync_parent_dir, temporary_path};
 
 /// Rows generated per chunk (the unit of work, I/O and cancellation).
 const CHUNK_ROWS: usize = 8192;
@@ -136,7 +135,7 @@ pub fn write_random_shard(
     let tmp = temporary_path(path);
     let io = |e: std::io::Error| Error::io(path, e);
     let result = (|| -> Result<()> {
-        let mut w = BufWriter::with_capacity(1 << 20, File::create(&tmp).map_err(io)?);
+        let mut w = BufWriter::with_capacity(1 << 20, create_temporary(&tmp, 0).map_err(io)?);
         w.write_all(&header_bytes(dtype, &[rows, cols]))
             .map_err(io)?;
         let esize = dtype.size();

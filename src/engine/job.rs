@@ -5,10 +5,11 @@
 //! 2. check the output directory before creating it (not the input, not inside it, not the
 //!    folder of any input shard: [`super::outdir`]), create it and lock it;
 //! 3. per shard, skip it when the manifest records this input (same identity) with these options
-//!    and the output on disk is verified to be the recorded one ([`super::commit`]); else: map
-//!    the input, project fixed-size row chunks on the backend while a writer thread appends the
-//!    previous chunk to a temporary file and hashes it, fsync, then commit (retract the old
-//!    record, rename into place, record).
+//!    and the output on disk is verified to be the recorded one ([`super::commit`]); else: reopen
+//!    the input (refused if it changed since step 1), project fixed-size row chunks on the
+//!    backend as a read-ahead thread delivers them ([`super::reader`]) while a writer thread
+//!    appends the previous chunk to a temporary file and hashes it, fsync, then commit (retract
+//!    the old record, rename into place, record).
 //!
 //! A run killed at any moment leaves at worst a temporary file (removed by the next run) or a
 //! finished output with no record (redone, byte-identical): a rerun always ends with the same
@@ -29,6 +30,7 @@ use xxhash_rust::xxh3::Xxh3;
 use super::commit::{output_is_intact, Committer, FaultPlan};
 use super::manifest::{FileIdentity, OutputManifest, ShardRecord};
 use super::outdir::{check_output_dir, OutputDirLock};
+use super::reader::{InputMatrix, ShardReader, READ_CHUNK_BYTES};
 use super::shards;
 use crate::align::{AlignedProjector, Modality};
 use crate::backend::cpu::BLOCK_ROWS;
@@ -36,7 +38,7 @@ use crate::backend::{
     Backend, BlockStats, ElemType, NonFinitePolicy, PreparedMap, ProjectionOptions, RowsIn, RowsOut,
 };
 use crate::error::{Error, Result};
-use crate::formats::npy::{self, Accept, NpyDtype, NpyMatrix};
+use crate::formats::npy::{self, NpyDtype};
 use crate::formats::{create_temporary, projector_file, temporary_path};
 
 /// What to run.
@@ -53,7 +55,8 @@ pub struct JobSpec {
     /// On resume, accept a recorded output whose identity (device, inode, size, mtime, ctime)
     /// is unchanged without reading it back; by default its xxh3 is verified.
     pub trust_outputs: bool,
-    /// Output bytes per chunk (the unit of I/O, progress and cancellation); 0 = default.
+    /// Output bytes per chunk (the unit of I/O, progress and cancellation); 0 = default. Input
+    /// chunks are further capped at `reader::READ_CHUNK_BYTES`.
     pub chunk_bytes: usize,
 }
 
@@ -127,7 +130,8 @@ pub struct JobSummary {
 struct OpenShard {
     path: PathBuf,
     name: String,
-    matrix: NpyMatrix,
+    /// Shape, dtype and file identity, checked in step 1; the file is reopened to be read.
+    matrix: InputMatrix,
     identity: FileIdentity,
 }
 
@@ -173,7 +177,7 @@ fn run_job_inner(
     let paths = shards::discover(&spec.input)?;
     let mut open = Vec::with_capacity(paths.len());
     for path in paths {
-        let matrix = NpyMatrix::open(&path, Accept::Embeddings)?;
+        let matrix = ShardReader::inspect(&path)?;
         if matrix.cols != map.d_in() {
             let what = match opts.input_kind {
                 crate::backend::InputKind::Features => format!(
@@ -198,16 +202,16 @@ fn run_job_inner(
                 }
             )));
         }
-        let meta = std::fs::metadata(&path).map_err(|e| Error::io(&path, e))?;
         let name = path
             .file_name()
             .map(|n| n.to_string_lossy().into_owned())
             .unwrap_or_default();
+        let identity = matrix.identity;
         open.push(OpenShard {
             path,
             name,
             matrix,
-            identity: FileIdentity::of(&meta),
+            identity,
         });
     }
 
@@ -299,7 +303,7 @@ fn run_job_inner(
         })?;
         summary.shards_processed += 1;
         summary.rows_processed += s.matrix.rows as u64;
-        summary.bytes_read += (s.matrix.rows * s.matrix.cols * s.matrix.dtype.size()) as u64;
+        summary.bytes_read += s.matrix.data_bytes();
         summary.bytes_written += size;
         summary.zero_norm_rows += stats.zero_norm_rows;
         summary.nonfinite_rows += stats.nonfinite_rows;
@@ -397,6 +401,8 @@ fn write_shard(
     let d_out = map.d_out();
     let rows = s.matrix.rows;
     let in_elem = elem_of(s.matrix.dtype);
+    let reader = ShardReader::reopen(&s.path, &s.matrix.identity)?;
+    let chunk_rows = cap_chunk_rows(chunk_rows, s.matrix.row_bytes(), READ_CHUNK_BYTES);
     let out_npy = match out_elem {
         ElemType::F16 => NpyDtype::F16,
         ElemType::F32 => NpyDtype::F32,
@@ -407,7 +413,6 @@ fn write_shard(
     let header = npy::header_bytes(out_npy, &[rows, d_out]);
     writer.write_all(&header).map_err(io_err)?;
     hasher.update(&header);
-    s.matrix.advise_sequential();
 
     let out_row_bytes = d_out * out_elem.size();
     let mut stats = BlockStats::default();
@@ -415,9 +420,9 @@ fn write_shard(
     let (to_writer, writer_rx) = mpsc::sync_channel::<(Vec<u8>, usize)>(WRITE_BUFFERS);
     let (to_compute, compute_rx) = mpsc::sync_channel::<Vec<u8>>(WRITE_BUFFERS);
     for _ in 0..WRITE_BUFFERS {
-        to_compute
-            .send(vec![0u8; chunk_rows * out_row_bytes])
-            .expect("channel open");
+        // Fallible: under an address-space limit this is a clean error, never an abort.
+        let buf = crate::backend::try_zeroed::<u8>(chunk_rows * out_row_bytes)?;
+        to_compute.send(buf).expect("channel open");
     }
     let written: Result<(ShardWriter, Xxh3)> = std::thread::scope(|scope| {
         let writer_thread = scope.spawn(
@@ -450,36 +455,28 @@ fn write_shard(
                 }
             },
         );
-        let compute = (|| -> Result<()> {
-            let mut start = 0;
-            while start < rows {
-                if cancel.load(Ordering::Relaxed) {
-                    return Err(Error::Cancelled);
-                }
-                let n = chunk_rows.min(rows - start);
-                let mut buf = compute_rx
-                    .recv()
-                    .map_err(|_| Error::io(out_path, std::io::Error::other("writer stopped")))?;
-                let input = RowsIn::dense(
-                    s.matrix.row_bytes(start, start + n),
-                    n,
-                    s.matrix.cols,
-                    in_elem,
-                );
-                let out = RowsOut::dense(&mut buf[..n * out_row_bytes], n, d_out, out_elem);
-                match backend.project(map, opts, input, out) {
-                    Ok(st) => stats += st,
-                    Err(e) => return Err(e.offset_rows(start).in_file(&s.path)),
-                }
-                s.matrix.release_rows(start, start + n);
-                if to_writer.send((buf, n * out_row_bytes)).is_err() {
-                    break; // the writer failed; its error is reported below
-                }
-                progress.advance(n as u64);
-                start += n;
+        // Rows arrive from the read-ahead thread; each chunk is projected straight into an output
+        // buffer, which then goes to the writer.
+        let compute = reader.stream(chunk_rows, |chunk| {
+            if cancel.load(Ordering::Relaxed) {
+                return Err(Error::Cancelled);
             }
-            Ok(())
-        })();
+            let n = chunk.rows;
+            let mut buf = compute_rx
+                .recv()
+                .map_err(|_| Error::io(out_path, std::io::Error::other("writer stopped")))?;
+            let input = RowsIn::dense(chunk.bytes, n, s.matrix.cols, in_elem);
+            let out = RowsOut::dense(&mut buf[..n * out_row_bytes], n, d_out, out_elem);
+            match backend.project(map, opts, input, out) {
+                Ok(st) => stats += st,
+                Err(e) => return Err(e.offset_rows(chunk.start).in_file(&s.path)),
+            }
+            if to_writer.send((buf, n * out_row_bytes)).is_err() {
+                return Ok(false); // the writer failed; its error is reported below
+            }
+            progress.advance(n as u64);
+            Ok(true)
+        });
         drop(to_writer);
         let w = writer_thread.join().expect("writer thread does not panic");
         match (compute, w) {
@@ -491,6 +488,14 @@ fn write_shard(
     writer.finish().map_err(io_err)?;
     let size = header.len() as u64 + (rows * out_row_bytes) as u64;
     Ok((stats, size, hasher.digest()))
+}
+
+/// `chunk_rows` lowered so that a chunk of input rows of `in_row_bytes` stays within
+/// `max_input_bytes`; still a multiple of [`BLOCK_ROWS`] (chunk boundaries never change a row's
+/// result, as blocks start at multiples of `BLOCK_ROWS` from the start of the shard either way).
+fn cap_chunk_rows(chunk_rows: usize, in_row_bytes: usize, max_input_bytes: usize) -> usize {
+    let fit = (max_input_bytes / in_row_bytes.max(1)) / BLOCK_ROWS * BLOCK_ROWS;
+    chunk_rows.min(fit.max(BLOCK_ROWS))
 }
 
 /// Where an output shard's bytes go. Direct I/O (O_DIRECT) skips the page cache: on a 2-core
@@ -519,7 +524,10 @@ impl ShardWriter {
         let direct = create_temporary(path, libc::O_DIRECT);
         match direct {
             Ok(file) => {
-                let staging = vec![0u8; DIRECT_STAGING_BYTES + DIRECT_ALIGN];
+                let staging = crate::backend::try_zeroed::<u8>(DIRECT_STAGING_BYTES + DIRECT_ALIGN)
+                    .map_err(|e| {
+                        std::io::Error::new(std::io::ErrorKind::OutOfMemory, e.to_string())
+                    })?;
                 let misalignment = staging.as_ptr() as usize % DIRECT_ALIGN;
                 let offset = (DIRECT_ALIGN - misalignment) % DIRECT_ALIGN;
                 Ok(ShardWriter::Direct(DirectWriter {

@@ -38,14 +38,19 @@ pub struct FileIdentity {
     pub ctime_ns: i64,
 }
 
+/// Seconds and nanoseconds as one count (saturating: a forged timestamp must not overflow).
+fn nanoseconds(secs: i64, nanos: i64) -> i64 {
+    secs.saturating_mul(1_000_000_000).saturating_add(nanos)
+}
+
 impl FileIdentity {
     pub fn of(meta: &Metadata) -> Self {
         FileIdentity {
             dev: meta.dev(),
             ino: meta.ino(),
             size: meta.len(),
-            mtime_ns: meta.mtime() * 1_000_000_000 + meta.mtime_nsec(),
-            ctime_ns: meta.ctime() * 1_000_000_000 + meta.ctime_nsec(),
+            mtime_ns: nanoseconds(meta.mtime(), meta.mtime_nsec()),
+            ctime_ns: nanoseconds(meta.ctime(), meta.ctime_nsec()),
         }
     }
 }
