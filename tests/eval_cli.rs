@@ -223,7 +223,7 @@ fn files_give_the_builtin_numbers_and_embeddings_route_agrees() {
         err.contains("emb.npy") && err.contains("512") && err.contains("768"),
         "{err}"
     );
-    assert!(err.contains("--input-kind embeddings"), "{err}");
+    assert!(err.contains("input kind 'embeddings'"), "{err}");
 }
 
 #[test]

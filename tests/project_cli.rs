@@ -375,7 +375,7 @@ fn bad_shards_are_refused_before_any_work() {
             vec![4, 512],
             false,
             2,
-            vec!["emb.npy", "512 dimensions", "--input-kind embeddings"],
+            vec!["emb.npy", "512 dimensions", "input kind 'embeddings'"],
         ),
     ];
     for (name, descr, shape, fortran, esize, needles) in cases {

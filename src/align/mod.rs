@@ -701,7 +701,7 @@ impl AlignedProjector {
                 (Some(i), None) => Ok(i),
                 (None, Some(t)) => Ok(t),
                 _ => Err(Error::invalid(
-                    "the projector file holds both image and text maps; choose one with --modality",
+                    "the projector file holds both image and text maps; choose one modality (image or text)",
                 )),
             },
         }

@@ -74,6 +74,7 @@ fn hint(e: &crate::Error) -> Option<&'static str> {
         crate::Error::Unrepresentable { .. } => Some(
             "normalise the output, write --dtype f32, or pass --nonfinite zero to write zeros for such rows",
         ),
+        crate::Error::DeviceUnavailable(_) => Some("use --device auto or --device cpu"),
         _ => None,
     }
 }

@@ -119,7 +119,7 @@ pub fn run(a: SweepArgs) -> Result<()> {
                 continue;
             }
             let band = BandSpec::new(kt, kb);
-            if band.kept(r).is_ok() {
+            if spectrum.check_band(band).is_ok() {
                 bands.push(band);
             } else {
                 skipped.push(band);

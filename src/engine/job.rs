@@ -196,7 +196,7 @@ fn run_job_inner(
                 path.display(),
                 matrix.cols,
                 if matrix.cols == maps.d && opts.input_kind == crate::backend::InputKind::Features {
-                    "; these look like projected embeddings: use --input-kind embeddings"
+                    "; these look like already-projected embeddings: project them with the embedding route (input kind 'embeddings')"
                 } else {
                     ""
                 }

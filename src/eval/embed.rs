@@ -80,7 +80,9 @@ impl<'a> Projection<'a> {
                         bias: None,
                     },
                 )),
-                Err(reason) => Err(Error::invalid(format!("--input-kind embeddings: {reason}"))),
+                Err(reason) => Err(Error::invalid(format!(
+                    "the embedding route (input kind 'embeddings'): {reason}"
+                ))),
             },
         }
     }
@@ -171,8 +173,8 @@ pub fn embed(rows: Rows<'_>, proj: Projection<'_>, kind: InputKind) -> Result<Em
     if let Some(want) = proj.d_in() {
         if want != d_in {
             let hint = match kind {
-                InputKind::Features => " (if these are already-projected CLIP embeddings, pass --input-kind embeddings)",
-                InputKind::Embeddings => " (if these are pre-projection encoder features, pass --input-kind features)",
+                InputKind::Features => " (if these are already-projected CLIP embeddings, use the embedding route: input kind 'embeddings')",
+                InputKind::Embeddings => " (if these are pre-projection encoder features, use input kind 'features')",
             };
             return Err(Error::Shape(format!(
                 "{}: rows have {d_in} dims, but the projector expects {} of {want} dims{hint}",
