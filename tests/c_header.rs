@@ -118,14 +118,19 @@ fn version_macros_and_functions_come_from_cargo() {
     assert_eq!(v.to_str().unwrap(), format!("{major}.{minor}.{patch}"));
 }
 
-/// Every `extern "C"` function of src/ffi/: (name, body).
+/// Every exported (`#[no_mangle]`) `extern "C"` function of src/ffi/: (name, body). Callbacks
+/// the library hands to the C runtime (a `pthread_atfork` handler) are not exports.
 fn exports() -> Vec<(String, String)> {
     let mut out = Vec::new();
     for entry in std::fs::read_dir(root().join("src/ffi")).unwrap() {
         let path = entry.unwrap().path();
         let src = std::fs::read_to_string(&path).unwrap();
         let mut rest = src.as_str();
-        while let Some(i) = rest.find("extern \"C\" fn ") {
+        while let Some(m) = rest.find("#[no_mangle]") {
+            rest = &rest[m..];
+            let i = rest
+                .find("extern \"C\" fn ")
+                .expect("#[no_mangle] is followed by an extern \"C\" fn");
             let after = &rest[i + "extern \"C\" fn ".len()..];
             let name: String = after
                 .chars()

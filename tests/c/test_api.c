@@ -136,6 +136,7 @@ static const isoclip_projector *fit_model(void) {
 
 static void test_versions(void) {
     CHECK(isoclip_abi_version() == ISOCLIP_ABI_VERSION);
+    CHECK(ISOCLIP_ABI_COMPATIBLE(isoclip_abi_version()));
     CHECK(strcmp(isoclip_version(), ISOCLIP_VERSION_STRING) == 0);
     char want[64];
     FORMAT(want, "%d.%d.%d", ISOCLIP_VERSION_MAJOR, ISOCLIP_VERSION_MINOR,
@@ -364,7 +365,7 @@ static void test_projection_reference(const isoclip_projector *p) {
                     make_options(text ? ISOCLIP_MODALITY_TEXT : ISOCLIP_MODALITY_IMAGE,
                                  ISOCLIP_INPUT_FEATURES,
                                  full ? ISOCLIP_FORM_FULL : ISOCLIP_FORM_COMPACT, normalize);
-                isoclip_projection_stats stats = {99, 99};
+                isoclip_projection_stats stats = {sizeof(isoclip_projection_stats), 99, 99};
                 EXPECT_OK(project_f32(p, NULL, o, ROWS, x, in_cols, y, out_cols, &stats));
                 CHECK(stats.zero_norm_rows == 0 && stats.nonfinite_rows == 0);
                 double worst = 0;
@@ -487,7 +488,7 @@ static void test_projection_views(const isoclip_projector *p) {
     random_rows(rows3, 3, DI, 5);
     memset(rows3 + DI, 0, sizeof(float) * DI);
     float y3[3 * IMG_M];
-    isoclip_projection_stats stats = {0, 0};
+    isoclip_projection_stats stats = ISOCLIP_PROJECTION_STATS_INIT;
     EXPECT_OK(project_f32(p, NULL, o, 3, rows3, DI, y3, IMG_M, &stats));
     CHECK(stats.zero_norm_rows == 1 && stats.nonfinite_rows == 0);
     int zeros = 1;
