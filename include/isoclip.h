@@ -66,7 +66,7 @@
 /* Whether a library of ABI version `v` (isoclip_abi_version()) runs a program compiled
  * with this header: the same major, and at least this minor. */
 #define ISOCLIP_ABI_COMPATIBLE(v) \
-    ((v) / 1000 == ISOCLIP_ABI_VERSION_MAJOR && (v) % 1000 >= ISOCLIP_ABI_VERSION_MINOR)
+    ((v) / 1000 == ISOCLIP_ABI_VERSION_MAJOR && (v) >= ISOCLIP_ABI_VERSION)
 /* Initialiser of isoclip_projection_stats: sets struct_size, zeroes the counts. */
 #define ISOCLIP_PROJECTION_STATS_INIT {sizeof(isoclip_projection_stats), 0, 0}
 

@@ -34,7 +34,7 @@ fn version_macros() -> String {
          /* Whether a library of ABI version `v` (isoclip_abi_version()) runs a program compiled\n \
          * with this header: the same major, and at least this minor. */\n\
          #define ISOCLIP_ABI_COMPATIBLE(v) \\\n    \
-         ((v) / 1000 == ISOCLIP_ABI_VERSION_MAJOR && (v) % 1000 >= ISOCLIP_ABI_VERSION_MINOR)\n\
+         ((v) / 1000 == ISOCLIP_ABI_VERSION_MAJOR && (v) >= ISOCLIP_ABI_VERSION)\n\
          /* Initialiser of isoclip_projection_stats: sets struct_size, zeroes the counts. */\n\
          #define ISOCLIP_PROJECTION_STATS_INIT {{sizeof(isoclip_projection_stats), 0, 0}}\n",
         env!("CARGO_PKG_VERSION"),

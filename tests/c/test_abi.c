@@ -40,20 +40,24 @@ static isoclip_status project(const isoclip_projector *p, const isoclip_projecti
                            ISOCLIP_DTYPE_F32, out_cols, out_cols * 4, NULL);
 }
 
-static char *read_file(const char *path, size_t *len) {
-    FILE *f = fopen(path, "rb");
-    if (!f) return NULL;
-    fseek(f, 0, SEEK_END);
-    long n = ftell(f);
-    fseek(f, 0, SEEK_SET);
-    char *data = malloc((size_t)n);
-    if (data && fread(data, 1, (size_t)n, f) != (size_t)n) {
-        free(data);
-        data = NULL;
-    }
-    fclose(f);
-    *len = (size_t)n;
-    return data;
+/* A small image projector (6 features -> 5 dims, band 1/1: 3 compact dims), with or without a
+ * bias, for tests that need many rows (valgrind runs them too). */
+enum { SMALL_IN = 6, SMALL_D = 5, SMALL_COMPACT = 3 };
+
+static const isoclip_projector *fit_small(int with_bias) {
+    double pi[SMALL_IN * SMALL_D], pt[SMALL_D * SMALL_D], bias[SMALL_D];
+    uint64_t seed = 3;
+    for (int i = 0; i < SMALL_IN * SMALL_D; i++) pi[i] = rng_uniform(&seed);
+    for (int i = 0; i < SMALL_D * SMALL_D; i++) pt[i] = rng_uniform(&seed);
+    for (int i = 0; i < SMALL_D; i++) bias[i] = rng_uniform(&seed);
+    isoclip_fit_options *fo = NULL;
+    EXPECT_OK(isoclip_fit_options_new(&fo));
+    EXPECT_OK(isoclip_fit_options_set_band(fo, ISOCLIP_MODALITY_IMAGE, 1, 1));
+    if (with_bias) EXPECT_OK(isoclip_fit_options_set_bias(fo, ISOCLIP_MODALITY_IMAGE, bias, SMALL_D));
+    const isoclip_projector *p = NULL;
+    EXPECT_OK(isoclip_projector_fit(pi, SMALL_IN, SMALL_D, pt, SMALL_D, SMALL_D, fo, &p));
+    isoclip_fit_options_free(fo);
+    return p;
 }
 
 /* ---------------------------------------------------------------------------------------------- */
@@ -199,52 +203,52 @@ static void test_device_index(void) {
     isoclip_backend_options_free(bo);
 }
 
-static void test_cancel(const isoclip_projector *p) {
+static void test_cancel(void) {
     /* Three slices of 65536 rows and a partial fourth. */
-    enum { ROWS = 3 * 65536 + 1000, COLS = 8 };
-    size_t d_in = D_IN;
-    float *x = malloc(sizeof(float) * ROWS * d_in);
-    uint16_t *y1 = malloc(2 * (size_t)ROWS * D_COMPACT);
-    uint16_t *y2 = malloc(2 * (size_t)ROWS * D_COMPACT);
-    random_rows(x, ROWS, d_in, 21);
+    enum { ROWS = 3 * 65536 + 1000, IN = SMALL_IN, OUT = SMALL_COMPACT };
+    const isoclip_projector *p = fit_small(0);
+    float *x = malloc(sizeof(float) * ROWS * IN);
+    uint16_t *y1 = malloc(2 * (size_t)ROWS * OUT), *y2 = malloc(2 * (size_t)ROWS * OUT);
+    random_rows(x, ROWS, IN, 21);
+    memset(x + 70000 * IN, 0, sizeof(float) * IN); /* a zero row in the second slice */
     isoclip_cancel_token *t = NULL;
     EXPECT_OK(isoclip_cancel_token_new(&t));
     isoclip_projection_stats s1 = ISOCLIP_PROJECTION_STATS_INIT, s2 = ISOCLIP_PROJECTION_STATS_INIT;
-    EXPECT_OK(isoclip_project(p, NULL, NULL, ROWS, x, ISOCLIP_DTYPE_F32, d_in, d_in * 4, y1,
-                              ISOCLIP_DTYPE_F16, D_COMPACT, D_COMPACT * 2, &s1));
-    EXPECT_OK(isoclip_project_with_cancel(p, NULL, NULL, ROWS, x, ISOCLIP_DTYPE_F32, d_in,
-                                          d_in * 4, y2, ISOCLIP_DTYPE_F16, D_COMPACT,
-                                          D_COMPACT * 2, &s2, t));
-    /* Slicing changes no byte. */
-    CHECK(memcmp(y1, y2, 2 * (size_t)ROWS * D_COMPACT) == 0);
-    CHECK(s1.zero_norm_rows == s2.zero_norm_rows && s1.nonfinite_rows == s2.nonfinite_rows);
+    EXPECT_OK(isoclip_project(p, NULL, NULL, ROWS, x, ISOCLIP_DTYPE_F32, IN, IN * 4, y1,
+                              ISOCLIP_DTYPE_F16, OUT, OUT * 2, &s1));
+    EXPECT_OK(isoclip_project_with_cancel(p, NULL, NULL, ROWS, x, ISOCLIP_DTYPE_F32, IN, IN * 4,
+                                          y2, ISOCLIP_DTYPE_F16, OUT, OUT * 2, &s2, t));
+    /* Slicing changes no byte, and the counts add up over the slices. */
+    CHECK(memcmp(y1, y2, 2 * (size_t)ROWS * OUT) == 0);
+    CHECK(s1.zero_norm_rows == 1 && s2.zero_norm_rows == 1 && s2.nonfinite_rows == 0);
+    EXPECT_OK(isoclip_project_with_cancel(p, NULL, NULL, ROWS, x, ISOCLIP_DTYPE_F32, IN, IN * 4,
+                                          y2, ISOCLIP_DTYPE_F16, OUT, OUT * 2, NULL, NULL));
+    CHECK(memcmp(y1, y2, 2 * (size_t)ROWS * OUT) == 0);
 
     /* A row error in a later slice names the row of the call. */
-    x[(size_t)(2 * 65536 + 7) * d_in + 3] = NAN;
+    x[(size_t)(2 * 65536 + 7) * IN + 3] = NAN;
     EXPECT_STATUS(ISOCLIP_ERR_NON_FINITE_ROW,
-                  isoclip_project_with_cancel(p, NULL, NULL, ROWS, x, ISOCLIP_DTYPE_F32, d_in,
-                                              d_in * 4, y2, ISOCLIP_DTYPE_F16, D_COMPACT,
-                                              D_COMPACT * 2, NULL, t));
+                  isoclip_project_with_cancel(p, NULL, NULL, ROWS, x, ISOCLIP_DTYPE_F32, IN, IN * 4,
+                                              y2, ISOCLIP_DTYPE_F16, OUT, OUT * 2, NULL, t));
     EXPECT_MESSAGE_HAS("isoclip_project_with_cancel: row 131079 contains NaN or Inf");
 
     /* Cancelled: the call stops before projecting and does not write stats. */
     EXPECT_OK(isoclip_cancel_token_cancel(t));
     isoclip_projection_stats s3 = {sizeof s3, 5, 5};
     EXPECT_STATUS(ISOCLIP_ERR_CANCELLED,
-                  isoclip_project_with_cancel(p, NULL, NULL, ROWS, x, ISOCLIP_DTYPE_F32, d_in,
-                                              d_in * 4, y2, ISOCLIP_DTYPE_F16, D_COMPACT,
-                                              D_COMPACT * 2, &s3, t));
+                  isoclip_project_with_cancel(p, NULL, NULL, ROWS, x, ISOCLIP_DTYPE_F32, IN, IN * 4,
+                                              y2, ISOCLIP_DTYPE_F16, OUT, OUT * 2, &s3, t));
     EXPECT_MESSAGE("isoclip_project_with_cancel: cancelled");
     CHECK(s3.zero_norm_rows == 5);
     /* Shapes are still checked first. */
     EXPECT_STATUS(ISOCLIP_ERR_SHAPE,
-                  isoclip_project_with_cancel(p, NULL, NULL, 1, x, ISOCLIP_DTYPE_F32, d_in,
-                                              d_in * 4, y2, ISOCLIP_DTYPE_F16, COLS, COLS * 2,
-                                              NULL, t));
+                  isoclip_project_with_cancel(p, NULL, NULL, 1, x, ISOCLIP_DTYPE_F32, IN, IN * 4,
+                                              y2, ISOCLIP_DTYPE_F16, OUT + 1, OUT * 2 + 2, NULL, t));
     EXPECT_STATUS(ISOCLIP_ERR_NULL_POINTER, isoclip_cancel_token_cancel(NULL));
     EXPECT_STATUS(ISOCLIP_ERR_NULL_POINTER, isoclip_cancel_token_new(NULL));
     isoclip_cancel_token_free(t);
     isoclip_cancel_token_free(NULL);
+    isoclip_projector_free(p);
     free(x);
     free(y1);
     free(y2);
@@ -265,11 +269,12 @@ static void *cancel_soon(void *arg) {
     return NULL;
 }
 
-static void test_cancel_from_another_thread(const isoclip_projector *p) {
+static void test_cancel_from_another_thread(void) {
     enum { ROWS = 70000 };
-    float *x = malloc(sizeof(float) * ROWS * D_IN);
-    uint16_t *y = malloc(2 * (size_t)ROWS * D_COMPACT);
-    random_rows(x, ROWS, D_IN, 8);
+    const isoclip_projector *p = fit_small(0);
+    float *x = malloc(sizeof(float) * ROWS * SMALL_IN);
+    uint16_t *y = malloc(2 * (size_t)ROWS * SMALL_COMPACT);
+    random_rows(x, ROWS, SMALL_IN, 8);
     canceller_arg a = {NULL, 0};
     EXPECT_OK(isoclip_cancel_token_new(&a.token));
     pthread_t thread;
@@ -277,13 +282,14 @@ static void test_cancel_from_another_thread(const isoclip_projector *p) {
     isoclip_status s = ISOCLIP_OK;
     for (int i = 0; i < 100000 && s == ISOCLIP_OK; i++) {
         atomic_store(&a.started, 1);
-        s = isoclip_project_with_cancel(p, NULL, NULL, ROWS, x, ISOCLIP_DTYPE_F32, D_IN, D_IN * 4,
-                                        y, ISOCLIP_DTYPE_F16, D_COMPACT, D_COMPACT * 2, NULL,
-                                        a.token);
+        s = isoclip_project_with_cancel(p, NULL, NULL, ROWS, x, ISOCLIP_DTYPE_F32, SMALL_IN,
+                                        SMALL_IN * 4, y, ISOCLIP_DTYPE_F16, SMALL_COMPACT,
+                                        SMALL_COMPACT * 2, NULL, a.token);
     }
     CHECK(s == ISOCLIP_ERR_CANCELLED);
     pthread_join(thread, NULL);
     isoclip_cancel_token_free(a.token);
+    isoclip_projector_free(p);
     free(x);
     free(y);
 }
@@ -393,19 +399,8 @@ static void test_matrix(const isoclip_projector *p) {
 
 /* A bias-augmented projector: the bias comes out, and is required. */
 static void test_matrix_with_bias(void) {
-    enum { DI = 6, D = 5, ROWS = 4 };
-    double pi[DI * D], pt[D * D], bias[D];
-    uint64_t seed = 3;
-    for (int i = 0; i < DI * D; i++) pi[i] = rng_uniform(&seed);
-    for (int i = 0; i < D * D; i++) pt[i] = rng_uniform(&seed);
-    for (int i = 0; i < D; i++) bias[i] = rng_uniform(&seed);
-    isoclip_fit_options *fo = NULL;
-    EXPECT_OK(isoclip_fit_options_new(&fo));
-    EXPECT_OK(isoclip_fit_options_set_band(fo, ISOCLIP_MODALITY_IMAGE, 1, 1));
-    EXPECT_OK(isoclip_fit_options_set_bias(fo, ISOCLIP_MODALITY_IMAGE, bias, D));
-    const isoclip_projector *p = NULL;
-    EXPECT_OK(isoclip_projector_fit(pi, DI, D, pt, D, D, fo, &p));
-    isoclip_fit_options_free(fo);
+    enum { DI = SMALL_IN, D = SMALL_D, ROWS = 4 };
+    const isoclip_projector *p = fit_small(1);
     size_t d_in = 0, d_out = 0;
     EXPECT_OK(isoclip_projector_input_dim(p, ISOCLIP_MODALITY_IMAGE, ISOCLIP_INPUT_FEATURES, &d_in));
     EXPECT_OK(isoclip_projector_output_dim(p, ISOCLIP_MODALITY_IMAGE, ISOCLIP_FORM_FULL, &d_out));
@@ -431,7 +426,7 @@ static void test_matrix_with_bias(void) {
 
 static void test_load_from_memory(const isoclip_projector *from_file, const char *path) {
     size_t len = 0;
-    char *data = read_file(path, &len);
+    unsigned char *data = read_file(path, &len);
     CHECK(data != NULL && len > 1000);
     const isoclip_projector *p = NULL;
     EXPECT_OK(isoclip_projector_load_from_memory(data, len, &p));
@@ -540,8 +535,8 @@ int main(int argc, char **argv) {
     test_fork(p);
     test_stats_struct_size(p);
     test_device_index();
-    test_cancel(p);
-    test_cancel_from_another_thread(p);
+    test_cancel();
+    test_cancel_from_another_thread();
     test_os_code_and_size_queries(p);
     test_matrix(p);
     test_matrix_with_bias();
