@@ -94,11 +94,15 @@ impl isoclip_backend {
 struct DefaultBackend {
     generation: u64,
     backend: Arc<isoclip_backend>,
+    /// The entry this one replaced in a forked child (NULL for the first): kept reachable, never
+    /// freed, see [`DEFAULT_BACKEND`]. Never read: it only keeps the old entry reachable.
+    #[allow(dead_code)]
+    superseded: *mut DefaultBackend,
 }
 
 /// The default backend, created on first use; NULL before. A backend made before a `fork` is
 /// never freed (its pool's threads do not exist in the child, so it cannot be shut down there):
-/// the child makes a fresh one and the old one stays allocated.
+/// the child makes a fresh one, which links to the old one so that it stays reachable.
 static DEFAULT_BACKEND: AtomicPtr<DefaultBackend> = AtomicPtr::new(std::ptr::null_mut());
 /// Incremented in the child of every `fork` (async-signal-safe: one atomic add).
 static FORK_GENERATION: AtomicU64 = AtomicU64::new(0);
@@ -151,11 +155,13 @@ pub(crate) fn default_backend() -> FfiResult<Arc<isoclip_backend>> {
                 backend: Box::new(CpuBackend::new(Some(default_thread_count()))?),
                 device: ISOCLIP_DEVICE_CPU,
             }),
+            superseded: seen,
         }));
         match DEFAULT_BACKEND.compare_exchange(seen, fresh, Ordering::AcqRel, Ordering::Acquire) {
             // The entry replaced (from before a fork, or NULL) is left allocated on purpose.
             Ok(_) => {}
             // SAFETY: `fresh` was never published; another thread installed its own first.
+            // Dropping it leaves `superseded`, a raw pointer, alone.
             Err(_) => drop(unsafe { Box::from_raw(fresh) }),
         }
     }
