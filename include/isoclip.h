@@ -126,8 +126,7 @@ enum isoclip_status
      */
     ISOCLIP_ERR_IO = 4,
     /**
-     * A file is not what its format promises (truncated, bad header, checksum mismatch; also a
-     * NaN/Inf row in a shard under `ISOCLIP_NONFINITE_ERROR`: the message names file and row).
+     * A file is not what its format promises (truncated, bad header, checksum mismatch).
      */
     ISOCLIP_ERR_FORMAT = 5,
     /**
@@ -148,8 +147,9 @@ enum isoclip_status
      */
     ISOCLIP_ERR_NON_FINITE = 9,
     /**
-     * An input row of `isoclip_project` holds NaN or Inf under `ISOCLIP_NONFINITE_ERROR`; the
-     * message names the lowest such row (0-based). The output buffer's content is unspecified.
+     * An input row holds NaN or Inf under `ISOCLIP_NONFINITE_ERROR`: of `isoclip_project`, the
+     * message names the lowest such row (0-based; the output buffer's content is then
+     * unspecified); of a job, the shard and its row.
      */
     ISOCLIP_ERR_NON_FINITE_ROW = 10,
     /**

@@ -498,6 +498,17 @@ static void test_bit_identity(const isoclip_projector *p) {
     EXPECT_OK(project(p, NULL, 1, x + 299 * D_IN, D_IN, alone, D_COMPACT));
     EXPECT_OK(project(p, NULL, 257, x + 43 * D_IN, D_IN, part, D_COMPACT));
     CHECK(memcmp(alone, part + 256 * D_COMPACT, row_bytes) == 0);
+    /* The 44-row last block of the batch, in reverse order as a call of its own: every row at
+     * another position of a block of the same size, the same bytes. */
+    float *reversed = malloc(sizeof(float) * 44 * D_IN);
+    for (size_t r = 0; r < 44; r++)
+        memcpy(reversed + r * D_IN, x + (299 - r) * D_IN, sizeof(float) * D_IN);
+    EXPECT_OK(project(p, NULL, 44, reversed, D_IN, part, D_COMPACT));
+    int same = 1;
+    for (size_t r = 0; r < 44; r++)
+        same &= memcmp(part + r * D_COMPACT, batch + (299 - r) * D_COMPACT, row_bytes) == 0;
+    CHECK(same);
+    free(reversed);
     /* Repeated single-row calls: always the same bytes. */
     float again[D_COMPACT];
     EXPECT_OK(isoclip_project(p, one, NULL, 1, x + 299 * D_IN, ISOCLIP_DTYPE_F32, D_IN, D_IN * 4,
