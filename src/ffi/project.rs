@@ -928,7 +928,7 @@ struct ProjectionViews {
 /// Rows per slice of a cancellable projection: the token is checked between slices. A multiple
 /// of the CPU backend's block, so that slicing changes no byte.
 const CANCEL_SLICE_ROWS: usize = 64 * 1024;
-const _: () = assert!(CANCEL_SLICE_ROWS % BLOCK_ROWS == 0);
+const _: () = assert!(CANCEL_SLICE_ROWS.is_multiple_of(BLOCK_ROWS));
 
 /// The body of `isoclip_project` and `isoclip_project_with_cancel`.
 ///
