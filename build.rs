@@ -4,6 +4,9 @@
 //!
 //! Generates `$OUT_DIR/kernels.rs` with `KERNEL_SOURCE` (always) and `PREBUILT_PTX`
 //! (`Some(ptx)` only when nvcc succeeded).
+//!
+//! Also gives the shared library its soname, `libisoclip.so.MAJOR`, MAJOR being
+//! `ISOCLIP_ABI_VERSION_MAJOR` from src/ffi/version.rs (the one place it is defined).
 
 use std::env;
 use std::fs;
@@ -19,6 +22,7 @@ fn main() {
     println!("cargo:rerun-if-changed=kernels/project.cu");
     println!("cargo:rerun-if-env-changed=NVCC");
     println!("cargo:rerun-if-env-changed=PATH");
+    set_soname();
     let out_dir = PathBuf::from(env::var("OUT_DIR").expect("cargo sets OUT_DIR"));
     let source = Path::new("kernels/project.cu");
 
@@ -45,6 +49,29 @@ fn main() {
         None => generated.push_str("pub const PREBUILT_PTX: Option<&str> = None;\n"),
     }
     fs::write(out_dir.join("kernels.rs"), generated).expect("write kernels.rs");
+}
+
+/// The file that defines the ABI version, and the line build.rs reads from it.
+const VERSION_RS: &str = "src/ffi/version.rs";
+const ABI_MAJOR_ITEM: &str = "pub const ISOCLIP_ABI_VERSION_MAJOR: u32 = ";
+
+/// `-Wl,-soname,libisoclip.so.MAJOR` for the cdylib on ELF targets.
+fn set_soname() {
+    println!("cargo:rerun-if-changed={VERSION_RS}");
+    let source = fs::read_to_string(VERSION_RS).expect("src/ffi/version.rs is readable");
+    let major: u32 = source
+        .lines()
+        .find_map(|l| l.strip_prefix(ABI_MAJOR_ITEM))
+        .and_then(|rest| rest.strip_suffix(';'))
+        .and_then(|n| n.trim().parse().ok())
+        .unwrap_or_else(|| panic!("{VERSION_RS} has no line `{ABI_MAJOR_ITEM}<integer>;`"));
+    let os = env::var("CARGO_CFG_TARGET_OS").unwrap_or_default();
+    if matches!(
+        os.as_str(),
+        "linux" | "freebsd" | "netbsd" | "openbsd" | "dragonfly"
+    ) {
+        println!("cargo:rustc-cdylib-link-arg=-Wl,-soname,libisoclip.so.{major}");
+    }
 }
 
 fn find_nvcc() -> Option<PathBuf> {

@@ -65,7 +65,7 @@ static void bench(const char *label, const isoclip_projector *p, const isoclip_b
         state = state * 6364136223846793005ull + 1442695040888963407ull;
         in[i] = f16_bits((float)((int64_t)(state >> 33) % 2001 - 1000) / 1000.0f);
     }
-    isoclip_projection_stats st;
+    isoclip_projection_stats st = ISOCLIP_PROJECTION_STATS_INIT;
     for (int warm = 0; warm < 200; warm++) {
         CHECK(isoclip_project(p, b, NULL, rows, in, ISOCLIP_DTYPE_F16, d_in, d_in * 2, out,
                               ISOCLIP_DTYPE_F16, d_out, d_out * 2, &st));

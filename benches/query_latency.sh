@@ -13,6 +13,7 @@ cargo build --release --quiet --lib --bin isoclip
 WORK=target/query-latency
 mkdir -p "$WORK"
 ./target/release/isoclip fit -o "$WORK/b16.safetensors" >/dev/null
+ln -sf libisoclip.so target/release/libisoclip.so.1  # the soname programs load
 cc -O2 -std=c11 -Wall -Wextra -Werror -Iinclude -o "$WORK/query_latency" benches/query_latency.c \
   -Ltarget/release -lisoclip -Wl,-rpath,"$PWD/target/release"
 echo "# $(grep -m1 'model name' /proc/cpuinfo | cut -d: -f2 | sed 's/^ //'), $(nproc) cores"

@@ -30,8 +30,18 @@
  * Enumerations passed in are int32_t typedefs with ISOCLIP_* constants; unknown values give
  * ISOCLIP_ERR_INVALID_ARGUMENT.
  *
- * Versions. ISOCLIP_VERSION_* describe the header; isoclip_version() and isoclip_abi_version()
- * the library. Check isoclip_abi_version() == ISOCLIP_ABI_VERSION at startup.
+ * Size-tagged structs. A struct whose first field is `size_t struct_size` (the caller sets it to
+ * the sizeof it was compiled with: use its _INIT macro) may grow fields at its end in a later
+ * 1.x; the library writes only the fields within struct_size.
+ *
+ * Processes. The default backend (NULL backend) has its own thread pool, made on first use and
+ * made anew in the child of a fork(), so a child may project; other handles made before a fork
+ * must not be used in the child.
+ *
+ * Versions. ISOCLIP_VERSION_* describe the library release of this header; isoclip_version() the
+ * library's. The ABI is ISOCLIP_ABI_VERSION_MAJOR.ISOCLIP_ABI_VERSION_MINOR: the major changes
+ * only on an incompatible change, with the soname (libisoclip.so.MAJOR); the minor counts
+ * additions. Check ISOCLIP_ABI_COMPATIBLE(isoclip_abi_version()) at startup.
  */
 
 #ifndef ISOCLIP_H
@@ -43,16 +53,41 @@
 #include <stddef.h>
 #include <stdint.h>
 
-/* Version of this header, from Cargo.toml. The library's own: isoclip_version(). */
+/* Version of this header's library release, from Cargo.toml. The library's own:
+ * isoclip_version(). */
 #define ISOCLIP_VERSION_MAJOR 0
 #define ISOCLIP_VERSION_MINOR 1
 #define ISOCLIP_VERSION_PATCH 0
 #define ISOCLIP_VERSION_STRING "0.1.0"
-/* The semver-compatible series: MINOR while MAJOR is 0, then MAJOR * 1000. A program runs
- * against any library whose isoclip_abi_version() equals the ISOCLIP_ABI_VERSION it was
- * compiled with. */
-#define ISOCLIP_ABI_VERSION 1
+/* The ABI this header describes: ISOCLIP_ABI_VERSION_MAJOR changes only on an incompatible
+ * change (with the soname, libisoclip.so.MAJOR); ISOCLIP_ABI_VERSION_MINOR counts additions.
+ * isoclip_abi_version() returns the library's MAJOR * 1000 + MINOR. */
+#define ISOCLIP_ABI_VERSION (ISOCLIP_ABI_VERSION_MAJOR * 1000 + ISOCLIP_ABI_VERSION_MINOR)
+/* Whether a library of ABI version `v` (isoclip_abi_version()) runs a program compiled
+ * with this header: the same major, and at least this minor. */
+#define ISOCLIP_ABI_COMPATIBLE(v) \
+    ((v) / 1000 == ISOCLIP_ABI_VERSION_MAJOR && (v) >= ISOCLIP_ABI_VERSION)
+/* Initialiser of isoclip_projection_stats: sets struct_size, zeroes the counts. */
+#define ISOCLIP_PROJECTION_STATS_INIT {sizeof(isoclip_projection_stats), 0, 0}
 
+
+/**
+ * The ABI major version: changes only on an incompatible change, together with the soname
+ * (`libisoclip.so.1`). build.rs parses this line; keep it a plain integer literal.
+ */
+#define ISOCLIP_ABI_VERSION_MAJOR 1
+
+/**
+ * The ABI minor version: incremented when exports are added (and reset to 0 when the major
+ * changes).
+ */
+#define ISOCLIP_ABI_VERSION_MINOR 0
+
+/**
+ * The device index that lets the backend use every device of its kind (every visible GPU; the
+ * CPU). The default of `isoclip_backend_options_set_device_index`.
+ */
+#define ISOCLIP_DEVICE_INDEX_ALL -1
 
 /**
  * The outcome of a call. Every function that can fail returns one; `ISOCLIP_OK` (0) is success,
@@ -91,8 +126,7 @@ enum isoclip_status
      */
     ISOCLIP_ERR_IO = 4,
     /**
-     * A file is not what its format promises (truncated, bad header, checksum mismatch; also a
-     * NaN/Inf row in a shard under `ISOCLIP_NONFINITE_ERROR`: the message names file and row).
+     * A file is not what its format promises (truncated, bad header, checksum mismatch).
      */
     ISOCLIP_ERR_FORMAT = 5,
     /**
@@ -113,8 +147,9 @@ enum isoclip_status
      */
     ISOCLIP_ERR_NON_FINITE = 9,
     /**
-     * An input row of `isoclip_project` holds NaN or Inf under `ISOCLIP_NONFINITE_ERROR`; the
-     * message names the lowest such row (0-based). The output buffer's content is unspecified.
+     * An input row holds NaN or Inf under `ISOCLIP_NONFINITE_ERROR`: of `isoclip_project`, the
+     * message names the lowest such row (0-based; the output buffer's content is then
+     * unspecified); of a job, the shard and its row.
      */
     ISOCLIP_ERR_NON_FINITE_ROW = 10,
     /**
@@ -171,7 +206,9 @@ typedef int32_t isoclip_status;
  * Created by `isoclip_backend_new`, released by `isoclip_backend_free`. A `const
  * isoclip_backend *` may be used by any number of threads at once; jobs keep their own
  * reference, so a backend may be freed while jobs created with it are alive. Passing NULL where a
- * backend is expected uses a shared CPU backend over every core.
+ * backend is expected uses the default backend: the CPU, one thread per available core (see
+ * `isoclip_set_default_threads`), created on first use, and created anew in the child of a
+ * `fork` (a backend handle made before a `fork` must not be used in the child).
  */
 typedef struct isoclip_backend isoclip_backend;
 
@@ -181,6 +218,13 @@ typedef struct isoclip_backend isoclip_backend;
  * thread-safe: one thread at a time.
  */
 typedef struct isoclip_backend_options isoclip_backend_options;
+
+/**
+ * A cancellation flag for `isoclip_project_with_cancel`. Created by `isoclip_cancel_token_new`,
+ * released by `isoclip_cancel_token_free`. Any thread may cancel it at any time, while any
+ * number of calls use it; once cancelled it stays cancelled (make a new token for new work).
+ */
+typedef struct isoclip_cancel_token isoclip_cancel_token;
 
 /**
  * Options for `isoclip_projector_fit`: which modalities to fit with which band, and optional
@@ -271,9 +315,16 @@ typedef void (*isoclip_progress_fn)(void *user_data,
 typedef int32_t isoclip_job_stat_id;
 
 /**
- * Counts from one `isoclip_project` call.
+ * Counts from one `isoclip_project` call. Size-tagged: set `struct_size` to
+ * `sizeof(isoclip_projection_stats)` before the call (`ISOCLIP_PROJECTION_STATS_INIT` does), so
+ * that later 1.x versions can append fields: the library writes only the fields that lie within
+ * `struct_size` bytes, and never `struct_size` itself.
  */
 typedef struct {
+    /**
+     * Set by the caller: `sizeof(isoclip_projection_stats)` of the header it was compiled with.
+     */
+    size_t struct_size;
     /**
      * Rows whose projection had zero norm (written as zeros).
      */
@@ -425,8 +476,10 @@ extern "C" {
 #endif // __cplusplus
 
 /**
- * The library's ABI version. Compare it with `ISOCLIP_ABI_VERSION` from the header at startup:
- * if they differ, the program was compiled against an incompatible header.
+ * The library's ABI version, `ISOCLIP_ABI_VERSION_MAJOR * 1000 + ISOCLIP_ABI_VERSION_MINOR`.
+ * At startup check `ISOCLIP_ABI_COMPATIBLE(isoclip_abi_version())`: the same major as the
+ * header the program was compiled with, and a minor at least as large (the library has every
+ * function the program may call).
  *
  * Thread-safety: any thread. Never fails.
  */
@@ -475,10 +528,14 @@ void isoclip_backend_free(const isoclip_backend *backend);
  * receives a new handle the caller owns (`isoclip_backend_free`). With `ISOCLIP_DEVICE_AUTO` the
  * backend falls back to the CPU when no GPU is usable; `isoclip_backend_device` says which.
  *
+ * With 0 threads (the default) the backend gets its own pool of as many threads as the default
+ * backend (`isoclip_set_default_threads`, else one per available core).
+ *
  * Returns `ISOCLIP_OK`, `ISOCLIP_ERR_NULL_POINTER` (`out`), `ISOCLIP_ERR_DEVICE_UNAVAILABLE`
- * (`ISOCLIP_DEVICE_CUDA` without a usable GPU; the message says why),
- * `ISOCLIP_ERR_RESOURCE_EXHAUSTED` (the system refused to start the threads; the message says
- * why), `ISOCLIP_ERR_PANIC`.
+ * (`ISOCLIP_DEVICE_CUDA` without a usable GPU, or a single GPU chosen by index, which this
+ * build cannot do; the message says why), `ISOCLIP_ERR_INVALID_ARGUMENT` (a device index other
+ * than -1 or 0 with the CPU), `ISOCLIP_ERR_RESOURCE_EXHAUSTED` (the system refused to start the
+ * threads; the message says why), `ISOCLIP_ERR_PANIC`.
  * Thread-safety: any thread.
  *
  * # Safety
@@ -518,8 +575,26 @@ isoclip_status isoclip_backend_options_set_device(isoclip_backend_options *optio
                                                   isoclip_device device);
 
 /**
- * Sets the number of CPU worker threads (0, the default: every core, shared with other
- * backends created with 0). A non-zero count gives the backend its own thread pool; at most
+ * Chooses which device of the kind set with `isoclip_backend_options_set_device` the backend
+ * runs on: `ISOCLIP_DEVICE_INDEX_ALL` (-1, the default: every visible GPU; the CPU) or a
+ * 0-based index (a CUDA device ordinal, as `nvidia-smi` numbers them under the current
+ * `CUDA_VISIBLE_DEVICES`). The CPU is device 0. The index is checked by `isoclip_backend_new`:
+ * an index other than -1 or 0 with `ISOCLIP_DEVICE_CPU` is `ISOCLIP_ERR_INVALID_ARGUMENT`
+ * there; with `ISOCLIP_DEVICE_AUTO` the index applies to the GPU, and a fall back to the CPU
+ * ignores it.
+ *
+ * Returns `ISOCLIP_OK`, `ISOCLIP_ERR_NULL_POINTER`, `ISOCLIP_ERR_INVALID_ARGUMENT` (an index
+ * below -1), `ISOCLIP_ERR_PANIC`.
+ *
+ * # Safety
+ * `options` is NULL or a live handle.
+ */
+isoclip_status isoclip_backend_options_set_device_index(isoclip_backend_options *options,
+                                                        int32_t index);
+
+/**
+ * Sets the number of CPU worker threads of the backend's own pool (0, the default: as many as
+ * the default backend, `isoclip_set_default_threads`, else one per available core); at most
  * 1024 threads.
  *
  * Returns `ISOCLIP_OK`, `ISOCLIP_ERR_NULL_POINTER`, `ISOCLIP_ERR_INVALID_ARGUMENT` (more than
@@ -530,6 +605,36 @@ isoclip_status isoclip_backend_options_set_device(isoclip_backend_options *optio
  */
 isoclip_status isoclip_backend_options_set_threads(isoclip_backend_options *options,
                                                    size_t threads);
+
+/**
+ * Cancels the token: every call using it returns `ISOCLIP_ERR_CANCELLED` at its next check
+ * (within 65536 rows), and later calls with it return that at once.
+ *
+ * Returns `ISOCLIP_OK`, `ISOCLIP_ERR_NULL_POINTER`, `ISOCLIP_ERR_PANIC`. Thread-safety: any
+ * thread, at any time.
+ *
+ * # Safety
+ * `token` is NULL or a live handle.
+ */
+isoclip_status isoclip_cancel_token_cancel(const isoclip_cancel_token *token);
+
+/**
+ * Releases a token. NULL is a no-op. No call may be using it.
+ *
+ * # Safety
+ * `token` is NULL or a live handle, not used afterwards.
+ */
+void isoclip_cancel_token_free(isoclip_cancel_token *token);
+
+/**
+ * Creates a token that is not cancelled. `*out` receives a handle the caller owns.
+ *
+ * Returns `ISOCLIP_OK`, `ISOCLIP_ERR_NULL_POINTER`, `ISOCLIP_ERR_PANIC`.
+ *
+ * # Safety
+ * `out` is NULL or valid for a write.
+ */
+isoclip_status isoclip_cancel_token_new(isoclip_cancel_token **out);
 
 /**
  * Releases fit options. NULL is a no-op.
@@ -766,7 +871,9 @@ isoclip_status isoclip_job_summary_json(const isoclip_job *job,
  * calling thread: always at least 1 (an empty message before any failure).
  *
  * Allocate that many bytes and pass them to `isoclip_last_error_message`. Successful calls leave
- * the message alone (like `errno`), so read it right after the failing call, on the same thread.
+ * the message alone (like `errno`), and so do size queries (any string function called with
+ * `buf_len == 0`, which returns `ISOCLIP_ERR_BUFFER_TOO_SMALL` and the size); read it right
+ * after the failing call, on the same thread.
  *
  * Thread-safety: each thread has its own message. Never fails.
  */
@@ -797,6 +904,16 @@ isoclip_status isoclip_last_error_message(char *buf,
                                           size_t *out_len);
 
 /**
+ * The operating-system error code (`errno`, such as `ENOENT`) behind the last failed call on
+ * the calling thread, or 0 when that failure did not come from the operating system (or before
+ * any failure). It is set together with the message, so read both after the same failure;
+ * `ISOCLIP_ERR_IO` failures usually have one.
+ *
+ * Thread-safety: each thread has its own. Never fails.
+ */
+int32_t isoclip_last_error_os_code(void);
+
+/**
  * Projects `rows` rows through the projector into the caller's output buffer, on `backend`.
  *
  * Input: row `i` starts at byte `i * input_row_stride` of `input` and holds `input_cols`
@@ -805,21 +922,28 @@ isoclip_status isoclip_last_error_message(char *buf,
  * `output` and receives `output_cols` elements of `output_dtype` (`output_cols` must equal
  * `isoclip_projector_output_dim` for the options' form); bytes between rows are not touched.
  * Strides are in bytes, at least a row, and need no alignment. `rows == 0` is valid with any
- * pointers. `options` NULL means the defaults; `backend` NULL the shared CPU backend. If `stats`
- * is not NULL it receives the counts on success.
+ * pointers. `options` NULL means the defaults; `backend` NULL the default backend. If `stats`
+ * is not NULL its `struct_size` must be set (`ISOCLIP_PROJECTION_STATS_INIT`) and it receives
+ * the counts on success.
  *
  * Results are deterministic: the same rows give the same bytes whatever the thread count or the
- * number of concurrent callers (on the CPU backend, whatever the batch split too, for batches
- * split at multiples of 128 rows).
+ * number of concurrent callers. On the CPU backend a row's bytes depend only on the row and on
+ * the number of rows of its 128-row block (rows `128 k .. 128 k + 127` of the call, the last
+ * block holding the remainder): two calls give a row identical bytes when it falls in a full
+ * block in both (any batch of at least 128 rows split at multiples of 128), or in blocks of
+ * equal size (a single row alone gives the same bytes every time). A row projected alone and
+ * the same row inside a larger batch may differ in the last bit (the GEMM shape differs).
  *
  * Returns `ISOCLIP_OK`; `ISOCLIP_ERR_NULL_POINTER` (`projector`; `input` or `output` with
  * `rows > 0`); `ISOCLIP_ERR_INVALID_ARGUMENT` (unknown dtype, a stride smaller than a row, sizes
  * that overflow, overlapping input and output, a modality the projector lacks or AUTO on one with
  * both, the embedding route of a bias-augmented projector); `ISOCLIP_ERR_SHAPE` (`input_cols` or
- * `output_cols` do not match the projector); `ISOCLIP_ERR_NON_FINITE_ROW` (the message names
- * the row); `ISOCLIP_ERR_UNREPRESENTABLE` (a finite row whose unnormalised result does not fit
- * the output type; the message names the row); `ISOCLIP_ERR_RESOURCE_EXHAUSTED` (working memory
- * could not be allocated); `ISOCLIP_ERR_DEVICE_UNAVAILABLE` (the GPU failed); `ISOCLIP_ERR_PANIC`. On failure
+ * `output_cols` do not match the projector); `ISOCLIP_ERR_INVALID_ARGUMENT` also for a
+ * `stats->struct_size` smaller than ABI 1.0's struct; `ISOCLIP_ERR_NON_FINITE_ROW` (the message
+ * names the row); `ISOCLIP_ERR_UNREPRESENTABLE` (a finite row whose unnormalised result does
+ * not fit the output type; the message names the row); `ISOCLIP_ERR_RESOURCE_EXHAUSTED`
+ * (working memory could not be allocated); `ISOCLIP_ERR_DEVICE_UNAVAILABLE` (the GPU failed);
+ * `ISOCLIP_ERR_PANIC`. On failure
  * the output buffer's content is unspecified and `stats` is not written.
  *
  * Thread-safety: any number of threads may project at once with the same projector, backend
@@ -843,6 +967,34 @@ isoclip_status isoclip_project(const isoclip_projector *projector,
                                size_t output_cols,
                                size_t output_row_stride,
                                isoclip_projection_stats *stats);
+
+/**
+ * `isoclip_project` that can be stopped from another thread: `token` (NULL: never cancelled)
+ * is checked before the first row and then every 65536 rows (the call projects in slices of
+ * that many rows, a multiple of 128, so the bytes are those of `isoclip_project`). Once
+ * `isoclip_cancel_token_cancel` was called the call returns `ISOCLIP_ERR_CANCELLED`, having
+ * written some rows (the output's content is then unspecified, and `stats` is not written).
+ *
+ * The other arguments, the results and the other statuses are those of `isoclip_project`.
+ * Thread-safety: as `isoclip_project`; any number of calls may share one token.
+ *
+ * # Safety
+ * As `isoclip_project`; `token` is NULL or a live token, not freed during the call.
+ */
+isoclip_status isoclip_project_with_cancel(const isoclip_projector *projector,
+                                           const isoclip_backend *backend,
+                                           const isoclip_projection_options *options,
+                                           size_t rows,
+                                           const void *input,
+                                           isoclip_dtype input_dtype,
+                                           size_t input_cols,
+                                           size_t input_row_stride,
+                                           void *output,
+                                           isoclip_dtype output_dtype,
+                                           size_t output_cols,
+                                           size_t output_row_stride,
+                                           isoclip_projection_stats *stats,
+                                           const isoclip_cancel_token *token);
 
 /**
  * Releases projection options. NULL is a no-op.
@@ -1078,6 +1230,58 @@ isoclip_status isoclip_projector_load(const char *path,
                                       const isoclip_projector **out);
 
 /**
+ * Loads a projector from the bytes of a projector file already in memory (as
+ * `isoclip_projector_load` does from a path): `data` holds `len` bytes, read during the call
+ * only (the handle keeps a copy of what it needs). The same verification as a file; messages
+ * call the buffer "(projector in memory)". On success `*out` receives a new handle the caller
+ * owns (`isoclip_projector_free`); on failure `*out` is not written.
+ *
+ * Returns `ISOCLIP_OK`, `ISOCLIP_ERR_NULL_POINTER` (`data` with `len > 0`, `out`),
+ * `ISOCLIP_ERR_FORMAT` (not a projector file, corrupt, truncated, empty),
+ * `ISOCLIP_ERR_UNSUPPORTED` (format version), `ISOCLIP_ERR_PANIC`. Thread-safety: any thread.
+ *
+ * # Safety
+ * `data` is readable for `len` bytes (any pointer when `len == 0`) and not modified during the
+ * call; `out` is NULL or valid for a write.
+ */
+isoclip_status isoclip_projector_load_from_memory(const void *data,
+                                                  size_t len,
+                                                  const isoclip_projector **out);
+
+/**
+ * Copies the linear map a projection applies, `y = x W + b` before normalisation, so that it can
+ * be applied elsewhere (a FAISS `LinearTransform`, a GPU GEMM): `W` into `out`, row-major,
+ * `rows x cols` floats, and `b` into `bias_out` (`cols` floats). `modality`, `input_kind` and
+ * `form` select the map as the projection options do (`ISOCLIP_MODALITY_AUTO` allowed);
+ * `rows` must be `isoclip_projector_input_dim` and `cols` `isoclip_projector_output_dim` for
+ * them. `isoclip_project` with normalisation then divides `y` by its L2 norm (a zero `y` stays
+ * zero).
+ *
+ * `bias_out` may be NULL when the map has no bias (only bias-augmented projectors, on the
+ * feature route, have one); when it is not NULL it receives the bias, or zeros when there is
+ * none. The matrices are written only on success.
+ *
+ * Returns `ISOCLIP_OK`; `ISOCLIP_ERR_NULL_POINTER` (`projector`, `out`);
+ * `ISOCLIP_ERR_INVALID_ARGUMENT` (an unknown value, AUTO with two modalities, a modality the
+ * projector lacks, the embedding route of a bias-augmented projector, a NULL `bias_out` for a
+ * map with a bias, a size overflow, a misaligned pointer); `ISOCLIP_ERR_SHAPE` (`rows` or
+ * `cols` do not match the map; the message gives both); `ISOCLIP_ERR_PANIC`.
+ * Thread-safety: any thread.
+ *
+ * # Safety
+ * `projector` is NULL or a live handle; `out` is NULL or valid for `rows * cols` floats;
+ * `bias_out` is NULL or valid for `cols` floats; they do not overlap.
+ */
+isoclip_status isoclip_projector_matrix(const isoclip_projector *projector,
+                                        isoclip_modality modality,
+                                        isoclip_input_kind input_kind,
+                                        isoclip_form form,
+                                        float *out,
+                                        size_t rows,
+                                        size_t cols,
+                                        float *bias_out);
+
+/**
  * Sets `*out` to the number of columns a projection of `modality` writes in `form`: the compact
  * dimension `min(m, d)` for `ISOCLIP_FORM_COMPACT`, `d` for `ISOCLIP_FORM_FULL`.
  *
@@ -1104,6 +1308,22 @@ isoclip_status isoclip_projector_output_dim(const isoclip_projector *projector,
  */
 isoclip_status isoclip_projector_save(const isoclip_projector *projector,
                                       const char *path);
+
+/**
+ * Sets the number of threads of the default backend (the one a NULL backend stands for) to
+ * `threads`, or back to one per available core with 0 (the default: the cores this process may
+ * run on, `sched_getaffinity` and cgroup quotas included). `RAYON_NUM_THREADS` does not size it,
+ * and `OMP_NUM_THREADS` does not either: a program that also runs OpenMP code (FAISS) should
+ * size both so that they do not oversubscribe the cores.
+ *
+ * Call it before the first call that uses the default backend; in the child of a `fork`, the
+ * default backend is made anew and this may be called again before its first use.
+ *
+ * Returns `ISOCLIP_OK`; `ISOCLIP_ERR_INVALID_STATE` (the default backend already exists in this
+ * process); `ISOCLIP_ERR_PANIC`. Thread-safety: any thread, but not concurrently with a first
+ * use of the default backend.
+ */
+isoclip_status isoclip_set_default_threads(size_t threads);
 
 /**
  * The identifier of a status as a static NUL-terminated string (`"ISOCLIP_ERR_IO"`), or

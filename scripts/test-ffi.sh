@@ -3,6 +3,9 @@
 #   - C tests (tests/c/), -std=c11 -Wall -Wextra -Werror, natively and under valgrind
 #     (--leak-check=full, any leak or invalid access fails), linked against libisoclip.so and
 #     libisoclip.a; the 8-thread stress test natively at full size and under valgrind small;
+#     test_abi (the ABI 1.0 additions: fork, cancellation, stats, matrices, ...);
+#   - the soname (libisoclip.so.ABI_MAJOR), and scripts/install.sh into a temporary prefix with
+#     the README's C example built against the install through pkg-config;
 #   - the C++ wrapper's tests (bindings/cpp/tests/, two translation units), also under valgrind;
 #   - the Go package's tests (bindings/go/) with -race, and its example;
 #   - the README examples (bindings/examples/), built through the generated pkg-config files, and
@@ -19,6 +22,7 @@ command -v gcc >/dev/null || missing+=(gcc)
 command -v g++ >/dev/null || missing+=(g++)
 command -v valgrind >/dev/null || missing+=(valgrind)
 command -v pkg-config >/dev/null || missing+=(pkg-config)
+command -v readelf >/dev/null || missing+=(binutils)
 command -v go >/dev/null || missing+=(golang-go)
 command -v python3 >/dev/null || missing+=(python3)
 if [ ${#missing[@]} -gt 0 ]; then
@@ -30,10 +34,19 @@ fi
 # ---- the library -------------------------------------------------------------------------------
 echo "building libisoclip (debug) and the isoclip command line"
 cargo build --quiet --lib --bin isoclip
-LIBDIR=$ROOT/target/debug
+BUILT=$ROOT/target/debug
 OUT=$ROOT/target/ffi-tests
 rm -rf "$OUT"
-mkdir -p "$OUT/pkgconfig" "$OUT/work"
+mkdir -p "$OUT/pkgconfig" "$OUT/work" "$OUT/lib"
+
+# The build tree as an install would lay it out: programs linked with -lisoclip load the soname,
+# libisoclip.so.MAJOR, which cargo does not create.
+ABI_MAJOR=$(sed -n 's/^pub const ISOCLIP_ABI_VERSION_MAJOR: u32 = \([0-9][0-9]*\);$/\1/p' src/ffi/version.rs)
+SONAME=libisoclip.so.$ABI_MAJOR
+LIBDIR=$OUT/lib
+ln -s "$BUILT/libisoclip.so" "$LIBDIR/$SONAME"
+ln -s "$SONAME" "$LIBDIR/libisoclip.so"
+ln -s "$BUILT/libisoclip.a" "$LIBDIR/libisoclip.a"
 
 # pkg-config files for the build tree, from the templates.
 VERSION=$(sed -n 's/^#define ISOCLIP_VERSION_STRING "\(.*\)"$/\1/p' include/isoclip.h)
@@ -47,7 +60,7 @@ SHARED="$(pkg-config --cflags --libs isoclip)"
 STATIC="$(pkg-config --cflags --libs isoclip-static)"
 
 # A projector file of the built-in synthetic model (image, 768 -> 262 compact / 512 full).
-(cd "$OUT/work" && "$LIBDIR/isoclip" fit -o p.st >/dev/null)
+(cd "$OUT/work" && "$BUILT/isoclip" fit -o p.st >/dev/null 2>&1)
 PROJECTOR=$OUT/work/p.st
 
 # ---- running -----------------------------------------------------------------------------------
@@ -87,12 +100,43 @@ echo "C"
   check "compile test_api (static)" gcc "${CFLAGS[@]}" tests/c/test_api.c -o "$OUT/test_api_static" $STATIC -lpthread -lm
   check "compile test_stress (shared)" gcc "${CFLAGS[@]}" tests/c/test_stress.c -o "$OUT/test_stress_shared" $SHARED -lpthread -lm
   check "compile test_stress (static)" gcc "${CFLAGS[@]}" tests/c/test_stress.c -o "$OUT/test_stress_static" $STATIC -lpthread -lm
+  check "compile test_abi (shared)" gcc "${CFLAGS[@]}" tests/c/test_abi.c -o "$OUT/test_abi_shared" $SHARED -lpthread -lm
+  check "compile test_abi (static)" gcc "${CFLAGS[@]}" tests/c/test_abi.c -o "$OUT/test_abi_static" $STATIC -lpthread -lm
 }
 check "test_api (static is self-contained)" bash -c "! ldd '$OUT/test_api_static' | grep -q libisoclip"
 for kind in shared static; do
-  check "test_api ($kind)" "$OUT/test_api_$kind" "$PROJECTOR" "$LIBDIR/isoclip"
+  check "test_api ($kind)" "$OUT/test_api_$kind" "$PROJECTOR" "$BUILT/isoclip"
   check "test_stress 8 threads ($kind)" "$OUT/test_stress_$kind" "$PROJECTOR"
+  check "test_abi ($kind)" "$OUT/test_abi_$kind" "$PROJECTOR"
 done
+check "the shared library's soname is $SONAME" bash -c \
+  "readelf -d '$BUILT/libisoclip.so' | grep -F 'Library soname: [$SONAME]'"
+check "programs linked with -lisoclip load $SONAME" bash -c \
+  "readelf -d '$OUT/test_api_shared' | grep -F 'Shared library: [$SONAME]'"
+
+echo "install (scripts/install.sh into a temporary prefix)"
+PREFIX=$OUT/prefix
+check "scripts/install.sh PREFIX dev" bash scripts/install.sh "$PREFIX" dev
+check "installed: header, $SONAME.x.y with its links, the .a, pkg-config files" bash -c "
+  set -e; cd '$PREFIX'
+  test -f include/isoclip.h && test -f lib/libisoclip.a
+  test \"\$(readlink lib/libisoclip.so)\" = $SONAME
+  real=\$(readlink lib/$SONAME); case \$real in $SONAME.*.*) ;; *) exit 1 ;; esac
+  test -f lib/\$real && ! test -L lib/\$real
+  readelf -d lib/\$real | grep -F 'Library soname: [$SONAME]'
+  ! readelf -S lib/\$real | grep -E '\\.(symtab|debug_info)'
+  grep -Fx 'prefix=$PREFIX' lib/pkgconfig/isoclip.pc && grep -Fx 'libdir=$PREFIX/lib' lib/pkgconfig/isoclip-static.pc"
+# shellcheck disable=SC2046 # pkg-config output is a list of flags
+check "compile example.c against the install (pkg-config isoclip)" bash -c \
+  "PKG_CONFIG_PATH='$PREFIX/lib/pkgconfig' gcc -std=c11 -Wall -Wextra -Werror bindings/examples/example.c \
+   -o '$OUT/example_installed' \$(PKG_CONFIG_PATH='$PREFIX/lib/pkgconfig' pkg-config --cflags --libs isoclip)"
+check "example.c runs on the installed $SONAME" bash -c \
+  "LD_LIBRARY_PATH='$PREFIX/lib' ldd '$OUT/example_installed' | grep -F '$SONAME => $PREFIX/lib/$SONAME' &&
+   LD_LIBRARY_PATH='$PREFIX/lib' '$OUT/example_installed' '$PROJECTOR'"
+check "compile example.c against the install (pkg-config isoclip-static)" bash -c \
+  "gcc -std=c11 -Wall -Wextra -Werror bindings/examples/example.c -o '$OUT/example_installed_static' \
+   \$(PKG_CONFIG_PATH='$PREFIX/lib/pkgconfig' pkg-config --cflags --libs isoclip-static) &&
+   '$OUT/example_installed_static' '$PROJECTOR'"
 
 echo "C++"
 # shellcheck disable=SC2086
@@ -115,10 +159,12 @@ check "example.cpp" "$OUT/example_cpp" "$PROJECTOR"
 echo "valgrind (leaks and invalid accesses, every error path)"
 # Valgrind runs one thread at a time: run the programs side by side, the stress test small.
 vg_names=("valgrind test_api (shared)" "valgrind test_api (static)" "valgrind test_stress (shared)"
-  "valgrind test_stress (static)" "valgrind test_cpp" "valgrind example.c")
-vg_cmds=("$OUT/test_api_shared $PROJECTOR $LIBDIR/isoclip" "$OUT/test_api_static $PROJECTOR $LIBDIR/isoclip"
+  "valgrind test_stress (static)" "valgrind test_cpp" "valgrind example.c"
+  "valgrind test_abi (shared)" "valgrind test_abi (static)")
+vg_cmds=("$OUT/test_api_shared $PROJECTOR $BUILT/isoclip" "$OUT/test_api_static $PROJECTOR $BUILT/isoclip"
   "$OUT/test_stress_shared $PROJECTOR 40 1" "$OUT/test_stress_static $PROJECTOR 40 1"
-  "$OUT/test_cpp $PROJECTOR" "$OUT/example_c $PROJECTOR")
+  "$OUT/test_cpp $PROJECTOR" "$OUT/example_c $PROJECTOR"
+  "$OUT/test_abi_shared $PROJECTOR" "$OUT/test_abi_static $PROJECTOR")
 jobs_max=$(nproc)
 pids=()
 for i in "${!vg_names[@]}"; do

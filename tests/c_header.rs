@@ -13,31 +13,31 @@ fn header_path() -> PathBuf {
     root().join("include/isoclip.h")
 }
 
-/// `MAJOR * 1000` from 1.0 on, `MINOR` before (see src/ffi/version.rs).
-fn abi_version(major: u32, minor: u32) -> u32 {
-    if major == 0 {
-        minor
-    } else {
-        major * 1000
-    }
-}
-
+/// Macros cbindgen cannot derive from Rust items: the library version from Cargo.toml, the ABI
+/// checks built on the `ISOCLIP_ABI_VERSION_MAJOR`/`_MINOR` constants of src/ffi/version.rs
+/// (which cbindgen exports), and the initialiser of the size-tagged stats struct.
 fn version_macros() -> String {
     let major: u32 = env!("CARGO_PKG_VERSION_MAJOR").parse().unwrap();
     let minor: u32 = env!("CARGO_PKG_VERSION_MINOR").parse().unwrap();
     let patch: u32 = env!("CARGO_PKG_VERSION_PATCH").parse().unwrap();
     format!(
-        "\n/* Version of this header, from Cargo.toml. The library's own: isoclip_version(). */\n\
+        "\n/* Version of this header's library release, from Cargo.toml. The library's own:\n \
+         * isoclip_version(). */\n\
          #define ISOCLIP_VERSION_MAJOR {major}\n\
          #define ISOCLIP_VERSION_MINOR {minor}\n\
          #define ISOCLIP_VERSION_PATCH {patch}\n\
          #define ISOCLIP_VERSION_STRING \"{}\"\n\
-         /* The semver-compatible series: MINOR while MAJOR is 0, then MAJOR * 1000. A program runs\n \
-         * against any library whose isoclip_abi_version() equals the ISOCLIP_ABI_VERSION it was\n \
-         * compiled with. */\n\
-         #define ISOCLIP_ABI_VERSION {}\n",
+         /* The ABI this header describes: ISOCLIP_ABI_VERSION_MAJOR changes only on an incompatible\n \
+         * change (with the soname, libisoclip.so.MAJOR); ISOCLIP_ABI_VERSION_MINOR counts additions.\n \
+         * isoclip_abi_version() returns the library's MAJOR * 1000 + MINOR. */\n\
+         #define ISOCLIP_ABI_VERSION (ISOCLIP_ABI_VERSION_MAJOR * 1000 + ISOCLIP_ABI_VERSION_MINOR)\n\
+         /* Whether a library of ABI version `v` (isoclip_abi_version()) runs a program compiled\n \
+         * with this header: the same major, and at least this minor. */\n\
+         #define ISOCLIP_ABI_COMPATIBLE(v) \\\n    \
+         ((v) / 1000 == ISOCLIP_ABI_VERSION_MAJOR && (v) >= ISOCLIP_ABI_VERSION)\n\
+         /* Initialiser of isoclip_projection_stats: sets struct_size, zeroes the counts. */\n\
+         #define ISOCLIP_PROJECTION_STATS_INIT {{sizeof(isoclip_projection_stats), 0, 0}}\n",
         env!("CARGO_PKG_VERSION"),
-        abi_version(major, minor)
     )
 }
 
@@ -103,23 +103,34 @@ fn version_macros_and_functions_come_from_cargo() {
         header_define(&header, "ISOCLIP_VERSION_STRING"),
         format!("\"{}\"", env!("CARGO_PKG_VERSION"))
     );
-    let abi: u32 = header_define(&header, "ISOCLIP_ABI_VERSION")
+    let abi_major: u32 = header_define(&header, "ISOCLIP_ABI_VERSION_MAJOR")
         .parse()
         .unwrap();
-    assert_eq!(abi, isoclip::ffi::version::isoclip_abi_version());
+    let abi_minor: u32 = header_define(&header, "ISOCLIP_ABI_VERSION_MINOR")
+        .parse()
+        .unwrap();
+    assert_eq!(
+        abi_major * 1000 + abi_minor,
+        isoclip::ffi::version::isoclip_abi_version()
+    );
     // SAFETY: a static NUL-terminated string.
     let v = unsafe { std::ffi::CStr::from_ptr(isoclip::ffi::version::isoclip_version()) };
     assert_eq!(v.to_str().unwrap(), format!("{major}.{minor}.{patch}"));
 }
 
-/// Every `extern "C"` function of src/ffi/: (name, body).
+/// Every exported (`#[no_mangle]`) `extern "C"` function of src/ffi/: (name, body). Callbacks
+/// the library hands to the C runtime (a `pthread_atfork` handler) are not exports.
 fn exports() -> Vec<(String, String)> {
     let mut out = Vec::new();
     for entry in std::fs::read_dir(root().join("src/ffi")).unwrap() {
         let path = entry.unwrap().path();
         let src = std::fs::read_to_string(&path).unwrap();
         let mut rest = src.as_str();
-        while let Some(i) = rest.find("extern \"C\" fn ") {
+        while let Some(m) = rest.find("#[no_mangle]") {
+            rest = &rest[m..];
+            let i = rest
+                .find("extern \"C\" fn ")
+                .expect("#[no_mangle] is followed by an extern \"C\" fn");
             let after = &rest[i + "extern \"C\" fn ".len()..];
             let name: String = after
                 .chars()

@@ -60,15 +60,17 @@ inline void check(isoclip_status status) {
     if (status != ISOCLIP_OK) throw Error(status, last_message());
 }
 
-/// Throws unless the library has the ABI this header was written for.
+/// Throws unless the library has the ABI this header was written for: the same ABI major, and at
+/// least its minor (ISOCLIP_ABI_COMPATIBLE).
 inline void check_abi() {
-    static const bool compatible = isoclip_abi_version() == ISOCLIP_ABI_VERSION;
+    static const bool compatible = ISOCLIP_ABI_COMPATIBLE(isoclip_abi_version());
     if (!compatible)
         throw Error(ISOCLIP_ERR_UNSUPPORTED,
                     std::string("libisoclip ") + isoclip_version() + " has ABI version " +
                         std::to_string(isoclip_abi_version()) + " but this program was built " +
                         "against isoclip.h " + ISOCLIP_VERSION_STRING + " (ABI version " +
-                        std::to_string(ISOCLIP_ABI_VERSION) + ")");
+                        std::to_string(ISOCLIP_ABI_VERSION) +
+                        ": it needs the same major and at least its minor)");
 }
 
 /// Runs a C string getter with the API's convention: ask the size, then copy.
@@ -409,7 +411,7 @@ public:
             throw Error(ISOCLIP_ERR_SHAPE, "input has " + std::to_string(input.rows) +
                                                " rows but output has " +
                                                std::to_string(output.rows));
-        isoclip_projection_stats stats{};
+        isoclip_projection_stats stats = ISOCLIP_PROJECTION_STATS_INIT;
         detail::check(isoclip_project(
             get(), backend ? backend->get() : nullptr, options ? options->get() : nullptr,
             input.rows, input.data.data(), detail::dtype_of<In>(), input.cols,

@@ -22,9 +22,9 @@ int main(int argc, char **argv) {
         fprintf(stderr, "usage: %s PROJECTOR_FILE\n", argv[0]);
         return 2;
     }
-    if (isoclip_abi_version() != ISOCLIP_ABI_VERSION) {
-        fprintf(stderr, "libisoclip %s does not match isoclip.h %s\n", isoclip_version(),
-                ISOCLIP_VERSION_STRING);
+    if (!ISOCLIP_ABI_COMPATIBLE(isoclip_abi_version())) {
+        fprintf(stderr, "libisoclip %s (ABI %u) lacks the ABI of isoclip.h %s\n", isoclip_version(),
+                isoclip_abi_version(), ISOCLIP_VERSION_STRING);
         return 1;
     }
 
@@ -42,8 +42,8 @@ int main(int argc, char **argv) {
     uint16_t *embeddings = malloc(sizeof(uint16_t) * ROWS * d_out);
     for (size_t i = 0; i < ROWS * d_in; i++) features[i] = (float)((i * 7919) % 1000) / 1000.0f - 0.5f;
 
-    isoclip_projection_stats stats;
-    s = isoclip_project(projector, NULL /* the shared CPU backend */, NULL /* default options */,
+    isoclip_projection_stats stats = ISOCLIP_PROJECTION_STATS_INIT;
+    s = isoclip_project(projector, NULL /* the default CPU backend */, NULL /* default options */,
                         ROWS, features, ISOCLIP_DTYPE_F32, d_in, d_in * sizeof(float),
                         embeddings, ISOCLIP_DTYPE_F16, d_out, d_out * sizeof(uint16_t), &stats);
     int status = 0;

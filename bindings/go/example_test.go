@@ -6,7 +6,7 @@ import (
 	"math"
 	"os"
 
-	isoclip "isoclip/bindings/go"
+	isoclip "github.com/isoclip/isoclip/bindings/go"
 )
 
 // Load a projector file and move image features into the IsoCLIP space. (README example; the

@@ -1,3 +1,3 @@
-module isoclip/bindings/go
+module github.com/isoclip/isoclip/bindings/go
 
 go 1.19

@@ -112,14 +112,24 @@ var abiErr error
 // checkABI fails when the library is not the ABI this package was built against.
 func checkABI() error {
 	abiOnce.Do(func() {
-		if got, want := C.isoclip_abi_version(), C.uint32_t(C.ISOCLIP_ABI_VERSION); got != want {
+		got, want := uint32(C.isoclip_abi_version()), uint32(C.ISOCLIP_ABI_VERSION)
+		if !abiCompatible(got) {
 			abiErr = &Error{Status: StatusUnsupported, Message: fmt.Sprintf(
-				"isoclip: libisoclip %s has ABI version %d but this package was built against isoclip.h %s (ABI version %d)",
+				"isoclip: libisoclip %s has ABI version %d but this package was built against isoclip.h %s (ABI version %d: it needs the same major and at least its minor)",
 				C.GoString(C.isoclip_version()), got, C.GoString(C.isoclip_go_header_version()), want)}
 		}
 	})
 	return abiErr
 }
+
+// abiCompatible reports whether a library of ABI version v (MAJOR*1000 + MINOR) runs this
+// package: the same major as its header, and at least its minor (ISOCLIP_ABI_COMPATIBLE).
+func abiCompatible(v uint32) bool {
+	return v/1000 == uint32(C.ISOCLIP_ABI_VERSION_MAJOR) && v%1000 >= uint32(C.ISOCLIP_ABI_VERSION_MINOR)
+}
+
+// headerABIVersion is ISOCLIP_ABI_VERSION of the header this package was built with.
+func headerABIVersion() uint32 { return uint32(C.ISOCLIP_ABI_VERSION) }
 
 // Version returns the library's version ("MAJOR.MINOR.PATCH").
 func Version() string { return C.GoString(C.isoclip_version()) }
@@ -527,6 +537,9 @@ func (r Rows[T]) check(what string) (stride int, err error) {
 	}
 	if r.Rows < 0 || r.Cols < 0 || stride < r.Cols {
 		return 0, invalid("%s: %d rows, %d columns, stride %d is not a valid view", what, r.Rows, r.Cols, stride)
+	}
+	if r.Rows > 0 && r.Cols == 0 {
+		return 0, invalid("%s: %d rows of 0 columns is not a valid view (a row needs at least one column)", what, r.Rows)
 	}
 	if r.Rows > 0 && len(r.Data) < (r.Rows-1)*stride+r.Cols {
 		return 0, invalid("%s: the slice holds %d elements but %d rows need %d", what, len(r.Data), r.Rows, (r.Rows-1)*stride+r.Cols)

@@ -206,6 +206,23 @@ func TestErrorsCarryStatusAndMessage(t *testing.T) {
 	if err != nil || st.NonFiniteRows != 1 || st.ZeroNormRows != 3 {
 		t.Fatalf("nan as zero: %+v %v", st, err)
 	}
+	// A view of zero columns is an error, not an index out of range.
+	for _, cols := range [][2]int{{0, 8}, {12, 0}} {
+		in := Rows[float32]{Rows: 4, Cols: cols[0]}
+		out := Rows[float32]{Rows: 4, Cols: cols[1]}
+		if cols[0] > 0 {
+			in.Data = x
+		} else {
+			out.Data = y
+		}
+		_, err = Project(p, in, out, ProjectOptions{Modality: ModalityImage})
+		if !errors.Is(err, ErrInvalidArgument) || !strings.Contains(err.Error(), "4 rows of 0 columns is not a valid view") {
+			t.Fatalf("zero columns %v: %v", cols, err)
+		}
+	}
+	if h := headerABIVersion(); !abiCompatible(h) || !abiCompatible(h+1) || abiCompatible(h+1000) || abiCompatible(h-1000) {
+		t.Fatal("abiCompatible")
+	}
 	if _, err := NewBackend(DeviceCUDA, 0); err != nil && !errors.Is(err, ErrDeviceUnavailable) {
 		t.Fatalf("cuda: %v", err)
 	}

@@ -144,7 +144,7 @@ isoclip_status isoclip_go_project(const isoclip_projector *p, const isoclip_back
                                   size_t out_cols, size_t out_stride, uint64_t *zero_norm_rows,
                                   uint64_t *nonfinite_rows, char **msg) {
     isoclip_projection_options *o = NULL;
-    isoclip_projection_stats stats = {0, 0};
+    isoclip_projection_stats stats = ISOCLIP_PROJECTION_STATS_INIT;
     isoclip_status s = projection_options(&o, modality, kind, form, normalize, nonfinite);
     if (s == ISOCLIP_OK)
         s = isoclip_project(p, b, o, rows, in, in_dtype, in_cols, in_stride, out, out_dtype,

@@ -4,9 +4,11 @@
 //! the C reference, so they speak C.
 //!
 //! - [`status`]: status codes, the thread-local last-error message, the panic boundary;
-//! - [`version`]: library and ABI versions (from Cargo.toml alone);
+//! - [`version`]: the library version (Cargo.toml) and the ABI version (defined there: the soname,
+//!   the header macros and scripts/install.sh take it from that file);
 //! - [`projector`]: the shared, immutable projector handle (load, fit, queries);
-//! - [`project`]: backends, projection options, projection of caller buffers;
+//! - [`project`]: backends (the fork-safe default one included), projection options, projection
+//!   of caller buffers, cancel tokens;
 //! - [`job`]: the streaming engine over files (`isoclip project`), progress and cancellation.
 //!
 //! Conventions (see the header's preamble): opaque typed handles, one `*_free` per

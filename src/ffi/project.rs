@@ -1,7 +1,9 @@
 //! Backends, projection options and the projection of caller buffers.
 
 use std::ffi::c_char;
-use std::sync::{Arc, OnceLock};
+use std::mem::offset_of;
+use std::sync::atomic::{AtomicBool, AtomicPtr, AtomicU64, AtomicUsize, Ordering};
+use std::sync::{Arc, Once};
 
 use super::projector::{
     isoclip_form, isoclip_input_kind, isoclip_modality, isoclip_projector, parse_form,
@@ -13,11 +15,12 @@ use super::status::{
     FfiResult,
 };
 use crate::align::Modality;
-use crate::backend::cpu::{CpuBackend, MAX_THREADS};
+use crate::backend::cpu::{CpuBackend, BLOCK_ROWS, MAX_THREADS};
 use crate::backend::{
-    select_backend, Backend, DeviceChoice, ElemType, InputKind, NonFinitePolicy, OutputForm,
-    ProjectionOptions, RowsIn, RowsOut,
+    select_backend, Backend, BlockStats, DeviceChoice, ElemType, InputKind, NonFinitePolicy,
+    OutputForm, PreparedMap, ProjectionOptions, RowsIn, RowsOut,
 };
+use crate::error::Error;
 
 /// Element type of a buffer: a value of `ISOCLIP_DTYPE_*`. Little-endian, as the host stores it.
 pub type isoclip_dtype = i32;
@@ -45,6 +48,10 @@ pub const ISOCLIP_DEVICE_CPU: isoclip_device = 1;
 /// A CUDA GPU, or `ISOCLIP_ERR_DEVICE_UNAVAILABLE` saying why not.
 pub const ISOCLIP_DEVICE_CUDA: isoclip_device = 2;
 
+/// The device index that lets the backend use every device of its kind (every visible GPU; the
+/// CPU). The default of `isoclip_backend_options_set_device_index`.
+pub const ISOCLIP_DEVICE_INDEX_ALL: i32 = -1;
+
 pub(crate) fn parse_dtype(v: isoclip_dtype, which: &str) -> FfiResult<ElemType> {
     match v {
         ISOCLIP_DTYPE_F16 => Ok(ElemType::F16),
@@ -70,7 +77,9 @@ fn parse_nonfinite(v: isoclip_nonfinite) -> FfiResult<NonFinitePolicy> {
 /// Created by `isoclip_backend_new`, released by `isoclip_backend_free`. A `const
 /// isoclip_backend *` may be used by any number of threads at once; jobs keep their own
 /// reference, so a backend may be freed while jobs created with it are alive. Passing NULL where a
-/// backend is expected uses a shared CPU backend over every core.
+/// backend is expected uses the default backend: the CPU, one thread per available core (see
+/// `isoclip_set_default_threads`), created on first use, and created anew in the child of a
+/// `fork` (a backend handle made before a `fork` must not be used in the child).
 pub struct isoclip_backend {
     backend: Box<dyn Backend>,
     device: isoclip_device,
@@ -82,17 +91,111 @@ impl isoclip_backend {
     }
 }
 
-/// The backend NULL stands for: the CPU over rayon's global pool, created on first use.
-pub(crate) fn default_backend() -> FfiResult<Arc<isoclip_backend>> {
-    static DEFAULT: OnceLock<Arc<isoclip_backend>> = OnceLock::new();
-    if let Some(b) = DEFAULT.get() {
-        return Ok(b.clone());
-    }
-    let b = Arc::new(isoclip_backend {
-        backend: Box::new(CpuBackend::new(None)?),
-        device: ISOCLIP_DEVICE_CPU,
+/// The default backend (what a NULL backend stands for) of the current process, with the fork
+/// generation it was made in.
+struct DefaultBackend {
+    generation: u64,
+    backend: Arc<isoclip_backend>,
+    /// The entry this one replaced in a forked child (NULL for the first): kept reachable, never
+    /// freed, see [`DEFAULT_BACKEND`]. Never read: it only keeps the old entry reachable.
+    #[allow(dead_code)]
+    superseded: *mut DefaultBackend,
+}
+
+/// The default backend, created on first use; NULL before. A backend made before a `fork` is
+/// never freed (its pool's threads do not exist in the child, so it cannot be shut down there):
+/// the child makes a fresh one, which links to the old one so that it stays reachable.
+static DEFAULT_BACKEND: AtomicPtr<DefaultBackend> = AtomicPtr::new(std::ptr::null_mut());
+/// Incremented in the child of every `fork` (async-signal-safe: one atomic add).
+static FORK_GENERATION: AtomicU64 = AtomicU64::new(0);
+/// Threads of the default backend (`isoclip_set_default_threads`); 0: one per available core.
+static DEFAULT_THREADS: AtomicUsize = AtomicUsize::new(0);
+
+extern "C" fn mark_default_backend_stale_in_child() {
+    FORK_GENERATION.fetch_add(1, Ordering::SeqCst);
+}
+
+/// Registers the `fork` child handler, once per process.
+fn register_fork_handler() {
+    static REGISTERED: Once = Once::new();
+    REGISTERED.call_once(|| {
+        // SAFETY: the handler only performs an atomic add, which is async-signal-safe, and it
+        // stays valid for the life of the process (a static function).
+        unsafe { libc::pthread_atfork(None, None, Some(mark_default_backend_stale_in_child)) };
     });
-    Ok(DEFAULT.get_or_init(|| b).clone())
+}
+
+/// The default backend of this process, if it was created since the last `fork`.
+fn current_default_backend() -> Option<Arc<isoclip_backend>> {
+    let entry = DEFAULT_BACKEND.load(Ordering::Acquire);
+    // SAFETY: entries are leaked boxes, never freed once published (see DEFAULT_BACKEND).
+    let entry = unsafe { entry.as_ref() }?;
+    (entry.generation == FORK_GENERATION.load(Ordering::Acquire)).then(|| entry.backend.clone())
+}
+
+/// The number of threads the default backend gets.
+fn default_thread_count() -> usize {
+    match DEFAULT_THREADS.load(Ordering::Acquire) {
+        0 => std::thread::available_parallelism().map_or(1, |n| n.get()),
+        n => n,
+    }
+}
+
+/// The backend NULL stands for: the CPU on a thread pool of its own (not rayon's global pool,
+/// whose threads a forked child lacks), created on first use and again in a forked child.
+pub(crate) fn default_backend() -> FfiResult<Arc<isoclip_backend>> {
+    register_fork_handler();
+    loop {
+        if let Some(b) = current_default_backend() {
+            return Ok(b);
+        }
+        let seen = DEFAULT_BACKEND.load(Ordering::Acquire);
+        let generation = FORK_GENERATION.load(Ordering::Acquire);
+        let fresh = Box::into_raw(Box::new(DefaultBackend {
+            generation,
+            backend: Arc::new(isoclip_backend {
+                backend: Box::new(CpuBackend::new(Some(default_thread_count()))?),
+                device: ISOCLIP_DEVICE_CPU,
+            }),
+            superseded: seen,
+        }));
+        match DEFAULT_BACKEND.compare_exchange(seen, fresh, Ordering::AcqRel, Ordering::Acquire) {
+            // The entry replaced (from before a fork, or NULL) is left allocated on purpose.
+            Ok(_) => {}
+            // SAFETY: `fresh` was never published; another thread installed its own first.
+            // Dropping it leaves `superseded`, a raw pointer, alone.
+            Err(_) => drop(unsafe { Box::from_raw(fresh) }),
+        }
+    }
+}
+
+/// Sets the number of threads of the default backend (the one a NULL backend stands for) to
+/// `threads`, or back to one per available core with 0 (the default: the cores this process may
+/// run on, `sched_getaffinity` and cgroup quotas included). `RAYON_NUM_THREADS` does not size it,
+/// and `OMP_NUM_THREADS` does not either: a program that also runs OpenMP code (FAISS) should
+/// size both so that they do not oversubscribe the cores.
+///
+/// Call it before the first call that uses the default backend; in the child of a `fork`, the
+/// default backend is made anew and this may be called again before its first use.
+///
+/// Returns `ISOCLIP_OK`; `ISOCLIP_ERR_INVALID_STATE` (the default backend already exists in this
+/// process); `ISOCLIP_ERR_PANIC`. Thread-safety: any thread, but not concurrently with a first
+/// use of the default backend.
+#[no_mangle]
+pub extern "C" fn isoclip_set_default_threads(threads: usize) -> isoclip_status {
+    guard("isoclip_set_default_threads", || {
+        register_fork_handler();
+        if current_default_backend().is_some() {
+            return Err(Failure::InvalidState(
+                "the default backend already exists (an earlier call used a NULL backend): \
+                 set its threads before the first such call, or pass a backend of your own \
+                 made with isoclip_backend_new"
+                    .into(),
+            ));
+        }
+        DEFAULT_THREADS.store(threads, Ordering::Release);
+        Ok(())
+    })
 }
 
 /// The backend behind a handle argument, or the default for NULL, as a new reference.
@@ -117,6 +220,7 @@ pub(crate) unsafe fn backend_arg(b: *const isoclip_backend) -> FfiResult<Arc<iso
 pub struct isoclip_backend_options {
     device: isoclip_device,
     threads: usize,
+    device_index: i32,
 }
 
 /// Creates backend options with the defaults. `*out` receives a handle the caller owns.
@@ -134,6 +238,7 @@ pub unsafe extern "C" fn isoclip_backend_options_new(
         let o = Box::new(isoclip_backend_options {
             device: ISOCLIP_DEVICE_CPU,
             threads: 0,
+            device_index: ISOCLIP_DEVICE_INDEX_ALL,
         });
         // SAFETY: per this function's contract.
         unsafe { write_out(out, "out", Box::into_raw(o)) }
@@ -194,8 +299,8 @@ pub unsafe extern "C" fn isoclip_backend_options_set_device(
     })
 }
 
-/// Sets the number of CPU worker threads (0, the default: every core, shared with other
-/// backends created with 0). A non-zero count gives the backend its own thread pool; at most
+/// Sets the number of CPU worker threads of the backend's own pool (0, the default: as many as
+/// the default backend, `isoclip_set_default_threads`, else one per available core); at most
 /// 1024 threads.
 ///
 /// Returns `ISOCLIP_OK`, `ISOCLIP_ERR_NULL_POINTER`, `ISOCLIP_ERR_INVALID_ARGUMENT` (more than
@@ -219,6 +324,54 @@ pub unsafe extern "C" fn isoclip_backend_options_set_threads(
         o.threads = threads;
         Ok(())
     })
+}
+
+/// Chooses which device of the kind set with `isoclip_backend_options_set_device` the backend
+/// runs on: `ISOCLIP_DEVICE_INDEX_ALL` (-1, the default: every visible GPU; the CPU) or a
+/// 0-based index (a CUDA device ordinal, as `nvidia-smi` numbers them under the current
+/// `CUDA_VISIBLE_DEVICES`). The CPU is device 0. The index is checked by `isoclip_backend_new`:
+/// an index other than -1 or 0 with `ISOCLIP_DEVICE_CPU` is `ISOCLIP_ERR_INVALID_ARGUMENT`
+/// there; with `ISOCLIP_DEVICE_AUTO` the index applies to the GPU, and a fall back to the CPU
+/// ignores it.
+///
+/// Returns `ISOCLIP_OK`, `ISOCLIP_ERR_NULL_POINTER`, `ISOCLIP_ERR_INVALID_ARGUMENT` (an index
+/// below -1), `ISOCLIP_ERR_PANIC`.
+///
+/// # Safety
+/// `options` is NULL or a live handle.
+#[no_mangle]
+pub unsafe extern "C" fn isoclip_backend_options_set_device_index(
+    options: *mut isoclip_backend_options,
+    index: i32,
+) -> isoclip_status {
+    guard("isoclip_backend_options_set_device_index", || {
+        // SAFETY: per this function's contract.
+        let o = unsafe { backend_options_mut(options) }?;
+        if index < ISOCLIP_DEVICE_INDEX_ALL {
+            return Err(Failure::InvalidArgument(format!(
+                "device index {index} is negative (expected ISOCLIP_DEVICE_INDEX_ALL or an \
+                 index from 0)"
+            )));
+        }
+        o.device_index = index;
+        Ok(())
+    })
+}
+
+/// Checks a device index against the device kind that was opened: the CPU is device 0 alone;
+/// a single GPU cannot be chosen yet (the CUDA backend opens every visible GPU).
+fn check_device_index(resolved: isoclip_device, index: i32) -> FfiResult<()> {
+    match (resolved, index) {
+        (_, ISOCLIP_DEVICE_INDEX_ALL) | (ISOCLIP_DEVICE_CPU, 0) => Ok(()),
+        (ISOCLIP_DEVICE_CPU, _) => Err(Failure::InvalidArgument(format!(
+            "device index {index} with the CPU: the CPU is device 0 (or use \
+             ISOCLIP_DEVICE_INDEX_ALL)"
+        ))),
+        _ => Err(Failure::Core(Error::DeviceUnavailable(format!(
+            "cuda:{index}: this build opens every visible GPU and cannot select one; restrict \
+             the process with CUDA_VISIBLE_DEVICES={index} and use ISOCLIP_DEVICE_INDEX_ALL"
+        )))),
+    }
 }
 
 /// Opens the backend for a device. Returns the backend and the device it actually runs on.
@@ -247,10 +400,14 @@ fn open_backend(
 /// receives a new handle the caller owns (`isoclip_backend_free`). With `ISOCLIP_DEVICE_AUTO` the
 /// backend falls back to the CPU when no GPU is usable; `isoclip_backend_device` says which.
 ///
+/// With 0 threads (the default) the backend gets its own pool of as many threads as the default
+/// backend (`isoclip_set_default_threads`, else one per available core).
+///
 /// Returns `ISOCLIP_OK`, `ISOCLIP_ERR_NULL_POINTER` (`out`), `ISOCLIP_ERR_DEVICE_UNAVAILABLE`
-/// (`ISOCLIP_DEVICE_CUDA` without a usable GPU; the message says why),
-/// `ISOCLIP_ERR_RESOURCE_EXHAUSTED` (the system refused to start the threads; the message says
-/// why), `ISOCLIP_ERR_PANIC`.
+/// (`ISOCLIP_DEVICE_CUDA` without a usable GPU, or a single GPU chosen by index, which this
+/// build cannot do; the message says why), `ISOCLIP_ERR_INVALID_ARGUMENT` (a device index other
+/// than -1 or 0 with the CPU), `ISOCLIP_ERR_RESOURCE_EXHAUSTED` (the system refused to start the
+/// threads; the message says why), `ISOCLIP_ERR_PANIC`.
 /// Thread-safety: any thread.
 ///
 /// # Safety
@@ -262,14 +419,27 @@ pub unsafe extern "C" fn isoclip_backend_new(
 ) -> isoclip_status {
     guard("isoclip_backend_new", || {
         require_out(out, "out")?;
-        let (device, threads) = if options.is_null() {
-            (ISOCLIP_DEVICE_CPU, 0)
+        let (device, threads, index) = if options.is_null() {
+            (ISOCLIP_DEVICE_CPU, 0, ISOCLIP_DEVICE_INDEX_ALL)
         } else {
             // SAFETY: a live handle, only read, per the contract.
             let o = unsafe { &*options };
-            (o.device, o.threads)
+            (o.device, o.threads, o.device_index)
         };
-        let (backend, device) = open_backend(device, (threads > 0).then_some(threads))?;
+        if device == ISOCLIP_DEVICE_CPU {
+            check_device_index(ISOCLIP_DEVICE_CPU, index)?;
+        }
+        // Never rayon's global pool: its threads do not exist in a forked child.
+        let threads = if threads == 0 {
+            default_thread_count()
+        } else {
+            threads
+        };
+        let (backend, device) = open_backend(device, Some(threads))?;
+        // AUTO that fell back to the CPU ignores the index, which was meant for a GPU.
+        if device == ISOCLIP_DEVICE_CUDA {
+            check_device_index(device, index)?;
+        }
         let b = Arc::new(isoclip_backend { backend, device });
         // SAFETY: per this function's contract.
         unsafe { write_out(out, "out", Arc::into_raw(b)) }
@@ -529,15 +699,78 @@ pub unsafe extern "C" fn isoclip_projection_options_set_nonfinite(
     }
 }
 
-/// Counts from one `isoclip_project` call.
+/// Counts from one `isoclip_project` call. Size-tagged: set `struct_size` to
+/// `sizeof(isoclip_projection_stats)` before the call (`ISOCLIP_PROJECTION_STATS_INIT` does), so
+/// that later 1.x versions can append fields: the library writes only the fields that lie within
+/// `struct_size` bytes, and never `struct_size` itself.
 #[repr(C)]
 #[derive(Clone, Copy, Debug, Default, PartialEq, Eq)]
 pub struct isoclip_projection_stats {
+    /// Set by the caller: `sizeof(isoclip_projection_stats)` of the header it was compiled with.
+    pub struct_size: usize,
     /// Rows whose projection had zero norm (written as zeros).
     pub zero_norm_rows: u64,
     /// Rows written as zeros under `ISOCLIP_NONFINITE_ZERO`: input rows with NaN or Inf, and
     /// finite rows whose result the output type cannot hold.
     pub nonfinite_rows: u64,
+}
+
+/// The smallest `struct_size` accepted: the struct of ABI 1.0 (every field up to
+/// `nonfinite_rows`).
+const STATS_MIN_SIZE: usize =
+    offset_of!(isoclip_projection_stats, nonfinite_rows) + std::mem::size_of::<u64>();
+
+/// A caller's stats struct whose `struct_size` was checked.
+struct StatsOut {
+    ptr: *mut isoclip_projection_stats,
+    size: usize,
+}
+
+impl StatsOut {
+    /// Checks the caller's struct before any work; NULL means no stats are wanted.
+    ///
+    /// # Safety
+    /// `ptr` is NULL or valid for reads and writes of the caller's `struct_size` bytes.
+    unsafe fn new(ptr: *mut isoclip_projection_stats) -> FfiResult<Option<StatsOut>> {
+        if ptr.is_null() {
+            return Ok(None);
+        }
+        if !ptr.is_aligned() {
+            return Err(Failure::InvalidArgument(
+                "argument `stats` is not aligned for isoclip_projection_stats".into(),
+            ));
+        }
+        // SAFETY: non-NULL, aligned, and the leading `size_t` is readable per the contract.
+        let size = unsafe { std::ptr::addr_of!((*ptr).struct_size).read() };
+        if size < STATS_MIN_SIZE {
+            return Err(Failure::InvalidArgument(format!(
+                "stats->struct_size is {size}, less than the {STATS_MIN_SIZE} bytes of \
+                 isoclip_projection_stats: initialise it with ISOCLIP_PROJECTION_STATS_INIT"
+            )));
+        }
+        Ok(Some(StatsOut { ptr, size }))
+    }
+
+    /// Writes the counts that fit the caller's `struct_size`.
+    fn write(&self, counts: BlockStats) {
+        let fields = [
+            (
+                offset_of!(isoclip_projection_stats, zero_norm_rows),
+                counts.zero_norm_rows,
+            ),
+            (
+                offset_of!(isoclip_projection_stats, nonfinite_rows),
+                counts.nonfinite_rows,
+            ),
+        ];
+        for (offset, value) in fields {
+            if offset + std::mem::size_of::<u64>() <= self.size {
+                // SAFETY: the field lies within the caller's `struct_size` bytes, which are
+                // writable per `new`'s contract, and is aligned as the struct is.
+                unsafe { self.ptr.cast::<u8>().add(offset).cast::<u64>().write(value) };
+            }
+        }
+    }
 }
 
 /// The bytes a strided view spans, or an error.
@@ -580,21 +813,28 @@ fn view_bytes(
 /// `output` and receives `output_cols` elements of `output_dtype` (`output_cols` must equal
 /// `isoclip_projector_output_dim` for the options' form); bytes between rows are not touched.
 /// Strides are in bytes, at least a row, and need no alignment. `rows == 0` is valid with any
-/// pointers. `options` NULL means the defaults; `backend` NULL the shared CPU backend. If `stats`
-/// is not NULL it receives the counts on success.
+/// pointers. `options` NULL means the defaults; `backend` NULL the default backend. If `stats`
+/// is not NULL its `struct_size` must be set (`ISOCLIP_PROJECTION_STATS_INIT`) and it receives
+/// the counts on success.
 ///
 /// Results are deterministic: the same rows give the same bytes whatever the thread count or the
-/// number of concurrent callers (on the CPU backend, whatever the batch split too, for batches
-/// split at multiples of 128 rows).
+/// number of concurrent callers. On the CPU backend a row's bytes depend only on the row and on
+/// the number of rows of its 128-row block (rows `128 k .. 128 k + 127` of the call, the last
+/// block holding the remainder): two calls give a row identical bytes when it falls in a full
+/// block in both (any batch of at least 128 rows split at multiples of 128), or in blocks of
+/// equal size (a single row alone gives the same bytes every time). A row projected alone and
+/// the same row inside a larger batch may differ in the last bit (the GEMM shape differs).
 ///
 /// Returns `ISOCLIP_OK`; `ISOCLIP_ERR_NULL_POINTER` (`projector`; `input` or `output` with
 /// `rows > 0`); `ISOCLIP_ERR_INVALID_ARGUMENT` (unknown dtype, a stride smaller than a row, sizes
 /// that overflow, overlapping input and output, a modality the projector lacks or AUTO on one with
 /// both, the embedding route of a bias-augmented projector); `ISOCLIP_ERR_SHAPE` (`input_cols` or
-/// `output_cols` do not match the projector); `ISOCLIP_ERR_NON_FINITE_ROW` (the message names
-/// the row); `ISOCLIP_ERR_UNREPRESENTABLE` (a finite row whose unnormalised result does not fit
-/// the output type; the message names the row); `ISOCLIP_ERR_RESOURCE_EXHAUSTED` (working memory
-/// could not be allocated); `ISOCLIP_ERR_DEVICE_UNAVAILABLE` (the GPU failed); `ISOCLIP_ERR_PANIC`. On failure
+/// `output_cols` do not match the projector); `ISOCLIP_ERR_INVALID_ARGUMENT` also for a
+/// `stats->struct_size` smaller than ABI 1.0's struct; `ISOCLIP_ERR_NON_FINITE_ROW` (the message
+/// names the row); `ISOCLIP_ERR_UNREPRESENTABLE` (a finite row whose unnormalised result does
+/// not fit the output type; the message names the row); `ISOCLIP_ERR_RESOURCE_EXHAUSTED`
+/// (working memory could not be allocated); `ISOCLIP_ERR_DEVICE_UNAVAILABLE` (the GPU failed);
+/// `ISOCLIP_ERR_PANIC`. On failure
 /// the output buffer's content is unspecified and `stats` is not written.
 ///
 /// Thread-safety: any number of threads may project at once with the same projector, backend
@@ -622,67 +862,264 @@ pub unsafe extern "C" fn isoclip_project(
     stats: *mut isoclip_projection_stats,
 ) -> isoclip_status {
     guard("isoclip_project", || {
-        // SAFETY: per this function's contract.
-        let p: &isoclip_projector = unsafe { projector_arg(projector, "projector") }?;
-        // SAFETY: per this function's contract.
-        let b = unsafe { backend_arg(backend) }?;
-        // SAFETY: per this function's contract.
-        let o = unsafe { projection_options_arg(options) };
-        let in_elem = parse_dtype(input_dtype, "input")?;
-        let out_elem = parse_dtype(output_dtype, "output")?;
-        let (_, map) = p.prepared(o.modality, o.input_kind, o.form)?;
-        let in_len = view_bytes(rows, input_cols, input_row_stride, in_elem, "input")?;
-        let out_len = view_bytes(rows, output_cols, output_row_stride, out_elem, "output")?;
-        let (in_bytes, out_bytes): (&[u8], &mut [u8]) = if rows == 0 {
-            (&[], &mut [])
-        } else {
-            if input.is_null() {
-                return Err(Failure::NullPointer("input"));
-            }
-            if output.is_null() {
-                return Err(Failure::NullPointer("output"));
-            }
-            let (a, b) = (input as usize, output as usize);
-            if a < b.saturating_add(out_len) && b < a.saturating_add(in_len) {
-                return Err(Failure::InvalidArgument(
-                    "the input and output buffers overlap; project into a separate buffer".into(),
-                ));
-            }
-            // SAFETY: non-NULL, spanning `in_len`/`out_len` bytes that the caller keeps valid for
-            // the call, and disjoint (checked above), so a shared and a mutable borrow coexist.
-            unsafe {
-                (
-                    std::slice::from_raw_parts(input.cast::<u8>(), in_len),
-                    std::slice::from_raw_parts_mut(output.cast::<u8>(), out_len),
-                )
-            }
-        };
-        let input = RowsIn {
-            bytes: in_bytes,
+        let views = ProjectionViews {
             rows,
-            cols: input_cols,
-            row_stride: input_row_stride,
-            elem: in_elem,
+            input,
+            input_dtype,
+            input_cols,
+            input_row_stride,
+            output,
+            output_dtype,
+            output_cols,
+            output_row_stride,
         };
-        let output = RowsOut {
-            bytes: out_bytes,
+        // SAFETY: this function's contract is `project_views`'s, with no cancel token.
+        unsafe { project_views(projector, backend, options, &views, stats, None) }
+    })
+}
+
+/// `isoclip_project` that can be stopped from another thread: `token` (NULL: never cancelled)
+/// is checked before the first row and then every 65536 rows (the call projects in slices of
+/// that many rows, a multiple of 128, so the bytes are those of `isoclip_project`). Once
+/// `isoclip_cancel_token_cancel` was called the call returns `ISOCLIP_ERR_CANCELLED`, having
+/// written some rows (the output's content is then unspecified, and `stats` is not written).
+///
+/// The other arguments, the results and the other statuses are those of `isoclip_project`.
+/// Thread-safety: as `isoclip_project`; any number of calls may share one token.
+///
+/// # Safety
+/// As `isoclip_project`; `token` is NULL or a live token, not freed during the call.
+#[no_mangle]
+#[allow(clippy::too_many_arguments)]
+pub unsafe extern "C" fn isoclip_project_with_cancel(
+    projector: *const isoclip_projector,
+    backend: *const isoclip_backend,
+    options: *const isoclip_projection_options,
+    rows: usize,
+    input: *const std::ffi::c_void,
+    input_dtype: isoclip_dtype,
+    input_cols: usize,
+    input_row_stride: usize,
+    output: *mut std::ffi::c_void,
+    output_dtype: isoclip_dtype,
+    output_cols: usize,
+    output_row_stride: usize,
+    stats: *mut isoclip_projection_stats,
+    token: *const isoclip_cancel_token,
+) -> isoclip_status {
+    guard("isoclip_project_with_cancel", || {
+        let views = ProjectionViews {
             rows,
-            cols: output_cols,
-            row_stride: output_row_stride,
-            elem: out_elem,
+            input,
+            input_dtype,
+            input_cols,
+            input_row_stride,
+            output,
+            output_dtype,
+            output_cols,
+            output_row_stride,
         };
-        let counts = b
-            .backend()
-            .project(&map, &o.with_output(out_elem), input, output)?;
-        if !stats.is_null() {
-            // SAFETY: non-NULL and valid for a write per the contract.
-            unsafe {
-                stats.write(isoclip_projection_stats {
-                    zero_norm_rows: counts.zero_norm_rows,
-                    nonfinite_rows: counts.nonfinite_rows,
-                })
-            };
+        // SAFETY: per this function's contract, a live token or NULL.
+        let token = unsafe { token.as_ref() };
+        // SAFETY: per this function's contract.
+        unsafe { project_views(projector, backend, options, &views, stats, token) }
+    })
+}
+
+/// The caller's input and output views, as passed to `isoclip_project`.
+struct ProjectionViews {
+    rows: usize,
+    input: *const std::ffi::c_void,
+    input_dtype: isoclip_dtype,
+    input_cols: usize,
+    input_row_stride: usize,
+    output: *mut std::ffi::c_void,
+    output_dtype: isoclip_dtype,
+    output_cols: usize,
+    output_row_stride: usize,
+}
+
+/// Rows per slice of a cancellable projection: the token is checked between slices. A multiple
+/// of the CPU backend's block, so that slicing changes no byte.
+const CANCEL_SLICE_ROWS: usize = 64 * 1024;
+const _: () = assert!(CANCEL_SLICE_ROWS.is_multiple_of(BLOCK_ROWS));
+
+/// The body of `isoclip_project` and `isoclip_project_with_cancel`.
+///
+/// # Safety
+/// As `isoclip_project`.
+unsafe fn project_views(
+    projector: *const isoclip_projector,
+    backend: *const isoclip_backend,
+    options: *const isoclip_projection_options,
+    v: &ProjectionViews,
+    stats: *mut isoclip_projection_stats,
+    token: Option<&isoclip_cancel_token>,
+) -> FfiResult<()> {
+    // SAFETY: per this function's contract.
+    let p: &isoclip_projector = unsafe { projector_arg(projector, "projector") }?;
+    // SAFETY: per this function's contract.
+    let b = unsafe { backend_arg(backend) }?;
+    // SAFETY: per this function's contract.
+    let o = unsafe { projection_options_arg(options) };
+    // SAFETY: per this function's contract.
+    let stats = unsafe { StatsOut::new(stats) }?;
+    let in_elem = parse_dtype(v.input_dtype, "input")?;
+    let out_elem = parse_dtype(v.output_dtype, "output")?;
+    let (_, map) = p.prepared(o.modality, o.input_kind, o.form)?;
+    let rows = v.rows;
+    let in_len = view_bytes(rows, v.input_cols, v.input_row_stride, in_elem, "input")?;
+    let out_len = view_bytes(rows, v.output_cols, v.output_row_stride, out_elem, "output")?;
+    let (in_bytes, out_bytes): (&[u8], &mut [u8]) = if rows == 0 {
+        (&[], &mut [])
+    } else {
+        if v.input.is_null() {
+            return Err(Failure::NullPointer("input"));
         }
+        if v.output.is_null() {
+            return Err(Failure::NullPointer("output"));
+        }
+        let (a, b) = (v.input as usize, v.output as usize);
+        if a < b.saturating_add(out_len) && b < a.saturating_add(in_len) {
+            return Err(Failure::InvalidArgument(
+                "the input and output buffers overlap; project into a separate buffer".into(),
+            ));
+        }
+        // SAFETY: non-NULL, spanning `in_len`/`out_len` bytes that the caller keeps valid for
+        // the call, and disjoint (checked above), so a shared and a mutable borrow coexist.
+        unsafe {
+            (
+                std::slice::from_raw_parts(v.input.cast::<u8>(), in_len),
+                std::slice::from_raw_parts_mut(v.output.cast::<u8>(), out_len),
+            )
+        }
+    };
+    let input = RowsIn {
+        bytes: in_bytes,
+        rows,
+        cols: v.input_cols,
+        row_stride: v.input_row_stride,
+        elem: in_elem,
+    };
+    let output = RowsOut {
+        bytes: out_bytes,
+        rows,
+        cols: v.output_cols,
+        row_stride: v.output_row_stride,
+        elem: out_elem,
+    };
+    let opts = o.with_output(out_elem);
+    let counts = match token {
+        None => b.backend().project(&map, &opts, input, output)?,
+        Some(t) => project_in_slices(b.backend(), &map, &opts, input, output, t)?,
+    };
+    if let Some(s) = stats {
+        s.write(counts);
+    }
+    Ok(())
+}
+
+/// Projects `CANCEL_SLICE_ROWS` rows at a time, checking `token` before each slice.
+fn project_in_slices(
+    backend: &dyn Backend,
+    map: &PreparedMap,
+    opts: &ProjectionOptions,
+    input: RowsIn<'_>,
+    output: RowsOut<'_>,
+    token: &isoclip_cancel_token,
+) -> FfiResult<BlockStats> {
+    // The shapes are checked on the whole call, so that a wrong shape is reported as such even
+    // when the token is already cancelled.
+    crate::backend::check_shapes(map, &input, &output)?;
+    let mut counts = BlockStats::default();
+    let mut start = 0;
+    loop {
+        if token.cancelled.load(Ordering::Acquire) {
+            return Err(Failure::Core(Error::Cancelled));
+        }
+        if start >= input.rows {
+            return Ok(counts);
+        }
+        let n = CANCEL_SLICE_ROWS.min(input.rows - start);
+        let slice_in = RowsIn {
+            bytes: &input.bytes[start * input.row_stride..],
+            rows: n,
+            ..input
+        };
+        let out_from = start * output.row_stride;
+        let out_to = (out_from + (n - 1) * output.row_stride + output.cols * output.elem.size())
+            .min(output.bytes.len());
+        let slice_out = RowsOut {
+            bytes: &mut output.bytes[out_from..out_to],
+            rows: n,
+            cols: output.cols,
+            row_stride: output.row_stride,
+            elem: output.elem,
+        };
+        counts += backend
+            .project(map, opts, slice_in, slice_out)
+            .map_err(|e| e.offset_rows(start))?;
+        start += n;
+    }
+}
+
+/// A cancellation flag for `isoclip_project_with_cancel`. Created by `isoclip_cancel_token_new`,
+/// released by `isoclip_cancel_token_free`. Any thread may cancel it at any time, while any
+/// number of calls use it; once cancelled it stays cancelled (make a new token for new work).
+pub struct isoclip_cancel_token {
+    cancelled: AtomicBool,
+}
+
+/// Creates a token that is not cancelled. `*out` receives a handle the caller owns.
+///
+/// Returns `ISOCLIP_OK`, `ISOCLIP_ERR_NULL_POINTER`, `ISOCLIP_ERR_PANIC`.
+///
+/// # Safety
+/// `out` is NULL or valid for a write.
+#[no_mangle]
+pub unsafe extern "C" fn isoclip_cancel_token_new(
+    out: *mut *mut isoclip_cancel_token,
+) -> isoclip_status {
+    guard("isoclip_cancel_token_new", || {
+        require_out(out, "out")?;
+        let t = Box::new(isoclip_cancel_token {
+            cancelled: AtomicBool::new(false),
+        });
+        // SAFETY: per this function's contract.
+        unsafe { write_out(out, "out", Box::into_raw(t)) }
+    })
+}
+
+/// Cancels the token: every call using it returns `ISOCLIP_ERR_CANCELLED` at its next check
+/// (within 65536 rows), and later calls with it return that at once.
+///
+/// Returns `ISOCLIP_OK`, `ISOCLIP_ERR_NULL_POINTER`, `ISOCLIP_ERR_PANIC`. Thread-safety: any
+/// thread, at any time.
+///
+/// # Safety
+/// `token` is NULL or a live handle.
+#[no_mangle]
+pub unsafe extern "C" fn isoclip_cancel_token_cancel(
+    token: *const isoclip_cancel_token,
+) -> isoclip_status {
+    guard("isoclip_cancel_token_cancel", || {
+        // SAFETY: a live handle per the contract; only its atomic is touched.
+        let t = unsafe { token.as_ref() }.ok_or(Failure::NullPointer("token"))?;
+        t.cancelled.store(true, Ordering::Release);
         Ok(())
+    })
+}
+
+/// Releases a token. NULL is a no-op. No call may be using it.
+///
+/// # Safety
+/// `token` is NULL or a live handle, not used afterwards.
+#[no_mangle]
+pub unsafe extern "C" fn isoclip_cancel_token_free(token: *mut isoclip_cancel_token) {
+    guard_infallible("isoclip_cancel_token_free", (), || {
+        if !token.is_null() {
+            // SAFETY: a live `Box::into_raw` handle, released once per the contract.
+            drop(unsafe { Box::from_raw(token) });
+        }
     })
 }

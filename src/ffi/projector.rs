@@ -206,6 +206,132 @@ pub unsafe extern "C" fn isoclip_projector_load(
     })
 }
 
+/// The name memory buffers go by in error messages.
+const MEMORY_SOURCE: &str = "(projector in memory)";
+
+/// Loads a projector from the bytes of a projector file already in memory (as
+/// `isoclip_projector_load` does from a path): `data` holds `len` bytes, read during the call
+/// only (the handle keeps a copy of what it needs). The same verification as a file; messages
+/// call the buffer "(projector in memory)". On success `*out` receives a new handle the caller
+/// owns (`isoclip_projector_free`); on failure `*out` is not written.
+///
+/// Returns `ISOCLIP_OK`, `ISOCLIP_ERR_NULL_POINTER` (`data` with `len > 0`, `out`),
+/// `ISOCLIP_ERR_FORMAT` (not a projector file, corrupt, truncated, empty),
+/// `ISOCLIP_ERR_UNSUPPORTED` (format version), `ISOCLIP_ERR_PANIC`. Thread-safety: any thread.
+///
+/// # Safety
+/// `data` is readable for `len` bytes (any pointer when `len == 0`) and not modified during the
+/// call; `out` is NULL or valid for a write.
+#[no_mangle]
+pub unsafe extern "C" fn isoclip_projector_load_from_memory(
+    data: *const std::ffi::c_void,
+    len: usize,
+    out: *mut *const isoclip_projector,
+) -> isoclip_status {
+    guard("isoclip_projector_load_from_memory", || {
+        // SAFETY: per this function's contract.
+        let bytes = unsafe { slice_arg(data.cast::<u8>(), len, "data") }?;
+        require_out(out, "out")?;
+        let aligned = projector_file::from_bytes(bytes, std::path::Path::new(MEMORY_SOURCE))?;
+        // SAFETY: `out` is valid for a write per the contract.
+        unsafe { write_out(out, "out", into_handle(aligned)) }
+    })
+}
+
+/// Copies the linear map a projection applies, `y = x W + b` before normalisation, so that it can
+/// be applied elsewhere (a FAISS `LinearTransform`, a GPU GEMM): `W` into `out`, row-major,
+/// `rows x cols` floats, and `b` into `bias_out` (`cols` floats). `modality`, `input_kind` and
+/// `form` select the map as the projection options do (`ISOCLIP_MODALITY_AUTO` allowed);
+/// `rows` must be `isoclip_projector_input_dim` and `cols` `isoclip_projector_output_dim` for
+/// them. `isoclip_project` with normalisation then divides `y` by its L2 norm (a zero `y` stays
+/// zero).
+///
+/// `bias_out` may be NULL when the map has no bias (only bias-augmented projectors, on the
+/// feature route, have one); when it is not NULL it receives the bias, or zeros when there is
+/// none. The matrices are written only on success.
+///
+/// Returns `ISOCLIP_OK`; `ISOCLIP_ERR_NULL_POINTER` (`projector`, `out`);
+/// `ISOCLIP_ERR_INVALID_ARGUMENT` (an unknown value, AUTO with two modalities, a modality the
+/// projector lacks, the embedding route of a bias-augmented projector, a NULL `bias_out` for a
+/// map with a bias, a size overflow, a misaligned pointer); `ISOCLIP_ERR_SHAPE` (`rows` or
+/// `cols` do not match the map; the message gives both); `ISOCLIP_ERR_PANIC`.
+/// Thread-safety: any thread.
+///
+/// # Safety
+/// `projector` is NULL or a live handle; `out` is NULL or valid for `rows * cols` floats;
+/// `bias_out` is NULL or valid for `cols` floats; they do not overlap.
+#[no_mangle]
+#[allow(clippy::too_many_arguments)]
+pub unsafe extern "C" fn isoclip_projector_matrix(
+    projector: *const isoclip_projector,
+    modality: isoclip_modality,
+    input_kind: isoclip_input_kind,
+    form: isoclip_form,
+    out: *mut f32,
+    rows: usize,
+    cols: usize,
+    bias_out: *mut f32,
+) -> isoclip_status {
+    guard("isoclip_projector_matrix", || {
+        // SAFETY: per this function's contract.
+        let p = unsafe { projector_arg(projector, "projector") }?;
+        let (_, map) = p.prepared(
+            parse_modality(modality)?,
+            parse_input_kind(input_kind)?,
+            parse_form(form)?,
+        )?;
+        if (rows, cols) != (map.d_in(), map.d_out()) {
+            return Err(Failure::Core(Error::Shape(format!(
+                "the map is {} x {} (input x output) but the buffer is {rows} x {cols}",
+                map.d_in(),
+                map.d_out()
+            ))));
+        }
+        if bias_out.is_null() && map.bias.is_some() {
+            return Err(Failure::InvalidArgument(format!(
+                "this map has a bias of {cols} values: pass `bias_out` to receive it"
+            )));
+        }
+        let n = element_count(rows, cols, "rows x cols")?;
+        // SAFETY: per this function's contract, `out` is valid for `n` floats.
+        let weight = unsafe { slice_out_arg(out, n, "out") }?;
+        let bias = if bias_out.is_null() {
+            None
+        } else {
+            // SAFETY: per this function's contract, `bias_out` is valid for `cols` floats.
+            Some(unsafe { slice_out_arg(bias_out, cols, "bias_out") }?)
+        };
+        weight.copy_from_slice(&map.weight.data);
+        if let Some(bias) = bias {
+            match &map.bias {
+                Some(b) => bias.copy_from_slice(b),
+                None => bias.fill(0.0),
+            }
+        }
+        Ok(())
+    })
+}
+
+/// Borrows a caller array of `len` elements for writing; `len == 0` is valid with any pointer.
+///
+/// # Safety
+/// When `len > 0`, `p` is NULL or valid for `len` writes of `T`, used by nothing else during the
+/// returned borrow.
+unsafe fn slice_out_arg<'a, T>(
+    p: *mut T,
+    len: usize,
+    name: &'static str,
+) -> FfiResult<&'a mut [T]> {
+    // SAFETY: the checks of `slice_arg` (NULL, alignment, size) apply; the contract adds that
+    // the memory is writable and unaliased.
+    let checked = unsafe { slice_arg(p.cast_const(), len, name) }?;
+    if checked.is_empty() {
+        return Ok(&mut []);
+    }
+    // SAFETY: as above: non-NULL, aligned, `len` elements, writable and unaliased.
+    Ok(unsafe { std::slice::from_raw_parts_mut(p, len) })
+}
+
 /// Writes the projector to a projector file (atomically: a temporary name, then a rename), which
 /// `isoclip_projector_load` and the `isoclip` command line read back identically.
 ///

@@ -38,8 +38,7 @@ pub enum isoclip_status {
     ISOCLIP_ERR_BUFFER_TOO_SMALL = 3,
     /// The operating system refused a read, write, rename or sync (the message names the path).
     ISOCLIP_ERR_IO = 4,
-    /// A file is not what its format promises (truncated, bad header, checksum mismatch; also a
-    /// NaN/Inf row in a shard under `ISOCLIP_NONFINITE_ERROR`: the message names file and row).
+    /// A file is not what its format promises (truncated, bad header, checksum mismatch).
     ISOCLIP_ERR_FORMAT = 5,
     /// A well-formed file uses something this version does not support (dtype, layout, format
     /// version).
@@ -50,8 +49,9 @@ pub enum isoclip_status {
     ISOCLIP_ERR_TENSOR_NOT_FOUND = 8,
     /// NaN or Inf in projector weights or biases.
     ISOCLIP_ERR_NON_FINITE = 9,
-    /// An input row of `isoclip_project` holds NaN or Inf under `ISOCLIP_NONFINITE_ERROR`; the
-    /// message names the lowest such row (0-based). The output buffer's content is unspecified.
+    /// An input row holds NaN or Inf under `ISOCLIP_NONFINITE_ERROR`: of `isoclip_project`, the
+    /// message names the lowest such row (0-based; the output buffer's content is then
+    /// unspecified); of a job, the shard and its row.
     ISOCLIP_ERR_NON_FINITE_ROW = 10,
     /// The band keeps no direction (`k_top + k_bottom >= r`), or keeps directions whose singular
     /// value is zero (Ψ has rank below r; the message names the rank).
@@ -214,6 +214,43 @@ impl Failure {
 thread_local! {
     /// The message of the last failed call on this thread ("" before any failure).
     static LAST_ERROR: RefCell<CString> = RefCell::new(CString::default());
+    /// The OS error code (errno) behind the last failed call on this thread, 0 if none.
+    static LAST_OS_CODE: Cell<i32> = const { Cell::new(0) };
+}
+
+impl Failure {
+    /// The `errno` of the operating-system error at the bottom of this failure, 0 if there is
+    /// none: the first `std::io::Error` with a raw OS code in the core error's source chain.
+    fn os_code(&self) -> i32 {
+        let Failure::Core(e) = self else { return 0 };
+        let mut next: Option<&(dyn std::error::Error + 'static)> = Some(e.root());
+        while let Some(err) = next {
+            if let Some(code) = err
+                .downcast_ref::<std::io::Error>()
+                .and_then(std::io::Error::raw_os_error)
+            {
+                return code;
+            }
+            next = err.source();
+        }
+        0
+    }
+
+    /// A string query with `buf_len == 0`: the caller asks for the size, which is not an error
+    /// worth replacing the thread's last message for.
+    fn is_size_query(&self) -> bool {
+        matches!(self, Failure::BufferTooSmall { have: 0, .. })
+    }
+}
+
+/// Records a failure as the calling thread's last error (message and OS code), except a size
+/// query, which leaves both alone.
+fn record_failure(failure: &Failure, function: &str) {
+    if failure.is_size_query() {
+        return;
+    }
+    set_last_error(failure.message(function));
+    LAST_OS_CODE.with(|c| c.set(failure.os_code()));
 }
 
 fn set_last_error(message: String) {
@@ -279,7 +316,7 @@ pub fn guard(function: &str, body: impl FnOnce() -> FfiResult<()>) -> isoclip_st
         Ok(Err(f)) => f,
         Err(payload) => Failure::Panic(panic_text(payload.as_ref())),
     };
-    set_last_error(failure.message(function));
+    record_failure(&failure, function);
     failure.status()
 }
 
@@ -289,7 +326,7 @@ pub fn guard_infallible<T>(function: &str, fallback: T, body: impl FnOnce() -> T
     match catch_quietly(body) {
         Ok(v) => v,
         Err(payload) => {
-            set_last_error(Failure::Panic(panic_text(payload.as_ref())).message(function));
+            record_failure(&Failure::Panic(panic_text(payload.as_ref())), function);
             fallback
         }
     }
@@ -450,7 +487,9 @@ pub unsafe fn copy_string_out(
 /// calling thread: always at least 1 (an empty message before any failure).
 ///
 /// Allocate that many bytes and pass them to `isoclip_last_error_message`. Successful calls leave
-/// the message alone (like `errno`), so read it right after the failing call, on the same thread.
+/// the message alone (like `errno`), and so do size queries (any string function called with
+/// `buf_len == 0`, which returns `ISOCLIP_ERR_BUFFER_TOO_SMALL` and the size); read it right
+/// after the failing call, on the same thread.
 ///
 /// Thread-safety: each thread has its own message. Never fails.
 #[no_mangle]
@@ -497,6 +536,19 @@ pub unsafe extern "C" fn isoclip_last_error_message(
         })
     };
     catch_quietly(copy).unwrap_or(ISOCLIP_ERR_PANIC)
+}
+
+/// The operating-system error code (`errno`, such as `ENOENT`) behind the last failed call on
+/// the calling thread, or 0 when that failure did not come from the operating system (or before
+/// any failure). It is set together with the message, so read both after the same failure;
+/// `ISOCLIP_ERR_IO` failures usually have one.
+///
+/// Thread-safety: each thread has its own. Never fails.
+#[no_mangle]
+pub extern "C" fn isoclip_last_error_os_code() -> i32 {
+    guard_infallible("isoclip_last_error_os_code", 0, || {
+        LAST_OS_CODE.with(Cell::get)
+    })
 }
 
 /// The identifier of a status as a static NUL-terminated string (`"ISOCLIP_ERR_IO"`), or

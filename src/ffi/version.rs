@@ -1,15 +1,35 @@
-//! Library and ABI versions. Cargo.toml's `version` is the only source: the header's
-//! `ISOCLIP_VERSION_*` and `ISOCLIP_ABI_VERSION` macros are generated from the same
-//! `CARGO_PKG_VERSION_*` values (tests/c_header.rs), and a test checks that they agree.
+//! Library and ABI versions.
+//!
+//! Two independent numbers:
+//! - the library version `MAJOR.MINOR.PATCH` comes from Cargo.toml alone (`isoclip_version()`,
+//!   the header's `ISOCLIP_VERSION_*`);
+//! - the ABI version is [`ISOCLIP_ABI_VERSION_MAJOR`].[`ISOCLIP_ABI_VERSION_MINOR`], defined
+//!   here and nowhere else: cbindgen copies both constants into `include/isoclip.h`, build.rs
+//!   reads the major from this file for the soname `libisoclip.so.MAJOR`, and
+//!   `scripts/install.sh` names the installed file after both.
+//!
+//! The 1.x rule (from ABI 1.0 on):
+//! - MAJOR changes only on a break: a function removed or its signature or meaning changed, a
+//!   struct's existing fields changed, a status or constant renumbered. The soname changes with
+//!   it, so a program linked against `libisoclip.so.1` never loads an incompatible library.
+//! - MINOR counts additions: new functions, statuses, constants, and fields appended to a
+//!   size-tagged struct (`isoclip_projection_stats`). A program built against ABI 1.m runs
+//!   against any library of ABI 1.n with n >= m (`ISOCLIP_ABI_COMPATIBLE` in the header).
+//! - Neither depends on the library version: a library release that changes no export keeps
+//!   the ABI version.
 
 use std::ffi::c_char;
 
-/// The semver-compatible series: `y` for 0.y.z, `1000 * x` for x.y.z with x >= 1. A program
-/// built against one ABI version runs against any library of the same ABI version.
-const ABI_VERSION: u32 = abi_version(
-    parse_u32(env!("CARGO_PKG_VERSION_MAJOR")),
-    parse_u32(env!("CARGO_PKG_VERSION_MINOR")),
-);
+/// The ABI major version: changes only on an incompatible change, together with the soname
+/// (`libisoclip.so.1`). build.rs parses this line; keep it a plain integer literal.
+pub const ISOCLIP_ABI_VERSION_MAJOR: u32 = 1;
+
+/// The ABI minor version: incremented when exports are added (and reset to 0 when the major
+/// changes).
+pub const ISOCLIP_ABI_VERSION_MINOR: u32 = 0;
+
+/// `MAJOR * 1000 + MINOR`, what `isoclip_abi_version()` returns.
+const ABI_VERSION: u32 = ISOCLIP_ABI_VERSION_MAJOR * 1000 + ISOCLIP_ABI_VERSION_MINOR;
 
 const VERSION_C: &std::ffi::CStr = match std::ffi::CStr::from_bytes_with_nul(
     concat!(env!("CARGO_PKG_VERSION"), "\0").as_bytes(),
@@ -17,27 +37,6 @@ const VERSION_C: &std::ffi::CStr = match std::ffi::CStr::from_bytes_with_nul(
     Ok(s) => s,
     Err(_) => panic!("the package version holds no NUL"),
 };
-
-const fn abi_version(major: u32, minor: u32) -> u32 {
-    if major == 0 {
-        minor
-    } else {
-        major * 1000
-    }
-}
-
-const fn parse_u32(s: &str) -> u32 {
-    let b = s.as_bytes();
-    assert!(!b.is_empty(), "empty version component");
-    let mut v: u32 = 0;
-    let mut i = 0;
-    while i < b.len() {
-        assert!(b[i].is_ascii_digit(), "version component is not a number");
-        v = v * 10 + (b[i] - b'0') as u32;
-        i += 1;
-    }
-    v
-}
 
 /// The library's version, `"MAJOR.MINOR.PATCH"` (the same as `ISOCLIP_VERSION_STRING` in the
 /// header the library was built with).
@@ -49,8 +48,10 @@ pub extern "C" fn isoclip_version() -> *const c_char {
     VERSION_C.as_ptr()
 }
 
-/// The library's ABI version. Compare it with `ISOCLIP_ABI_VERSION` from the header at startup:
-/// if they differ, the program was compiled against an incompatible header.
+/// The library's ABI version, `ISOCLIP_ABI_VERSION_MAJOR * 1000 + ISOCLIP_ABI_VERSION_MINOR`.
+/// At startup check `ISOCLIP_ABI_COMPATIBLE(isoclip_abi_version())`: the same major as the
+/// header the program was compiled with, and a minor at least as large (the library has every
+/// function the program may call).
 ///
 /// Thread-safety: any thread. Never fails.
 #[no_mangle]
@@ -63,20 +64,12 @@ mod tests {
     use super::*;
 
     #[test]
-    fn versions_come_from_cargo() {
-        let (major, minor, patch) = (
-            parse_u32(env!("CARGO_PKG_VERSION_MAJOR")),
-            parse_u32(env!("CARGO_PKG_VERSION_MINOR")),
-            parse_u32(env!("CARGO_PKG_VERSION_PATCH")),
-        );
-        let v = format!("{major}.{minor}.{patch}");
-        assert_eq!(v, env!("CARGO_PKG_VERSION"));
+    fn library_version_comes_from_cargo_and_abi_version_from_the_constants() {
         // SAFETY: a static NUL-terminated string.
         let c = unsafe { std::ffi::CStr::from_ptr(isoclip_version()) };
-        assert_eq!(c.to_str().unwrap(), v);
-        assert_eq!(abi_version(0, 3), 3);
-        assert_eq!(abi_version(1, 4), 1000);
-        assert_eq!(abi_version(2, 0), 2000);
-        assert_eq!(isoclip_abi_version(), abi_version(major, minor));
+        assert_eq!(c.to_str().unwrap(), env!("CARGO_PKG_VERSION"));
+        assert_eq!(isoclip_abi_version(), 1000);
+        assert_eq!(isoclip_abi_version() / 1000, ISOCLIP_ABI_VERSION_MAJOR);
+        assert_eq!(isoclip_abi_version() % 1000, ISOCLIP_ABI_VERSION_MINOR);
     }
 }
