@@ -369,10 +369,7 @@ fn fit_refuses_to_replace_a_device_node_fifo_or_directory() {
     let dir = tempfile::tempdir().unwrap();
     let d = dir.path();
     let o = isoclip(&["fit", "-o", "/dev/full"], d);
-    assert_fails_with(
-        &o,
-        &["/dev/full: is a character device; refusing to replace it"],
-    );
+    assert_fails_with(&o, &["/dev/full: is a character device"]);
     assert!(std::fs::symlink_metadata("/dev/full")
         .unwrap()
         .file_type()
@@ -382,13 +379,10 @@ fn fit_refuses_to_replace_a_device_node_fifo_or_directory() {
     // SAFETY: a valid NUL-terminated path.
     assert_eq!(unsafe { libc::mkfifo(c.as_ptr(), 0o600) }, 0);
     let o = isoclip(&["fit", "-o", "pipe"], d);
-    assert_fails_with(
-        &o,
-        &["pipe: is a FIFO (named pipe); refusing to replace it"],
-    );
+    assert_fails_with(&o, &["pipe: is a FIFO (named pipe)"]);
     std::fs::create_dir(d.join("adir")).unwrap();
     let o = isoclip(&["fit", "-o", "adir"], d);
-    assert_fails_with(&o, &["adir: is a directory; refusing to replace it"]);
+    assert_fails_with(&o, &["adir: is a directory"]);
     let mut names: Vec<_> = std::fs::read_dir(d)
         .unwrap()
         .map(|e| e.unwrap().file_name().to_string_lossy().into_owned())
