@@ -159,6 +159,9 @@ mod tests {
         assert!(matches!(e.root(), Error::NonFiniteRow { row: 103 }));
         let f = Error::format("/data/a.npy", "bad header").in_file("/data/a.npy");
         assert_eq!(f.to_string(), "/data/a.npy: bad header");
-        assert_eq!(e.offset_rows(1).root().to_string(), "row 104 contains NaN or Inf");
+        assert_eq!(
+            e.offset_rows(1).root().to_string(),
+            "row 104 contains NaN or Inf"
+        );
     }
 }

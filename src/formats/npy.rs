@@ -191,7 +191,10 @@ fn header_len_and_start(bytes: &[u8], path: &Path) -> Result<(usize, usize)> {
     if bytes[7] != 0 {
         return Err(Error::unsupported(
             path,
-            format!(".npy format version {}.{} is not supported (x.0 is)", bytes[6], bytes[7]),
+            format!(
+                ".npy format version {}.{} is not supported (x.0 is)",
+                bytes[6], bytes[7]
+            ),
         ));
     }
     if header_len > MAX_HEADER_LEN {
@@ -212,7 +215,12 @@ pub fn parse_header(bytes: &[u8], path: &Path) -> Result<NpyHeader> {
     };
     let text: String = if bytes[6] == 3 {
         std::str::from_utf8(raw)
-            .map_err(|e| not_npy(path, format!("header is not UTF-8 (byte {})", e.valid_up_to())))?
+            .map_err(|e| {
+                not_npy(
+                    path,
+                    format!("header is not UTF-8 (byte {})", e.valid_up_to()),
+                )
+            })?
             .to_string()
     } else {
         // Versions 1 and 2 are latin-1: every byte is one character.
@@ -314,7 +322,9 @@ mod header_dict {
             match self.chars.next() {
                 Some(c) if c == want => Ok(()),
                 Some(c) => Err(format!("expected '{want}' {context}, found {c:?}")),
-                None => Err(format!("expected '{want}' {context}, found the end of the header")),
+                None => Err(format!(
+                    "expected '{want}' {context}, found the end of the header"
+                )),
             }
         }
         /// Consumes `c` if it is next (after spaces).
@@ -338,7 +348,9 @@ mod header_dict {
             loop {
                 match self.chars.next() {
                     Some(c) if c == quote => break,
-                    Some('\\') => return Err("escape sequences in strings are not supported".into()),
+                    Some('\\') => {
+                        return Err("escape sequences in strings are not supported".into())
+                    }
                     Some('\n' | '\r') | None => return Err("unterminated string".into()),
                     Some(c) => s.push(c),
                 }
@@ -368,7 +380,9 @@ mod header_dict {
                 w.pop();
             }
             if w.is_empty() || !w.bytes().all(|b| b.is_ascii_digit()) {
-                return Err(format!("shape entry '{w}' is not a non-negative decimal integer"));
+                return Err(format!(
+                    "shape entry '{w}' is not a non-negative decimal integer"
+                ));
             }
             if w.len() > 1 && w.starts_with('0') && w.bytes().any(|b| b != b'0') {
                 return Err(format!("shape entry '{w}' has a leading zero"));
@@ -435,7 +449,10 @@ mod header_dict {
                 ("fortran_order", Value::Bool(b)) => fortran.replace(b).is_some(),
                 ("shape", Value::Tuple(t)) => shape.replace(t).is_some(),
                 ("descr" | "fortran_order" | "shape", v) => {
-                    return Err(format!("'{key}' is {}, which numpy does not accept", v.kind()))
+                    return Err(format!(
+                        "'{key}' is {}, which numpy does not accept",
+                        v.kind()
+                    ))
                 }
                 _ => return Err(format!("unknown key '{key}'")),
             };

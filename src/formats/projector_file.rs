@@ -143,7 +143,10 @@ fn opt_f64(v: Option<f64>) -> String {
 /// Every metadata entry, as written.
 fn metadata(p: &AlignedProjector, digest: &str) -> BTreeMap<String, String> {
     let mut md = checked_metadata(p);
-    md.insert(UNCHECKED_TOOL_VERSION.into(), env!("CARGO_PKG_VERSION").into());
+    md.insert(
+        UNCHECKED_TOOL_VERSION.into(),
+        env!("CARGO_PKG_VERSION").into(),
+    );
     md.insert("content_sha256".into(), digest.into());
     md
 }

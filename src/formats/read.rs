@@ -256,7 +256,10 @@ mod tests {
         let e = read_bounded(Path::new("/dev/zero"), 1 << 20, "a projector file")
             .unwrap_err()
             .to_string();
-        assert!(e.contains("/dev/zero") && e.contains("character device"), "{e}");
+        assert!(
+            e.contains("/dev/zero") && e.contains("character device"),
+            "{e}"
+        );
         assert!(check_regular(&fifo).is_err());
     }
 

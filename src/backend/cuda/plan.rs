@@ -673,6 +673,9 @@ mod tests {
         );
         assert_eq!(first, Some(3));
         assert_eq!(read_flags(&[0, 0]).1, None);
-        assert!(matches!(nonfinite_error(12), Error::NonFiniteRow { row: 12 }));
+        assert!(matches!(
+            nonfinite_error(12),
+            Error::NonFiniteRow { row: 12 }
+        ));
     }
 }
