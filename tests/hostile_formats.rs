@@ -429,3 +429,39 @@ fn projector_files_round_trip_through_disk() {
     let e = projector_file::load(&p).unwrap_err().to_string();
     assert!(e.contains("header describes"), "{e}");
 }
+
+/// Writes the fuzz seed corpora for the checkpoint and projector targets with the crate's own
+/// writers (`cargo test --test hostile_formats -- --ignored write_fuzz_seed_corpus`); the
+/// `.npy` seeds come from numpy (`fuzz/make_npy_seeds.py`).
+#[test]
+#[ignore = "writes fuzz/corpus; run by hand when the formats change"]
+fn write_fuzz_seed_corpus() {
+    let root = Path::new(env!("CARGO_MANIFEST_DIR")).join("fuzz/corpus");
+    let projector = root.join("projector_file");
+    std::fs::create_dir_all(&projector).unwrap();
+    std::fs::write(
+        projector.join("seed-image-12x8.safetensors"),
+        projector_file::to_bytes(&small_projector()),
+    )
+    .unwrap();
+    let checkpoint = root.join("safetensors_checkpoint");
+    std::fs::create_dir_all(&checkpoint).unwrap();
+    let img: Vec<f64> = (0..6 * 4).map(|i| i as f64 / 7.0).collect();
+    let txt: Vec<f64> = (0..5 * 4).map(|i| 1.0 - i as f64 / 9.0).collect();
+    write_safetensors(
+        &checkpoint.join("seed-openai.safetensors"),
+        &[
+            StTensor::f32("visual.proj", &[6, 4], &img),
+            StTensor::f16("text_projection", &[5, 4], &txt),
+        ],
+    );
+    write_safetensors(
+        &checkpoint.join("seed-hf.safetensors"),
+        &[
+            StTensor::bf16("visual_projection.weight", &[4, 6], &img),
+            StTensor::f32("text_projection.weight", &[4, 5], &txt),
+            StTensor::f32("visual_projection.bias", &[4], &[0.5; 4]),
+            StTensor::f32("text_projection.bias", &[4], &[0.25; 4]),
+        ],
+    );
+}
