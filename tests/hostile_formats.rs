@@ -375,6 +375,14 @@ fn rewritten_projector_metadata_is_detected() {
             "{key}: {e}"
         );
     }
+    // A band beyond usize arithmetic is refused before it is added up (it used to overflow).
+    let e = projector_file::from_bytes(
+        &set_meta(&bytes, "image.k_top", &usize::MAX.to_string()),
+        path,
+    )
+    .unwrap_err()
+    .to_string();
+    assert!(e.contains("exceeds r"), "{e}");
     // tool_version is informational and not covered: rewriting it changes nothing read.
     projector_file::from_bytes(&set_meta(&bytes, "tool_version", "9.9.9"), path).unwrap();
 }

@@ -375,10 +375,16 @@ pub fn from_bytes(bytes: &[u8], path: &Path) -> Result<AlignedProjector> {
         if !md.contains_key(&format!("{m}.k_top")) {
             continue;
         }
-        let band = BandSpec::new(
+        let (k_top, k_bottom) = (
             get_usize(&format!("{m}.k_top"))?,
             get_usize(&format!("{m}.k_bottom"))?,
         );
+        if k_top > r || k_bottom > r {
+            return Err(bad(format!(
+                "{m}.k_top {k_top} or {m}.k_bottom {k_bottom} exceeds r = {r}"
+            )));
+        }
+        let band = BandSpec::new(k_top, k_bottom);
         let kept = band.kept(r).map_err(|e| bad(e.to_string()))?;
         if get_usize(&format!("{m}.m"))? != kept {
             return Err(bad(format!("{m}.m disagrees with r, k_top and k_bottom")));
