@@ -155,6 +155,7 @@ def main():
                 f.write(payload)
         v = verdict(path)
         v["file"] = path
+        v["written_by_numpy"] = kind == "numpy"
         verdicts.append(v)
     with open(os.path.join(out, "verdicts.json"), "w") as f:
         json.dump(verdicts, f, indent=0)
