@@ -210,12 +210,15 @@ fn multibyte_descr_does_not_panic() {
 
 // ---- items 7 and 14: non-regular files, unbounded reads ----
 
+/// A loader under test, returning its error message.
+type Loader = Box<dyn Fn(&Path) -> String>;
+
 #[test]
 fn fifos_devices_and_directories_are_refused_by_name_everywhere() {
     let d = tmp();
     let fifo = d.path().join("pipe.npy");
     mkfifo(&fifo);
-    let checks: Vec<(&str, Box<dyn Fn(&Path) -> String>)> = vec![
+    let checks: Vec<(&str, Loader)> = vec![
         (
             "shard",
             Box::new(|p| {
@@ -332,7 +335,7 @@ fn rewrite_header(bytes: &[u8], edit: impl FnOnce(&mut serde_json::Value)) -> Ve
     let mut header: serde_json::Value = serde_json::from_slice(&bytes[8..8 + n]).unwrap();
     edit(&mut header);
     let mut text = header.to_string().into_bytes();
-    while text.len() % 8 != 0 {
+    while !text.len().is_multiple_of(8) {
         text.push(b' ');
     }
     let mut out = (text.len() as u64).to_le_bytes().to_vec();

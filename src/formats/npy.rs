@@ -80,11 +80,8 @@ impl NpyDtype {
         let mut chars = descr.chars();
         let order = chars.next()?;
         let code = chars.as_str();
-        let order_ok = match order {
-            '<' | '|' => true,
-            '=' => cfg!(target_endian = "little"),
-            _ => false,
-        };
+        let order_ok =
+            matches!(order, '<' | '|') || (order == '=' && cfg!(target_endian = "little"));
         if !order_ok {
             return None;
         }
