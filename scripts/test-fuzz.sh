@@ -17,7 +17,7 @@ if ! cargo fuzz --version 2>/dev/null | grep -q "$CARGO_FUZZ_VERSION"; then
 fi
 
 targets=$(cargo +nightly fuzz list)
-cargo +nightly fuzz build $targets
+cargo +nightly fuzz build
 
 status=0
 for t in $targets; do
