@@ -282,7 +282,7 @@ fn projector_file_refuses_what_it_cannot_trust() {
     assert!(e.contains("not a readable projector file"), "{e}");
 
     // A future format version (same length, so every offset stays valid).
-    let needle = b"\"format_version\":\"1\"";
+    let needle = b"\"format_version\":\"2\"";
     let pos = good
         .windows(needle.len())
         .position(|w| w == needle)

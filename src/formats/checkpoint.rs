@@ -2,7 +2,7 @@
 //! pair of `.npy` files. Checkpoints are memory-mapped and only the projector tensors are read, so
 //! a multi-GB checkpoint costs a few MB of I/O.
 
-use std::fs::File;
+use std::os::unix::fs::FileExt;
 use std::path::{Path, PathBuf};
 
 use memmap2::Mmap;
@@ -11,6 +11,9 @@ use safetensors::{Dtype, SafeTensors};
 use crate::align::ProjectorWeights;
 use crate::error::{Error, Result};
 use crate::formats::npy::{Accept, NpyMatrix};
+use crate::formats::read::{
+    check_safetensors_bytes, open_regular, read_safetensors_header, SafetensorsLimits,
+};
 
 /// How a tensor is laid out in the file relative to our "input x output" convention.
 #[derive(Clone, Copy, Debug, PartialEq, Eq)]
@@ -165,19 +168,47 @@ fn read_vector(path: &Path, st: &SafeTensors, name: &str) -> Result<Vec<f64>> {
     tensor_to_f64(path, name, &view)
 }
 
-/// Loads the image and text projectors from a safetensors checkpoint.
+/// Caps on a checkpoint's safetensors header. Real CLIP checkpoints have a few hundred to a few
+/// thousand tensors and headers well under 1 MB; these leave a wide margin.
+pub const CHECKPOINT_LIMITS: SafetensorsLimits = SafetensorsLimits {
+    what: "a readable checkpoint",
+    max_header_bytes: 16 << 20,
+    max_tensors: 65_536,
+};
+
+/// Loads the image and text projectors from a safetensors checkpoint. The header is checked
+/// (size and tensor count against [`CHECKPOINT_LIMITS`]) before the file is mapped; of the data,
+/// only the projector tensors are read.
 pub fn load_safetensors(path: &Path) -> Result<ProjectorWeights> {
-    let file = File::open(path).map_err(|e| Error::io(path, e))?;
+    let (file, len) = open_regular(path)?;
+    let mut magic = [0u8; 2];
+    if len >= 2 {
+        file.read_exact_at(&mut magic, 0)
+            .map_err(|e| Error::io(path, e))?;
+        refuse_zip(&magic, path)?;
+    }
+    read_safetensors_header(&file, len, path, CHECKPOINT_LIMITS)?;
     // SAFETY: read-only mapping of a file we do not modify; see NpyMatrix::open.
     let mmap = unsafe { Mmap::map(&file) }.map_err(|e| Error::io(path, e))?;
-    if mmap.len() >= 2 && mmap[..2] == [0x50, 0x4b] {
+    load_safetensors_bytes(&mmap, path)
+}
+
+fn refuse_zip(bytes: &[u8], path: &Path) -> Result<()> {
+    if bytes.starts_with(&[0x50, 0x4b]) {
         return Err(Error::unsupported(
             path,
             "this is a PyTorch zip checkpoint (.pt/.bin); convert it to safetensors first \
              (safetensors.torch.save_file(model.state_dict(), 'model.safetensors'))",
         ));
     }
-    let st = SafeTensors::deserialize(&mmap)
+    Ok(())
+}
+
+/// [`load_safetensors`] on a checkpoint already in memory (`path` names it in messages).
+pub fn load_safetensors_bytes(bytes: &[u8], path: &Path) -> Result<ProjectorWeights> {
+    refuse_zip(bytes, path)?;
+    check_safetensors_bytes(bytes, path, CHECKPOINT_LIMITS)?;
+    let st = SafeTensors::deserialize(bytes)
         .map_err(|e| Error::format(path, format!("not a readable safetensors file: {e}")))?;
     let mut names = st.names();
     names.sort_unstable();
@@ -270,12 +301,23 @@ pub fn load_npy_pair(
     })
 }
 
-/// Reads a 1-D float `.npy` vector (a bias).
+/// Reads a 1-D float `.npy` vector (a bias): only the header, then exactly the bytes it
+/// promises (checked against the file's size first, so a lying header cannot make us allocate).
 pub fn load_npy_vector(path: &Path) -> Result<Vec<f64>> {
-    let bytes = std::fs::read(path).map_err(|e| Error::io(path, e))?;
-    let h = crate::formats::npy::parse_header(&bytes, path)?;
+    let (file, len) = crate::formats::read::open_regular(path)?;
+    let h = crate::formats::npy::read_header(&file, len, path)?;
     let dtype = h.dtype.filter(|d| d.is_float()).ok_or_else(|| {
-        Error::unsupported(path, format!("dtype '{}' is not a float type", h.descr))
+        Error::unsupported(
+            path,
+            format!(
+                "dtype '{}' is not supported for a bias: {} (expected '<f2', '<f4' or '<f8')",
+                h.descr,
+                match h.dtype {
+                    Some(_) => "it is not a float type",
+                    None => crate::formats::npy::unsupported_dtype_reason(&h.descr),
+                }
+            ),
+        )
     })?;
     let n = match h.shape.as_slice() {
         [n] => *n,
@@ -287,17 +329,20 @@ pub fn load_npy_vector(path: &Path) -> Result<Vec<f64>> {
             )))
         }
     };
-    let need = h.data_offset + n * dtype.size();
-    if bytes.len() < need {
+    // parse_header refused shapes whose byte size overflows, so data_end is exact.
+    let need = h
+        .data_end()
+        .ok_or_else(|| Error::format(path, "shape overflows"))?;
+    if len < need as u64 {
         return Err(Error::format(
             path,
-            format!("file is truncated: header promises {n} values ({need} bytes) but the file has {} bytes", bytes.len()),
+            format!("file is truncated: header promises {n} values ({need} bytes) but the file has {len} bytes"),
         ));
     }
-    Ok(crate::formats::npy::bytes_to_f64(
-        &bytes[h.data_offset..need],
-        dtype,
-    ))
+    let mut data = vec![0u8; need - h.data_offset];
+    file.read_exact_at(&mut data, h.data_offset as u64)
+        .map_err(|e| Error::io(path, e))?;
+    Ok(crate::formats::npy::bytes_to_f64(&data, dtype))
 }
 
 fn with_path(e: Error, path: &Path) -> Error {

@@ -1,9 +1,20 @@
 //! NumPy `.npy` files (format versions 1, 2 and 3): header parsing, memory-mapped 2-D arrays,
 //! and header writing. Shards of clip-retrieval / LAION galleries are exactly this format.
 //!
+//! The header is a Python dict literal. We read it the way numpy does (`ast.literal_eval`, then
+//! exactly the keys `descr`, `fortran_order` and `shape`) with a small tokenizer for the subset
+//! of Python literals numpy writes: `'...'`/`"..."` strings without escapes, `True`/`False`,
+//! decimal integers (with the Python 2 `L` suffix numpy still accepts in versions 1 and 2), and
+//! tuples, with any spacing and trailing commas. Anything else — a duplicate or unknown key, a
+//! comment, an escape, a structured dtype, a value of the wrong type — is refused, never guessed
+//! at; `tests/hostile_formats.rs` and the differential test against numpy
+//! (`tests/reference/npy_differential.py`) hold the parser to this.
+//!
 //! Only little-endian (or byte-order-free) dtypes are accepted; we never guess at big-endian data.
+//! All size arithmetic is checked: a shape whose byte size does not fit in `isize` is refused.
 
 use std::fs::File;
+use std::os::unix::fs::FileExt;
 use std::path::{Path, PathBuf};
 
 use memmap2::Mmap;
@@ -11,6 +22,13 @@ use memmap2::Mmap;
 use crate::error::{Error, Result};
 
 const MAGIC: &[u8; 6] = b"\x93NUMPY";
+
+/// The longest header we accept, in bytes after the fixed prefix. numpy itself refuses headers
+/// longer than 10000 characters (`max_header_size`) unless pickles are allowed.
+pub const MAX_HEADER_LEN: usize = 10_000;
+
+/// Bytes before the header dict: magic, version, and the header length (2 or 4 bytes).
+pub const PREFIX_LEN_MAX: usize = 12;
 
 /// Element types we know how to read. Floats are used for embeddings and weights, integers for
 /// labels (evaluation).
@@ -56,15 +74,14 @@ impl NpyDtype {
             NpyDtype::Bool => "|b1",
         }
     }
+    /// The dtype a `descr` names, when it is one we read: a byte-order character (`<`, `|`, or
+    /// `=` on a little-endian machine) followed by a type code. Never panics.
     fn from_descr(descr: &str) -> Option<Self> {
-        let native_le = cfg!(target_endian = "little");
-        let (order, code) = descr.split_at(1.min(descr.len()));
-        let order_ok = match order {
-            "<" => true,
-            "|" => true,
-            "=" => native_le,
-            _ => false,
-        };
+        let mut chars = descr.chars();
+        let order = chars.next()?;
+        let code = chars.as_str();
+        let order_ok =
+            matches!(order, '<' | '|') || (order == '=' && cfg!(target_endian = "little"));
         if !order_ok {
             return None;
         }
@@ -89,6 +106,28 @@ impl NpyDtype {
     }
 }
 
+/// Why a `descr` we do not read is refused, in words (for messages: "dtype '>f4' is not
+/// supported: big-endian ...").
+pub fn unsupported_dtype_reason(descr: &str) -> &'static str {
+    let mut chars = descr.chars();
+    let order = chars.next();
+    let code = chars.as_str();
+    let kind = code.chars().next();
+    if order == Some('>') || order == Some('!') {
+        return "big-endian data is not read (convert with arr.astype(arr.dtype.newbyteorder('<')))";
+    }
+    match kind {
+        Some('c') | Some('F') | Some('D') | Some('G') => "complex numbers are not supported",
+        Some('M') | Some('m') => "datetimes and timedeltas are not supported",
+        Some('O') => "object arrays (pickles) are never read",
+        Some('S') | Some('a') | Some('U') | Some('V') => {
+            "strings, bytes and void (record) types are not supported"
+        }
+        Some('f') | Some('g') => "only 2-, 4- and 8-byte floats are supported",
+        _ => "it is not a little-endian numeric type isoclip reads",
+    }
+}
+
 /// A parsed `.npy` header.
 #[derive(Clone, Debug, PartialEq, Eq)]
 pub struct NpyHeader {
@@ -107,116 +146,331 @@ impl NpyHeader {
             .iter()
             .try_fold(1usize, |acc, &d| acc.checked_mul(d))
     }
+    /// Bytes of array data the header promises (`None` for a dtype we cannot read). Never
+    /// overflows: [`parse_header`] refuses shapes whose size does not fit.
+    pub fn data_len(&self) -> Option<usize> {
+        self.element_count()?.checked_mul(self.dtype?.size())
+    }
+    /// Offset just past the data: the smallest file size that holds the whole array.
+    pub fn data_end(&self) -> Option<usize> {
+        self.data_len()?.checked_add(self.data_offset)
+    }
 }
 
-/// Parses the header at the start of `bytes`. `path` is only used in error messages.
-pub fn parse_header(bytes: &[u8], path: &Path) -> Result<NpyHeader> {
-    let bad = |msg: &str| Error::format(path, format!("not a valid .npy file: {msg}"));
-    if bytes.len() < 10 || &bytes[..6] != MAGIC {
-        return Err(bad("missing the \\x93NUMPY magic"));
+/// How many bytes the header of a `.npy` file occupies (prefix + dict), from its first
+/// [`PREFIX_LEN_MAX`] bytes (fewer is fine if the file is shorter: the error says so). Lets a
+/// reader fetch exactly the header before parsing it with [`parse_header`].
+pub fn header_total_len(prefix: &[u8], path: &Path) -> Result<usize> {
+    let (header_len, start) = header_len_and_start(prefix, path)?;
+    Ok(start + header_len)
+}
+
+fn not_npy(path: &Path, msg: impl std::fmt::Display) -> Error {
+    Error::format(path, format!("not a valid .npy file: {msg}"))
+}
+
+/// The declared dict length and where the dict starts, after checking magic, version and cap.
+fn header_len_and_start(bytes: &[u8], path: &Path) -> Result<(usize, usize)> {
+    if bytes.len() < 8 || &bytes[..6] != MAGIC {
+        return Err(not_npy(path, "missing the \\x93NUMPY magic"));
     }
-    let major = bytes[6];
-    let (header_len, start) = match major {
-        1 => (u16::from_le_bytes([bytes[8], bytes[9]]) as usize, 10usize),
-        2 | 3 => {
-            if bytes.len() < 12 {
-                return Err(bad("truncated header"));
-            }
-            (
-                u32::from_le_bytes([bytes[8], bytes[9], bytes[10], bytes[11]]) as usize,
-                12,
-            )
-        }
-        v => {
+    let (header_len, start) = match (bytes[6], bytes.get(8..12)) {
+        (1, _) if bytes.len() >= 10 => (u16::from_le_bytes([bytes[8], bytes[9]]) as usize, 10),
+        (2 | 3, Some(l)) => (u32::from_le_bytes([l[0], l[1], l[2], l[3]]) as usize, 12),
+        (1..=3, _) => return Err(not_npy(path, "truncated header")),
+        (v, _) => {
             return Err(Error::unsupported(
                 path,
                 format!(".npy format version {v} is not supported (1, 2 and 3 are)"),
             ))
         }
     };
-    let end = start
-        .checked_add(header_len)
-        .ok_or_else(|| bad("header length overflows"))?;
-    if bytes.len() < end {
-        return Err(bad("file is shorter than its header"));
+    if bytes[7] != 0 {
+        return Err(Error::unsupported(
+            path,
+            format!(
+                ".npy format version {}.{} is not supported (x.0 is)",
+                bytes[6], bytes[7]
+            ),
+        ));
     }
-    let text = std::str::from_utf8(&bytes[start..end]).map_err(|_| bad("header is not text"))?;
-    let dict = parse_header_dict(text).map_err(|m| bad(&m))?;
-    let dtype = NpyDtype::from_descr(&dict.descr);
-    Ok(NpyHeader {
+    if header_len > MAX_HEADER_LEN {
+        return Err(not_npy(
+            path,
+            format!("header is {header_len} bytes, more than the {MAX_HEADER_LEN} numpy reads"),
+        ));
+    }
+    Ok((header_len, start))
+}
+
+/// Parses the header at the start of `bytes`. `path` is only used in error messages.
+pub fn parse_header(bytes: &[u8], path: &Path) -> Result<NpyHeader> {
+    let (header_len, start) = header_len_and_start(bytes, path)?;
+    let end = start + header_len;
+    let Some(raw) = bytes.get(start..end) else {
+        return Err(not_npy(path, "file is shorter than its header"));
+    };
+    let text: String = if bytes[6] == 3 {
+        std::str::from_utf8(raw)
+            .map_err(|e| {
+                not_npy(
+                    path,
+                    format!("header is not UTF-8 (byte {})", e.valid_up_to()),
+                )
+            })?
+            .to_string()
+    } else {
+        // Versions 1 and 2 are latin-1: every byte is one character.
+        raw.iter().map(|&b| b as char).collect()
+    };
+    let dict = header_dict::parse(&text, bytes[6] < 3).map_err(|m| not_npy(path, m))?;
+    let header = NpyHeader {
+        dtype: NpyDtype::from_descr(&dict.descr),
         descr: dict.descr,
-        dtype,
         fortran_order: dict.fortran_order,
         shape: dict.shape,
         data_offset: end,
-    })
-}
-
-struct HeaderDict {
-    descr: String,
-    fortran_order: bool,
-    shape: Vec<usize>,
-}
-
-/// Parses the Python dict literal of a `.npy` header, e.g.
-/// `{'descr': '<f2', 'fortran_order': False, 'shape': (1000, 768), }`.
-fn parse_header_dict(text: &str) -> std::result::Result<HeaderDict, String> {
-    let t = text.trim().trim_end_matches('\n').trim();
-    let inner = t
-        .strip_prefix('{')
-        .and_then(|s| s.trim_end().strip_suffix('}'))
-        .ok_or("header is not a dict")?;
-    let value_after = |key: &str| -> std::result::Result<&str, String> {
-        let pat_single = format!("'{key}'");
-        let pat_double = format!("\"{key}\"");
-        let pos = inner
-            .find(&pat_single)
-            .map(|p| p + pat_single.len())
-            .or_else(|| inner.find(&pat_double).map(|p| p + pat_double.len()))
-            .ok_or(format!("header has no '{key}'"))?;
-        let rest = inner[pos..].trim_start();
-        let rest = rest
-            .strip_prefix(':')
-            .ok_or(format!("malformed '{key}' entry"))?;
-        Ok(rest.trim_start())
     };
-    let descr_raw = value_after("descr")?;
-    let quote = descr_raw.chars().next().ok_or("empty descr")?;
-    if quote != '\'' && quote != '"' {
-        return Err("descr is not a simple string (structured dtypes are not supported)".into());
+    check_size(&header, path)?;
+    Ok(header)
+}
+
+/// Refuses shapes whose size in bytes (ignoring zero dimensions) does not fit in `isize`, as
+/// numpy does ("array is too big"), so every later size computation is exact.
+fn check_size(h: &NpyHeader, path: &Path) -> Result<()> {
+    let elem = h.dtype.map(NpyDtype::size).unwrap_or(1);
+    let bytes = h
+        .shape
+        .iter()
+        .try_fold(elem, |acc, &d| acc.checked_mul(d.max(1)))
+        .and_then(|n| n.checked_add(h.data_offset))
+        .filter(|&n| n <= isize::MAX as usize);
+    if bytes.is_none() {
+        return Err(not_npy(
+            path,
+            format!(
+                "shape {:?} of '{}' is too large to address (its size overflows)",
+                h.shape, h.descr
+            ),
+        ));
     }
-    let descr_end = descr_raw[1..].find(quote).ok_or("unterminated descr")?;
-    let descr = descr_raw[1..1 + descr_end].to_string();
+    Ok(())
+}
 
-    let fo = value_after("fortran_order")?;
-    let fortran_order = if fo.starts_with("True") {
-        true
-    } else if fo.starts_with("False") {
-        false
-    } else {
-        return Err("fortran_order is neither True nor False".into());
-    };
+/// Reads and parses the header of an open `.npy` file of `len` bytes, reading only the header.
+pub fn read_header(file: &File, len: u64, path: &Path) -> Result<NpyHeader> {
+    if len == 0 {
+        return Err(Error::format(path, "file is empty, not a .npy array"));
+    }
+    let mut prefix = vec![0u8; (len as usize).min(PREFIX_LEN_MAX)];
+    file.read_exact_at(&mut prefix, 0)
+        .map_err(|e| Error::io(path, e))?;
+    let total = header_total_len(&prefix, path)?;
+    if total as u64 > len {
+        return Err(not_npy(path, "file is shorter than its header"));
+    }
+    let mut bytes = vec![0u8; total];
+    file.read_exact_at(&mut bytes, 0)
+        .map_err(|e| Error::io(path, e))?;
+    parse_header(&bytes, path)
+}
 
-    let sh = value_after("shape")?;
-    let sh = sh.strip_prefix('(').ok_or("shape is not a tuple")?;
-    let close = sh.find(')').ok_or("unterminated shape tuple")?;
-    let mut shape = Vec::new();
-    for part in sh[..close].split(',') {
-        let p = part.trim();
-        if p.is_empty() {
-            continue;
+/// The header dict and the tokenizer for the Python literal it is written in.
+mod header_dict {
+    pub struct HeaderDict {
+        pub descr: String,
+        pub fortran_order: bool,
+        pub shape: Vec<usize>,
+    }
+
+    enum Value {
+        Str(String),
+        Bool(bool),
+        Tuple(Vec<usize>),
+    }
+
+    impl Value {
+        fn kind(&self) -> &'static str {
+            match self {
+                Value::Str(_) => "a string",
+                Value::Bool(_) => "a boolean",
+                Value::Tuple(_) => "a tuple",
+            }
         }
-        let p = p.trim_end_matches('L');
-        shape.push(
-            p.parse::<usize>()
-                .map_err(|_| format!("shape entry '{p}' is not a non-negative integer"))?,
-        );
     }
-    Ok(HeaderDict {
-        descr,
-        fortran_order,
-        shape,
-    })
+
+    type Res<T> = std::result::Result<T, String>;
+
+    struct Cursor<'a> {
+        chars: std::iter::Peekable<std::str::Chars<'a>>,
+        /// Python 2 long literals (`3L`) are accepted in versions 1 and 2, as numpy does.
+        allow_long_suffix: bool,
+    }
+
+    impl Cursor<'_> {
+        /// Skips spaces, tabs, form feeds and line breaks (all legal inside the braces).
+        fn skip_space(&mut self) {
+            while matches!(self.chars.peek(), Some(' ' | '\t' | '\n' | '\r' | '\x0c')) {
+                self.chars.next();
+            }
+        }
+        fn expect(&mut self, want: char, context: &str) -> Res<()> {
+            self.skip_space();
+            match self.chars.next() {
+                Some(c) if c == want => Ok(()),
+                Some(c) => Err(format!("expected '{want}' {context}, found {c:?}")),
+                None => Err(format!(
+                    "expected '{want}' {context}, found the end of the header"
+                )),
+            }
+        }
+        /// Consumes `c` if it is next (after spaces).
+        fn eat(&mut self, c: char) -> bool {
+            self.skip_space();
+            if self.chars.peek() == Some(&c) {
+                self.chars.next();
+                true
+            } else {
+                false
+            }
+        }
+        fn string(&mut self) -> Res<String> {
+            self.skip_space();
+            let quote = match self.chars.next() {
+                Some(q @ ('\'' | '"')) => q,
+                Some(c) => return Err(format!("expected a quoted string, found {c:?}")),
+                None => return Err("expected a quoted string, found the end".into()),
+            };
+            let mut s = String::new();
+            loop {
+                match self.chars.next() {
+                    Some(c) if c == quote => break,
+                    Some('\\') => {
+                        return Err("escape sequences in strings are not supported".into())
+                    }
+                    Some('\n' | '\r') | None => return Err("unterminated string".into()),
+                    Some(c) => s.push(c),
+                }
+            }
+            self.skip_space();
+            if matches!(self.chars.peek(), Some('\'' | '"')) {
+                return Err("adjacent string literals are not supported".into());
+            }
+            Ok(s)
+        }
+        fn word(&mut self) -> String {
+            let mut w = String::new();
+            while let Some(&c) = self.chars.peek() {
+                if c.is_ascii_alphanumeric() || c == '_' {
+                    w.push(c);
+                    self.chars.next();
+                } else {
+                    break;
+                }
+            }
+            w
+        }
+        fn integer(&mut self) -> Res<usize> {
+            self.skip_space();
+            let mut w = self.word();
+            if self.allow_long_suffix && (w.ends_with('L') || w.ends_with('l')) {
+                w.pop();
+            }
+            if w.is_empty() || !w.bytes().all(|b| b.is_ascii_digit()) {
+                return Err(format!(
+                    "shape entry '{w}' is not a non-negative decimal integer"
+                ));
+            }
+            if w.len() > 1 && w.starts_with('0') && w.bytes().any(|b| b != b'0') {
+                return Err(format!("shape entry '{w}' has a leading zero"));
+            }
+            w.parse::<usize>()
+                .map_err(|_| format!("shape entry {w} is too large"))
+        }
+        fn tuple(&mut self) -> Res<Vec<usize>> {
+            self.expect('(', "to open the shape tuple")?;
+            let mut items = Vec::new();
+            loop {
+                if self.eat(')') {
+                    // `(3)` is an integer in Python, not a tuple.
+                    return Ok(items);
+                }
+                items.push(self.integer()?);
+                if self.eat(')') {
+                    if items.len() == 1 {
+                        return Err("shape '(n)' is an integer, not a tuple (write '(n,)')".into());
+                    }
+                    return Ok(items);
+                }
+                self.expect(',', "between shape entries")?;
+            }
+        }
+        fn value(&mut self) -> Res<Value> {
+            self.skip_space();
+            match self.chars.peek() {
+                Some('\'' | '"') => Ok(Value::Str(self.string()?)),
+                Some('(') => Ok(Value::Tuple(self.tuple()?)),
+                Some('[') => Err("a list value (structured dtypes are not supported)".into()),
+                Some(c) if c.is_ascii_alphabetic() => match self.word().as_str() {
+                    "True" => Ok(Value::Bool(true)),
+                    "False" => Ok(Value::Bool(false)),
+                    w => Err(format!("unexpected value '{w}'")),
+                },
+                Some(c) => Err(format!("unexpected value starting with {c:?}")),
+                None => Err("header ends where a value belongs".into()),
+            }
+        }
+    }
+
+    /// Parses the dict literal of a header, e.g.
+    /// `{'descr': '<f2', 'fortran_order': False, 'shape': (1000, 768), }`.
+    pub fn parse(text: &str, allow_long_suffix: bool) -> Res<HeaderDict> {
+        if text.contains('\0') {
+            return Err("header contains a NUL byte".into());
+        }
+        let mut c = Cursor {
+            chars: text.trim_start_matches([' ', '\t']).chars().peekable(),
+            allow_long_suffix,
+        };
+        c.expect('{', "at the start of the header dict")?;
+        let (mut descr, mut fortran, mut shape) = (None, None, None);
+        loop {
+            if c.eat('}') {
+                break;
+            }
+            let key = c.string()?;
+            c.expect(':', &format!("after key '{key}'"))?;
+            let value = c.value()?;
+            let slot_taken = match (key.as_str(), value) {
+                ("descr", Value::Str(s)) => descr.replace(s).is_some(),
+                ("fortran_order", Value::Bool(b)) => fortran.replace(b).is_some(),
+                ("shape", Value::Tuple(t)) => shape.replace(t).is_some(),
+                ("descr" | "fortran_order" | "shape", v) => {
+                    return Err(format!(
+                        "'{key}' is {}, which numpy does not accept",
+                        v.kind()
+                    ))
+                }
+                _ => return Err(format!("unknown key '{key}'")),
+            };
+            if slot_taken {
+                return Err(format!("duplicate key '{key}'"));
+            }
+            if c.eat('}') {
+                break;
+            }
+            c.expect(',', "between entries")?;
+        }
+        c.skip_space();
+        if let Some(ch) = c.chars.next() {
+            return Err(format!("unexpected {ch:?} after the header dict"));
+        }
+        Ok(HeaderDict {
+            descr: descr.ok_or("header has no 'descr'")?,
+            fortran_order: fortran.ok_or("header has no 'fortran_order'")?,
+            shape: shape.ok_or("header has no 'shape'")?,
+        })
+    }
 }
 
 /// Builds a version-1 header (or version 2 when the dict is too long) for a C-order array.
@@ -296,39 +550,12 @@ impl NpyMatrix {
     /// Opens and validates `path`: 2-D, C order, a supported dtype, and a file long enough for
     /// the shape its header promises. Nothing but the header is read.
     pub fn open(path: &Path, accept: Accept) -> Result<Self> {
-        let file = File::open(path).map_err(|e| Error::io(path, e))?;
-        let len = file.metadata().map_err(|e| Error::io(path, e))?.len() as usize;
-        if len == 0 {
-            return Err(Error::format(path, "file is empty, not a .npy array"));
-        }
-        // SAFETY: the file is opened read-only; we never write through the map. A concurrent
-        // writer truncating the file could make reads fault (SIGBUS); shards are inputs that
-        // the user promises not to modify during a run, as with any mmap-based reader.
-        let mmap = unsafe { Mmap::map(&file) }.map_err(|e| Error::io(path, e))?;
-        let header = parse_header(&mmap, path)?;
-        let dtype = match header.dtype {
+        let (file, len) = crate::formats::read::open_regular(path)?;
+        let header = read_header(&file, len, path)?;
+        let dtype = match header.dtype.filter(|d| accept.allows(*d)) {
             Some(d) => d,
-            None => {
-                return Err(Error::unsupported(
-                    path,
-                    format!(
-                        "dtype '{}' is not supported (expected {})",
-                        header.descr,
-                        accept.describe()
-                    ),
-                ))
-            }
+            None => return Err(unsupported_dtype(path, &header.descr, accept)),
         };
-        if !accept.allows(dtype) {
-            return Err(Error::unsupported(
-                path,
-                format!(
-                    "dtype '{}' is not supported (expected {})",
-                    header.descr,
-                    accept.describe()
-                ),
-            ));
-        }
         if header.fortran_order {
             return Err(Error::unsupported(
                 path,
@@ -347,10 +574,8 @@ impl NpyMatrix {
         }
         let (rows, cols) = (header.shape[0], header.shape[1]);
         let need = header
-            .element_count()
-            .and_then(|n| n.checked_mul(dtype.size()))
-            .and_then(|n| n.checked_add(header.data_offset))
-            .ok_or_else(|| Error::format(path, "shape overflows"))?;
+            .data_end()
+            .ok_or_else(|| Error::format(path, "shape overflows"))? as u64;
         if len < need {
             return Err(Error::format(
                 path,
@@ -360,6 +585,10 @@ impl NpyMatrix {
                 ),
             ));
         }
+        // SAFETY: the file is opened read-only; we never write through the map. A concurrent
+        // writer truncating the file could make reads fault (SIGBUS); shards are inputs that
+        // the user promises not to modify during a run, as with any mmap-based reader.
+        let mmap = unsafe { Mmap::map(&file) }.map_err(|e| Error::io(path, e))?;
         Ok(NpyMatrix {
             path: path.to_path_buf(),
             mmap: Some(mmap),
@@ -415,6 +644,21 @@ impl NpyMatrix {
         let bytes = self.row_bytes(0, self.rows);
         bytes_to_f64(bytes, self.dtype)
     }
+}
+
+/// The refusal for a dtype `accept` does not take, naming the descr and why.
+fn unsupported_dtype(path: &Path, descr: &str, accept: Accept) -> Error {
+    let why = match NpyDtype::from_descr(descr) {
+        Some(_) => "this input takes floats only",
+        None => unsupported_dtype_reason(descr),
+    };
+    Error::unsupported(
+        path,
+        format!(
+            "dtype '{descr}' is not supported: {why} (expected {})",
+            accept.describe()
+        ),
+    )
 }
 
 impl Accept {

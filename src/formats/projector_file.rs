@@ -14,6 +14,7 @@
 //!   M.plain.weight / .bias       F32 [d_in, d]   the original projector (baseline)
 
 use std::collections::BTreeMap;
+use std::os::unix::fs::FileExt;
 use std::path::Path;
 
 use safetensors::{Dtype, SafeTensors};
@@ -22,9 +23,27 @@ use sha2::{Digest, Sha256};
 
 use crate::align::{hex, AlignedProjector, BandSpec, LinearMap, MatrixF32, Modality, ModalityMaps};
 use crate::error::{Error, Result};
+use crate::formats::read::{
+    check_safetensors_bytes, open_regular, read_safetensors_header, SafetensorsLimits,
+};
 
 pub const FORMAT_NAME: &str = "isoclip-projector";
-pub const FORMAT_VERSION: u32 = 1;
+/// Version 2: the content checksum covers the metadata as well as the tensors. Version 1 files
+/// (checksum over tensors only) are refused with a request to refit.
+pub const FORMAT_VERSION: u32 = 2;
+
+/// The one metadata entry besides the checksum itself that the checksum does not cover: the
+/// version of the tool that wrote the file (informational; isoclip never reads it, and leaving
+/// it out keeps the projector's identity the same across tool versions).
+const UNCHECKED_TOOL_VERSION: &str = "tool_version";
+
+/// Caps on a projector file's safetensors header: it holds at most 17 tensors and a metadata
+/// block of a few kB (the normalized spectrum is the longest entry).
+pub const PROJECTOR_LIMITS: SafetensorsLimits = SafetensorsLimits {
+    what: "an isoclip projector file",
+    max_header_bytes: 1 << 20,
+    max_tensors: 64,
+};
 
 enum TensorData<'a> {
     F32(&'a [f32]),
@@ -94,8 +113,9 @@ fn entry_bytes(e: &Entry) -> Vec<u8> {
     }
 }
 
-/// SHA-256 over every tensor's name, shape and bytes, in name order: identifies the projector
-/// (weights *and* band) in output manifests, and detects corruption on load.
+/// SHA-256 over every tensor's name, shape and bytes, in name order, then every metadata entry
+/// (key and value, in key order) except the checksum and [`UNCHECKED_TOOL_VERSION`]: identifies the projector (weights,
+/// band, provenance) in output manifests, and detects corruption or rewriting on load.
 pub fn content_digest(p: &AlignedProjector) -> String {
     let mut h = Sha256::new();
     for (name, e) in collect_tensors(p) {
@@ -106,6 +126,13 @@ pub fn content_digest(p: &AlignedProjector) -> String {
         }
         h.update(entry_bytes(&e));
     }
+    h.update(b"\0metadata\0");
+    for (key, value) in checked_metadata(p) {
+        for part in [key.as_bytes(), value.as_bytes()] {
+            h.update((part.len() as u64).to_le_bytes());
+            h.update(part);
+        }
+    }
     hex(&h.finalize())
 }
 
@@ -113,13 +140,23 @@ fn opt_f64(v: Option<f64>) -> String {
     v.map(|x| format!("{x:e}")).unwrap_or_else(|| "none".into())
 }
 
+/// Every metadata entry, as written.
 fn metadata(p: &AlignedProjector, digest: &str) -> BTreeMap<String, String> {
+    let mut md = checked_metadata(p);
+    md.insert(
+        UNCHECKED_TOOL_VERSION.into(),
+        env!("CARGO_PKG_VERSION").into(),
+    );
+    md.insert("content_sha256".into(), digest.into());
+    md
+}
+
+/// The metadata entries the checksum covers (all but the checksum and the tool version).
+fn checked_metadata(p: &AlignedProjector) -> BTreeMap<String, String> {
     let mut md = BTreeMap::new();
     md.insert("format".into(), FORMAT_NAME.into());
     md.insert("format_version".into(), FORMAT_VERSION.to_string());
-    md.insert("tool_version".into(), env!("CARGO_PKG_VERSION").into());
     md.insert("fingerprint".into(), p.fingerprint.clone());
-    md.insert("content_sha256".into(), digest.into());
     md.insert("source".into(), p.source.clone());
     md.insert(
         "preset".into(),
@@ -209,14 +246,30 @@ pub fn save(p: &AlignedProjector, path: &Path) -> Result<()> {
 }
 
 /// Reads and verifies a projector file: format and version, shapes against the metadata,
-/// the content checksum, finite values, and that the compact map reproduces the full map's
-/// inner products on fixed probe vectors.
+/// the content checksum (tensors and metadata), finite values, and that the compact map
+/// reproduces the full map's inner products on fixed probe vectors. The 8-byte header length and
+/// the header are read and checked first; the data is read only if the header describes a file
+/// of exactly this size.
 pub fn load(path: &Path) -> Result<AlignedProjector> {
-    let bytes = std::fs::read(path).map_err(|e| Error::io(path, e))?;
+    let (file, len) = open_regular(path)?;
+    let (_, expected_len) = read_safetensors_header(&file, len, path, PROJECTOR_LIMITS)?;
+    if expected_len != len {
+        return Err(Error::format(
+            path,
+            format!(
+                "not a readable projector file: its header describes {expected_len} bytes but the file has {len}"
+            ),
+        ));
+    }
+    let mut bytes = vec![0u8; len as usize];
+    file.read_exact_at(&mut bytes, 0)
+        .map_err(|e| Error::io(path, e))?;
     from_bytes(&bytes, path)
 }
 
+/// [`load`] on a file already in memory (`path` names it in messages).
 pub fn from_bytes(bytes: &[u8], path: &Path) -> Result<AlignedProjector> {
+    check_safetensors_bytes(bytes, path, PROJECTOR_LIMITS)?;
     let bad = |m: String| Error::format(path, m);
     let st = SafeTensors::deserialize(bytes)
         .map_err(|e| bad(format!("not a readable projector file (safetensors): {e}")))?;
@@ -244,6 +297,12 @@ pub fn from_bytes(bytes: &[u8], path: &Path) -> Result<AlignedProjector> {
     let version: u32 = get("format_version")?
         .parse()
         .map_err(|_| bad("format_version is not an integer".into()))?;
+    if version == 1 {
+        return Err(Error::unsupported(
+            path,
+            "projector format version 1 (written by an older isoclip) has a checksum that does not cover its metadata, so it cannot be verified; re-run `isoclip fit` to write it again",
+        ));
+    }
     if version != FORMAT_VERSION {
         return Err(Error::unsupported(
             path,
@@ -293,8 +352,13 @@ pub fn from_bytes(bytes: &[u8], path: &Path) -> Result<AlignedProjector> {
     let sigma: Vec<f64> = spec
         .data()
         .chunks_exact(8)
-        .map(|c| f64::from_le_bytes(c.try_into().unwrap()))
+        .map(|c| f64::from_le_bytes([c[0], c[1], c[2], c[3], c[4], c[5], c[6], c[7]]))
         .collect();
+    if let Some(i) = sigma.iter().position(|x| !x.is_finite()) {
+        return Err(bad(format!(
+            "tensor 'spectrum' has a non-finite value at index {i}"
+        )));
+    }
 
     let mut out = AlignedProjector {
         fingerprint: get("fingerprint")?.clone(),
@@ -311,10 +375,16 @@ pub fn from_bytes(bytes: &[u8], path: &Path) -> Result<AlignedProjector> {
         if !md.contains_key(&format!("{m}.k_top")) {
             continue;
         }
-        let band = BandSpec::new(
+        let (k_top, k_bottom) = (
             get_usize(&format!("{m}.k_top"))?,
             get_usize(&format!("{m}.k_bottom"))?,
         );
+        if k_top > r || k_bottom > r {
+            return Err(bad(format!(
+                "{m}.k_top {k_top} or {m}.k_bottom {k_bottom} exceeds r = {r}"
+            )));
+        }
+        let band = BandSpec::new(k_top, k_bottom);
         let kept = band.kept(r).map_err(|e| bad(e.to_string()))?;
         if get_usize(&format!("{m}.m"))? != kept {
             return Err(bad(format!("{m}.m disagrees with r, k_top and k_bottom")));
@@ -367,8 +437,10 @@ pub fn from_bytes(bytes: &[u8], path: &Path) -> Result<AlignedProjector> {
                 Ok(None)
             } else {
                 s.parse::<f64>()
+                    .ok()
+                    .filter(|g| g.is_finite())
                     .map(Some)
-                    .map_err(|_| bad(format!("'{k}' is not a number")))
+                    .ok_or_else(|| bad(format!("'{k}' is not a finite number")))
             }
         };
         let maps = ModalityMaps {
@@ -400,7 +472,35 @@ pub fn from_bytes(bytes: &[u8], path: &Path) -> Result<AlignedProjector> {
             "content checksum mismatch: the file was modified or corrupted after it was written; refit it".into(),
         ));
     }
+    check_metadata_is_exactly(&md, &metadata(&out, &digest)).map_err(bad)?;
     Ok(out)
+}
+
+/// The metadata must be exactly what this projector's writer produces: no unknown entries, and
+/// no entry (derived ones such as `spectrum_normalized` included) differing from it.
+fn check_metadata_is_exactly(
+    found: &std::collections::HashMap<String, String>,
+    expected: &BTreeMap<String, String>,
+) -> std::result::Result<(), String> {
+    let mut keys: Vec<&String> = found.keys().chain(expected.keys()).collect();
+    keys.sort();
+    keys.dedup();
+    for key in keys {
+        if key == UNCHECKED_TOOL_VERSION {
+            continue;
+        }
+        match (found.get(key), expected.get(key)) {
+            (Some(_), None) => return Err(format!("projector metadata has an unknown entry '{key}'")),
+            (None, Some(_)) => return Err(format!("projector metadata lacks '{key}'")),
+            (Some(a), Some(b)) if a != b => {
+                return Err(format!(
+                    "projector metadata '{key}' does not match the file's content; the file was modified after it was written, refit it"
+                ))
+            }
+            _ => {}
+        }
+    }
+    Ok(())
 }
 
 /// The compact and full maps must give the same inner products; checked on fixed probes.

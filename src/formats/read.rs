@@ -108,6 +108,136 @@ pub fn read_text_bounded(path: &Path, max: u64, what: &str) -> Result<String> {
     })
 }
 
+/// Caps on a safetensors header, so a hostile file cannot make us parse or allocate without end
+/// (a header listing a million zero-size tensors is a few dozen MB of JSON).
+#[derive(Clone, Copy, Debug)]
+pub struct SafetensorsLimits {
+    /// The format, for messages ("a checkpoint", "a projector file").
+    pub what: &'static str,
+    /// Largest JSON header accepted, in bytes.
+    pub max_header_bytes: u64,
+    /// Most tensors accepted.
+    pub max_tensors: usize,
+}
+
+/// Checks the 8-byte header length of a safetensors file of `len` bytes against the cap and
+/// the file size, before anything else is read. Returns the JSON header's length.
+pub fn safetensors_header_len(
+    first8: &[u8],
+    len: u64,
+    path: &Path,
+    limits: SafetensorsLimits,
+) -> Result<usize> {
+    let Some(n) = first8.get(..8) else {
+        return Err(Error::format(
+            path,
+            format!(
+                "not {}: {len} bytes is too short for a safetensors header",
+                limits.what
+            ),
+        ));
+    };
+    let n = u64::from_le_bytes([n[0], n[1], n[2], n[3], n[4], n[5], n[6], n[7]]);
+    if n > limits.max_header_bytes {
+        return Err(Error::format(
+            path,
+            format!(
+                "not {}: its safetensors header claims {n} bytes, more than {} bytes allowed",
+                limits.what, limits.max_header_bytes
+            ),
+        ));
+    }
+    if 8 + n > len {
+        return Err(Error::format(
+            path,
+            format!(
+                "not {}: its safetensors header claims {n} bytes but the file has {len} bytes",
+                limits.what
+            ),
+        ));
+    }
+    Ok(n as usize)
+}
+
+/// One tensor entry of a safetensors header: only where its data ends matters here.
+#[derive(serde::Deserialize)]
+struct TensorExtent {
+    data_offsets: (u64, u64),
+}
+
+/// Scans a safetensors JSON header without building it: counts tensors (refusing more than the
+/// cap as soon as it is passed) and returns the number of data bytes the header claims.
+pub fn scan_safetensors_header(
+    header: &[u8],
+    path: &Path,
+    limits: SafetensorsLimits,
+) -> Result<u64> {
+    use serde::de::{Deserializer, IgnoredAny, MapAccess, Visitor};
+    struct Scan(SafetensorsLimits);
+    impl<'de> Visitor<'de> for Scan {
+        type Value = u64;
+        fn expecting(&self, f: &mut std::fmt::Formatter) -> std::fmt::Result {
+            f.write_str("a JSON object of tensors")
+        }
+        fn visit_map<A: MapAccess<'de>>(self, mut map: A) -> Result<u64, A::Error> {
+            let (mut count, mut end) = (0usize, 0u64);
+            while let Some(key) = map.next_key::<std::borrow::Cow<'de, str>>()? {
+                if key == "__metadata__" {
+                    map.next_value::<IgnoredAny>()?;
+                    continue;
+                }
+                count += 1;
+                if count > self.0.max_tensors {
+                    return Err(serde::de::Error::custom(format!(
+                        "more than {} tensors, the most {} may hold",
+                        self.0.max_tensors, self.0.what
+                    )));
+                }
+                end = end.max(map.next_value::<TensorExtent>()?.data_offsets.1);
+            }
+            Ok(end)
+        }
+    }
+    let mut de = serde_json::Deserializer::from_slice(header);
+    let data_len = de
+        .deserialize_map(Scan(limits))
+        .and_then(|end| de.end().map(|_| end))
+        .map_err(|e| {
+            Error::format(
+                path,
+                format!("not {}: bad safetensors header: {e}", limits.what),
+            )
+        })?;
+    Ok(data_len)
+}
+
+/// Reads and checks the header of a safetensors file (length, caps, tensor count) without
+/// reading its data; returns the JSON header and the size the whole file must have.
+pub fn read_safetensors_header(
+    file: &File,
+    len: u64,
+    path: &Path,
+    limits: SafetensorsLimits,
+) -> Result<(Vec<u8>, u64)> {
+    use std::os::unix::fs::FileExt;
+    let mut first8 = vec![0u8; len.min(8) as usize];
+    file.read_exact_at(&mut first8, 0)
+        .map_err(|e| Error::io(path, e))?;
+    let n = safetensors_header_len(&first8, len, path, limits)?;
+    let mut header = vec![0u8; n];
+    file.read_exact_at(&mut header, 8)
+        .map_err(|e| Error::io(path, e))?;
+    let data_len = scan_safetensors_header(&header, path, limits)?;
+    Ok((header, (8 + n as u64).saturating_add(data_len)))
+}
+
+/// The same checks as [`read_safetensors_header`] on a file already in memory.
+pub fn check_safetensors_bytes(bytes: &[u8], path: &Path, limits: SafetensorsLimits) -> Result<()> {
+    let n = safetensors_header_len(bytes, bytes.len() as u64, path, limits)?;
+    scan_safetensors_header(&bytes[8..8 + n], path, limits)?;
+    Ok(())
+}
+
 #[cfg(test)]
 mod tests {
     use super::*;
