@@ -115,12 +115,50 @@ impl Backend for CpuBackend {
         if input.rows == 0 {
             return Ok(BlockStats::default());
         }
+        // One block (a search query, a small batch): on the caller's thread, with its reused
+        // scratch. Dispatching to a pool costs more than the work at this size, and the block
+        // goes through the same code, so its bytes are the same as in a pooled call.
+        if input.rows <= BLOCK_ROWS {
+            return project_inline(map, opts, input, output);
+        }
         let run = || project_blocks(map, opts, input, output);
         match &self.pool {
             Some(p) => p.install(run),
             None => run(),
         }
     }
+}
+
+thread_local! {
+    /// The scratch of inline calls on this thread, kept between calls (no allocation per query).
+    static INLINE_SCRATCH: std::cell::RefCell<Option<(usize, usize, Scratch)>> =
+        const { std::cell::RefCell::new(None) };
+}
+
+/// Projects at most one block on the calling thread.
+fn project_inline(
+    map: &PreparedMap,
+    opts: &ProjectionOptions,
+    input: RowsIn<'_>,
+    output: RowsOut<'_>,
+) -> Result<BlockStats> {
+    let (d_in, d_out) = (map.d_in(), map.d_out());
+    INLINE_SCRATCH.with(|cell| {
+        let mut slot = cell.borrow_mut();
+        if !matches!(&*slot, Some((i, o, _)) if (*i, *o) == (d_in, d_out)) {
+            *slot = None; // free the old buffers before reserving new ones
+            *slot = Some((d_in, d_out, Scratch::try_new(d_in, d_out)?));
+        }
+        let (_, _, scratch) = slot.as_mut().expect("set above");
+        let block = Block {
+            start: 0,
+            n: input.rows,
+            out_stride: output.row_stride,
+            out_elem: output.elem,
+        };
+        project_one_block(map, opts, &input, &block, output.bytes, scratch)
+            .map_err(BlockFailure::into_error)
+    })
 }
 
 /// Per-thread buffers for one block: f32 input rows, f32 results, each row's pre-scale exponent.
