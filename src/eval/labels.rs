@@ -4,18 +4,22 @@
 //! feature array passed by accident, or labels that went through pandas), and silently
 //! truncating 2.7 to 2 would give wrong metrics.
 
+use std::os::unix::fs::FileExt;
 use std::path::Path;
 
 use crate::error::{Error, Result};
-use crate::formats::npy::{parse_header, NpyDtype};
+use crate::formats::npy::{read_header, NpyDtype};
+use crate::formats::read::open_regular;
 
-/// Reads the labels of `path` as i64. The error names the file and what was wrong.
+/// Reads the labels of `path` as i64. The error names the file and what was wrong. Only a
+/// regular file is opened (a FIFO or `/dev/zero` is refused by name), and only the bytes its
+/// header promises are read.
 pub fn load_labels(path: &Path) -> Result<Vec<i64>> {
-    let bytes = std::fs::read(path).map_err(|e| Error::io(path, e))?;
-    if bytes.is_empty() {
+    let (file, len) = open_regular(path)?;
+    if len == 0 {
         return Err(Error::format(path, "file is empty, not a .npy array"));
     }
-    let header = parse_header(&bytes, path)?;
+    let header = read_header(&file, len, path)?;
     let dtype = match header.dtype {
         Some(d) if d.is_float() => {
             return Err(Error::unsupported(
@@ -62,17 +66,18 @@ pub fn load_labels(path: &Path) -> Result<Vec<i64>> {
         .checked_mul(size)
         .and_then(|b| b.checked_add(header.data_offset))
         .ok_or_else(|| Error::format(path, "shape overflows"))?;
-    if bytes.len() < need {
+    if len < need as u64 {
         return Err(Error::format(
             path,
             format!(
-                "file is truncated: header promises {n} labels of '{}' ({need} bytes) but the file has {} bytes",
+                "file is truncated: header promises {n} labels of '{}' ({need} bytes) but the file has {len} bytes",
                 header.descr,
-                bytes.len()
             ),
         ));
     }
-    let data = &bytes[header.data_offset..need];
+    let mut data = crate::backend::try_zeroed::<u8>(need - header.data_offset)?;
+    file.read_exact_at(&mut data, header.data_offset as u64)
+        .map_err(|e| Error::io(path, e))?;
     let mut out = Vec::with_capacity(n);
     for (i, c) in data.chunks_exact(size).enumerate() {
         let v: i64 = match dtype {
@@ -103,6 +108,19 @@ pub fn load_labels(path: &Path) -> Result<Vec<i64>> {
 mod tests {
     use super::*;
     use crate::formats::npy::header_bytes;
+
+    #[test]
+    fn labels_from_a_fifo_or_a_device_are_refused_by_name_without_reading() {
+        let d = tempfile::tempdir().unwrap();
+        let fifo = d.path().join("labels.npy");
+        let c = std::ffi::CString::new(fifo.to_str().unwrap()).unwrap();
+        // SAFETY: a valid NUL-terminated path.
+        assert_eq!(unsafe { libc::mkfifo(c.as_ptr(), 0o600) }, 0);
+        let e = load_labels(&fifo).unwrap_err().to_string();
+        assert!(e.contains("labels.npy") && e.contains("FIFO"), "{e}");
+        let e = load_labels(Path::new("/dev/zero")).unwrap_err().to_string();
+        assert!(e.contains("/dev/zero: is a character device"), "{e}");
+    }
 
     fn write(
         dir: &Path,
