@@ -8,7 +8,7 @@
 //! - `device` (feature `cuda`): [`CudaBackend`], one worker per visible GPU.
 //!
 //! Nothing here touches a CUDA library before probing that it can be loaded: with cudarc's
-//! dynamic loading a missing library is a panic, so [`probe`] checks first and reports why the
+//! dynamic loading a missing library is a panic, so [`probe_libraries`] checks first and reports why the
 //! GPU is not usable in one line.
 
 pub mod plan;

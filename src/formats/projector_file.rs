@@ -6,12 +6,15 @@
 //! anywhere. Two fits of the same weights and band give byte-identical files.
 //!
 //! Layout (per modality M in {image, text}; `.bias` only for bias-augmented projectors):
+//!
+//! ```text
 //!   spectrum                     F64 [r]         singular values of Ψ, descending
 //!   M.full.weight / .bias        F32 [d_in, d]   the paper's map U_m U_mᵀ P
 //!   M.compact.weight / .bias     F32 [d_in, k]   same cosines, k = min(m, d) dims
 //!   M.embedding.compact          F32 [d, k]      from already-projected embeddings (if exact)
 //!   M.embedding.full             F32 [d, d]
 //!   M.plain.weight / .bias       F32 [d_in, d]   the original projector (baseline)
+//! ```
 
 use std::collections::BTreeMap;
 use std::os::unix::fs::FileExt;
@@ -114,7 +117,7 @@ fn entry_bytes(e: &Entry) -> Vec<u8> {
 }
 
 /// SHA-256 over every tensor's name, shape and bytes, in name order, then every metadata entry
-/// (key and value, in key order) except the checksum and [`UNCHECKED_TOOL_VERSION`]: identifies the projector (weights,
+/// (key and value, in key order) except the checksum and `UNCHECKED_TOOL_VERSION`: identifies the projector (weights,
 /// band, provenance) in output manifests, and detects corruption or rewriting on load.
 pub fn content_digest(p: &AlignedProjector) -> String {
     let mut h = Sha256::new();

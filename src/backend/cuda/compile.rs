@@ -50,7 +50,7 @@ pub fn arch_name(major: i32, minor: i32) -> &'static str {
 }
 
 /// Compiles every kernel for `arch` ("sm_80", "sm_90", ...) with NVRTC and returns the PTX.
-/// The caller must have checked [`nvrtc_present`] (cudarc panics when libnvrtc is missing).
+/// The caller must have checked `nvrtc_present` (cudarc panics when libnvrtc is missing).
 pub fn compile_ptx_for_arch(arch: &'static str) -> Result<String, String> {
     if !nvrtc_present() {
         return Err("libnvrtc not found".into());
