@@ -1091,8 +1091,9 @@ isoclip_status isoclip_projector_band(const isoclip_projector *projector,
                                       size_t *k_bottom);
 
 /**
- * Copies the projector's content digest (64 hex digits: SHA-256 over every map, so it changes
- * with the band; output manifests of jobs record it) into `buf`, with the string convention of
+ * Copies the projector's content digest (64 hex digits: SHA-256 over every map and every metadata
+ * entry but the tool version, so it changes with the band; output manifests of jobs record it)
+ * into `buf`, with the string convention of
  * `isoclip_projector_fingerprint` and the same statuses.
  *
  * # Safety

@@ -713,8 +713,9 @@ pub unsafe extern "C" fn isoclip_projector_fingerprint(
     })
 }
 
-/// Copies the projector's content digest (64 hex digits: SHA-256 over every map, so it changes
-/// with the band; output manifests of jobs record it) into `buf`, with the string convention of
+/// Copies the projector's content digest (64 hex digits: SHA-256 over every map and every metadata
+/// entry but the tool version, so it changes with the band; output manifests of jobs record it)
+/// into `buf`, with the string convention of
 /// `isoclip_projector_fingerprint` and the same statuses.
 ///
 /// # Safety
