@@ -738,7 +738,7 @@ static void test_files(const isoclip_projector *fitted, const char *cli_projecto
     fclose(f);
     loaded = (const isoclip_projector *)0x1;
     EXPECT_STATUS(ISOCLIP_ERR_FORMAT, isoclip_projector_load(path, &loaded));
-    EXPECT_MESSAGE_HAS("not a readable projector file");
+    EXPECT_MESSAGE_HAS("not an isoclip projector file");
     CHECK(loaded == (const isoclip_projector *)0x1);
     FORMAT(path, "%s/no-such-dir/p.st", dir);
     EXPECT_STATUS(ISOCLIP_ERR_IO, isoclip_projector_save(fitted, path));
