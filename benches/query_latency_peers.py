@@ -5,23 +5,13 @@ numpy (single-thread sgemm on the f32 map, the ceiling for 64 rows) and FAISS
 
     python3 benches/query_latency_peers.py PROJECTOR.safetensors [calls]
 """
-import json
-import struct
 import sys
 import time
 
 import numpy as np
 from threadpoolctl import threadpool_limits
 
-
-def load_tensor(path, name):
-    with open(path, "rb") as f:
-        n = struct.unpack("<Q", f.read(8))[0]
-        header = json.loads(f.read(n))
-        info = header[name]
-        a, b = info["data_offsets"]
-        f.seek(8 + n + a)
-        return np.frombuffer(f.read(b - a), dtype=np.float32).reshape(info["shape"])
+from e2e_vs_numpy import load_projector_map  # benches/ is on sys.path: this script lives there
 
 
 def percentiles(fn, calls):
@@ -45,7 +35,7 @@ def report(name, label, rows, d_in, d_out, p):
 def main():
     path = sys.argv[1]
     calls = int(sys.argv[2]) if len(sys.argv) > 2 else 20000
-    w = np.ascontiguousarray(load_tensor(path, "image.compact.weight"))  # d_in x d_out
+    w = np.ascontiguousarray(load_projector_map(path, "image.compact.weight"))  # d_in x d_out
     d_in, d_out = w.shape
     rng = np.random.default_rng(0)
     with threadpool_limits(1):

@@ -2,28 +2,16 @@
 //! run, outputs that are devices/FIFOs/directories, a gallery larger than the disk; and the
 //! wording and help a new user reads.
 
+mod common;
+
 use std::io::{BufRead, BufReader, Read};
 use std::path::{Path, PathBuf};
 use std::process::{Child, Command, Output, Stdio};
 
+use common::{isoclip, stderr, stdout};
+
 fn bin() -> Command {
     Command::new(env!("CARGO_BIN_EXE_isoclip"))
-}
-
-fn isoclip(args: &[&str], dir: &Path) -> Output {
-    bin()
-        .args(args)
-        .current_dir(dir)
-        .output()
-        .expect("run isoclip")
-}
-
-fn stderr(o: &Output) -> String {
-    String::from_utf8_lossy(&o.stderr).into_owned()
-}
-
-fn stdout(o: &Output) -> String {
-    String::from_utf8_lossy(&o.stdout).into_owned()
 }
 
 fn ok(args: &[&str], dir: &Path) -> Output {

@@ -386,58 +386,14 @@ fn read_header(file: &File, path: &Path, len: u64) -> Result<NpyHeader> {
     npy::parse_header(&bytes, path)
 }
 
-/// The element types a shard may hold, as refusals name them.
-const ACCEPTED_DTYPES: &str = "'<f2' (float16) or '<f4' (float32)";
-
 /// Checks what a shard must be: f16 or f32, C order, 2-D, and a file long enough for its shape.
 fn validate_header(
     header: &NpyHeader,
     path: &Path,
     identity: InputIdentity,
 ) -> Result<InputMatrix> {
-    let dtype = match header.dtype {
-        Some(d @ (NpyDtype::F16 | NpyDtype::F32)) => d,
-        _ => {
-            return Err(Error::unsupported(
-                path,
-                format!(
-                    "dtype '{}' is not supported (expected {ACCEPTED_DTYPES})",
-                    header.descr
-                ),
-            ))
-        }
-    };
-    if header.fortran_order {
-        return Err(Error::unsupported(
-            path,
-            "array is in Fortran order; save it in C order (np.ascontiguousarray)",
-        ));
-    }
-    if header.shape.len() != 2 {
-        return Err(Error::unsupported(
-            path,
-            format!(
-                "array is {}-D with shape {:?}; a 2-D (rows x dims) array is required",
-                header.shape.len(),
-                header.shape
-            ),
-        ));
-    }
-    let (rows, cols) = (header.shape[0], header.shape[1]);
-    let need = header
-        .element_count()
-        .and_then(|n| n.checked_mul(dtype.size()))
-        .and_then(|n| n.checked_add(header.data_offset))
-        .ok_or_else(|| Error::format(path, "shape overflows"))?;
-    if identity.size < need as u64 {
-        return Err(Error::format(
-            path,
-            format!(
-                "file is truncated: header promises {rows} x {cols} {} ({need} bytes) but the file has {} bytes",
-                header.descr, identity.size
-            ),
-        ));
-    }
+    let (rows, cols, dtype) =
+        npy::check_matrix(header, path, identity.size, npy::Accept::Embeddings)?;
     Ok(InputMatrix {
         rows,
         cols,

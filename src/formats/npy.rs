@@ -552,39 +552,7 @@ impl NpyMatrix {
     pub fn open(path: &Path, accept: Accept) -> Result<Self> {
         let (file, len) = crate::formats::read::open_regular(path)?;
         let header = read_header(&file, len, path)?;
-        let dtype = match header.dtype.filter(|d| accept.allows(*d)) {
-            Some(d) => d,
-            None => return Err(unsupported_dtype(path, &header.descr, accept)),
-        };
-        if header.fortran_order {
-            return Err(Error::unsupported(
-                path,
-                "array is in Fortran order; save it in C order (np.ascontiguousarray)",
-            ));
-        }
-        if header.shape.len() != 2 {
-            return Err(Error::unsupported(
-                path,
-                format!(
-                    "array is {}-D with shape {:?}; a 2-D (rows x dims) array is required",
-                    header.shape.len(),
-                    header.shape
-                ),
-            ));
-        }
-        let (rows, cols) = (header.shape[0], header.shape[1]);
-        let need = header
-            .data_end()
-            .ok_or_else(|| Error::format(path, "shape overflows"))? as u64;
-        if len < need {
-            return Err(Error::format(
-                path,
-                format!(
-                    "file is truncated: header promises {rows} x {cols} {} ({need} bytes) but the file has {len} bytes",
-                    header.descr
-                ),
-            ));
-        }
+        let (rows, cols, dtype) = check_matrix(&header, path, len, accept)?;
         // SAFETY: the file is opened read-only; we never write through the map. A concurrent
         // writer truncating the file could make reads fault (SIGBUS); shards are inputs that
         // the user promises not to modify during a run, as with any mmap-based reader.
@@ -647,6 +615,51 @@ impl NpyMatrix {
 }
 
 /// The refusal for a dtype `accept` does not take, naming the descr and why.
+/// What a 2-D array file must be, shared by every reader of matrices (weights through
+/// [`NpyMatrix`], shards through the engine's reader): a dtype `accept` allows, C order, 2-D, and
+/// a file of `file_len` bytes long enough for the shape. Returns (rows, cols, dtype).
+pub fn check_matrix(
+    header: &NpyHeader,
+    path: &Path,
+    file_len: u64,
+    accept: Accept,
+) -> Result<(usize, usize, NpyDtype)> {
+    let dtype = match header.dtype.filter(|d| accept.allows(*d)) {
+        Some(d) => d,
+        None => return Err(unsupported_dtype(path, &header.descr, accept)),
+    };
+    if header.fortran_order {
+        return Err(Error::unsupported(
+            path,
+            "array is in Fortran order; save it in C order (np.ascontiguousarray)",
+        ));
+    }
+    if header.shape.len() != 2 {
+        return Err(Error::unsupported(
+            path,
+            format!(
+                "array is {}-D with shape {:?}; a 2-D (rows x dims) array is required",
+                header.shape.len(),
+                header.shape
+            ),
+        ));
+    }
+    let (rows, cols) = (header.shape[0], header.shape[1]);
+    let need = header
+        .data_end()
+        .ok_or_else(|| Error::format(path, "shape overflows"))? as u64;
+    if file_len < need {
+        return Err(Error::format(
+            path,
+            format!(
+                "file is truncated: header promises {rows} x {cols} {} ({need} bytes) but the file has {file_len} bytes",
+                header.descr
+            ),
+        ));
+    }
+    Ok((rows, cols, dtype))
+}
+
 fn unsupported_dtype(path: &Path, descr: &str, accept: Accept) -> Error {
     let why = match NpyDtype::from_descr(descr) {
         Some(_) => "this input takes floats only",
