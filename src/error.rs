@@ -22,6 +22,14 @@ pub enum Error {
         #[source]
         source: std::io::Error,
     },
+    /// An object store (or the local file system behind the same interface) refused or failed a
+    /// request: `url` is the object or prefix, `source` the client's error after its retries.
+    #[error("{url}: {source}")]
+    Storage {
+        url: String,
+        #[source]
+        source: object_store::Error,
+    },
     /// A file exists but its content is not what its format promises (bad header, truncated, ...).
     #[error("{}: {message}", path.display())]
     Format { path: PathBuf, message: String },
@@ -92,6 +100,12 @@ impl Error {
             message: message.into(),
         }
     }
+    pub fn storage(url: impl Into<String>, source: object_store::Error) -> Self {
+        Error::Storage {
+            url: url.into(),
+            source,
+        }
+    }
     pub fn invalid(message: impl Into<String>) -> Self {
         Error::InvalidArgument(message.into())
     }
@@ -124,6 +138,7 @@ impl Error {
             | Error::Unsupported { path, .. }
             | Error::TensorNotFound { path, .. }
             | Error::InFile { path, .. } => Some(path),
+            Error::Storage { url, .. } => Some(Path::new(url.as_str())),
             _ => None,
         }
     }

@@ -5,6 +5,9 @@
 //! - [`align`]: the pure math — Ψ, its SVD, the band, the full/compact/embedding maps;
 //! - [`eval`]: retrieval metrics (reference semantics), NCM, CLIP vs IsoCLIP comparisons;
 //! - [`report`]: SVG plots for people;
+//! - [`storage`]: plain paths, `file://` and object stores (S3, GCS, Azure, HTTP) behind one
+//!   interface;
+//! - [`engine`]: the streaming, resumable projection of galleries (one worker or many);
 //! - [`ffi`]: the C ABI (`include/isoclip.h`), a translation layer over the rest;
 //! - [`cli`]: the `isoclip` command line.
 
@@ -17,6 +20,7 @@ pub mod eval;
 pub mod ffi;
 pub mod formats;
 pub mod report;
+pub mod storage;
 
 pub use align::{fit, AlignedProjector, BandSpec, Modality, ProjectorWeights};
 pub use error::{Error, Result};

@@ -72,7 +72,10 @@ pub fn write_gallery(dir: &Path, spec: &GallerySpec) -> Result<Vec<PathBuf>> {
     };
     match result {
         Err(e) if matches!(e.root(), Error::Cancelled) => {
-            eprintln!("{}", interrupted_line(done, dir));
+            eprintln!(
+                "{}",
+                interrupted_line(done, &crate::storage::Location::from(dir))
+            );
             Err(e)
         }
         other => other,

@@ -1,7 +1,6 @@
 //! `isoclip project`: move a gallery of embedding shards into the IsoCLIP space.
 
 use std::io::IsTerminal;
-use std::path::{Path, PathBuf};
 use std::sync::atomic::{AtomicUsize, Ordering};
 
 use clap::{Args, ValueEnum};
@@ -13,9 +12,9 @@ use super::targets::check_output_dir;
 use crate::align::{AlignedProjector, Modality};
 use crate::backend::{select_backend, Backend, DeviceChoice};
 use crate::backend::{ElemType, InputKind, NonFinitePolicy, OutputForm, ProjectionOptions};
-use crate::engine::{run_job, JobSpec, JobSummary, ProgressSink};
+use crate::engine::{run_job, JobSpec, JobSummary, ProgressSink, ShardSelection};
 use crate::error::{Error, Result};
-use crate::formats::projector_file;
+use crate::storage::{self, Location};
 
 #[derive(Clone, Copy, Debug, ValueEnum)]
 pub enum InputKindArg {
@@ -58,15 +57,29 @@ pub enum ModalityArg {
     after_help = "Examples:\n  isoclip project --projector b16.safetensors --input img_emb/ --output iso_emb/\n  isoclip project --projector b16.safetensors --input img_emb/ --output iso_emb/ \\\n                  --input-kind embeddings\n  isoclip project --projector b16.safetensors --input shards.txt --output out/ \\\n                  --form full --dtype f32 --json\n\nA rerun skips shards whose output is complete and matches (input identity: device, inode,\nsize, mtime, ctime; projector; options) and whose output's checksum verifies\n(--trust-outputs: its identity instead); --overwrite redoes everything. Outputs are written\nto a temporary name, synced, then renamed.\n\nExit codes: 0 success; 1 failure (bad input, I/O error, disk full: finished shards are kept);\n2 invalid command line; 130/143 interrupted by SIGINT/SIGTERM (finished shards kept: rerun\nto resume)."
 )]
 pub struct ProjectArgs {
-    /// Projector file from `isoclip fit`.
-    #[arg(long, value_name = "FILE")]
-    pub projector: PathBuf,
-    /// A .npy shard (fp16/fp32, 2-D, C order), a directory of shards, or a text file listing shards.
-    #[arg(long, value_name = "PATH")]
-    pub input: PathBuf,
-    /// Output directory: one .npy per input shard, same file name, plus isoclip-manifest.json.
-    #[arg(long, short, value_name = "DIR")]
-    pub output: PathBuf,
+    /// Projector file from `isoclip fit` (a path or a URL).
+    #[arg(long, value_name = "FILE|URL")]
+    pub projector: String,
+    /// A .npy shard (fp16/fp32, 2-D, C order), a directory or prefix of shards, or a local text
+    /// file listing shards. Paths, file://, s3://, gs://, az:// and http(s):// URLs.
+    #[arg(long, value_name = "PATH|URL")]
+    pub input: String,
+    /// Output directory or prefix: one .npy per input shard, same name, plus the resume records
+    /// (isoclip-manifest.json for one worker on local paths; _isoclip/ otherwise).
+    #[arg(long, short, value_name = "DIR|URL")]
+    pub output: String,
+    /// Number of workers sharing the gallery: worker I takes shards k with k mod N = I of the
+    /// sorted listing (default: from SLURM_ARRAY_TASK_COUNT, or ISOCLIP_NUM_SHARDS; else 1).
+    #[arg(long, value_name = "N")]
+    pub num_shards: Option<usize>,
+    /// This worker's index, 0 to N-1 (default: from SLURM_ARRAY_TASK_ID − SLURM_ARRAY_TASK_MIN,
+    /// or Kubernetes' JOB_COMPLETION_INDEX, or ISOCLIP_SHARD_INDEX).
+    #[arg(long, value_name = "I")]
+    pub shard_index: Option<usize>,
+    /// An object-store option as object_store names it (e.g. aws_endpoint=http://127.0.0.1:9000,
+    /// aws_allow_http=true, aws_skip_signature=true); repeatable; over the environment's.
+    #[arg(long = "storage-option", value_name = "KEY=VALUE", value_parser = parse_key_value)]
+    pub storage_options: Vec<(String, String)>,
     /// Which modality's maps to use (needed when the projector holds both).
     #[arg(long, value_enum)]
     pub modality: Option<ModalityArg>,
@@ -196,11 +209,11 @@ impl ProgressSink for BarProgress {
 }
 
 /// The one line an interrupted run prints: what was kept and how to resume.
-pub fn interrupted_line(finished: usize, dir: &Path) -> String {
+pub fn interrupted_line(finished: usize, output: &Location) -> String {
     format!(
         "interrupted: kept {} in {}; rerun the same command to resume",
         count(finished as u64, "finished shard", "finished shards"),
-        dir.display()
+        output
     )
 }
 
@@ -221,7 +234,7 @@ pub fn run_interruptible(
         Err(e) if matches!(e.root(), Error::Cancelled) => {
             eprintln!(
                 "{}",
-                interrupted_line(progress.finished_shards(), &spec.output_dir)
+                interrupted_line(progress.finished_shards(), &spec.output)
             );
             Err(e)
         }
@@ -253,9 +266,22 @@ impl ProjectArgs {
     }
 }
 
+/// `KEY=VALUE` for `--storage-option` (the key non-empty; the value may hold `=`).
+pub fn parse_key_value(s: &str) -> std::result::Result<(String, String), String> {
+    match s.split_once('=') {
+        Some((k, v)) if !k.trim().is_empty() => Ok((k.trim().to_string(), v.to_string())),
+        _ => Err(format!("expected KEY=VALUE, got {s:?}")),
+    }
+}
+
 pub fn run(a: ProjectArgs) -> Result<()> {
-    check_output_dir(&a.output)?;
-    let projector = projector_file::load(&a.projector)?;
+    let input = Location::parse(&a.input)?;
+    let output = Location::parse(&a.output)?;
+    if let Some(dir) = output.as_plain_path() {
+        check_output_dir(dir)?;
+    }
+    let shards = ShardSelection::resolve(a.num_shards, a.shard_index, |k| std::env::var(k).ok())?;
+    let projector = storage::load_projector(&Location::parse(&a.projector)?, &a.storage_options)?;
     let modality = a.modality.map(|m| match m {
         ModalityArg::Image => Modality::Image,
         ModalityArg::Text => Modality::Text,
@@ -265,7 +291,9 @@ pub fn run(a: ProjectArgs) -> Result<()> {
         .map_err(|e| e.in_file(&a.projector))?;
     let device = DeviceChoice::parse(&a.device).expect("clap checked the value");
     let (backend, notice) = select_backend(device, a.threads)?;
-    let mut spec = JobSpec::new(&a.input, &a.output);
+    let mut spec = JobSpec::new(input, output);
+    spec.shards = shards;
+    spec.storage_options = a.storage_options.clone();
     spec.modality = modality;
     spec.options = a.options();
     spec.overwrite = a.overwrite;

@@ -31,6 +31,7 @@ use super::commit::{output_is_intact, Committer, FaultPlan};
 use super::manifest::{FileIdentity, OutputManifest, ShardRecord};
 use super::outdir::{check_output_dir, OutputDirLock};
 use super::reader::{InputMatrix, ShardReader, READ_CHUNK_BYTES};
+use super::selection::ShardSelection;
 use super::shards;
 use crate::align::{AlignedProjector, Modality};
 use crate::backend::cpu::BLOCK_ROWS;
@@ -40,13 +41,19 @@ use crate::backend::{
 use crate::error::{Error, Result};
 use crate::formats::npy::{self, NpyDtype};
 use crate::formats::{create_temporary, projector_file, temporary_path};
+use crate::storage::Location;
 
 /// What to run.
 #[derive(Clone, Debug)]
 pub struct JobSpec {
-    /// A `.npy` shard, a directory of shards, or a text file listing shards.
-    pub input: PathBuf,
-    pub output_dir: PathBuf,
+    /// A `.npy` shard, a directory (or prefix) of shards, or a local text file listing shards.
+    pub input: Location,
+    /// The output directory or prefix.
+    pub output: Location,
+    /// Which shards of the sorted listing this worker takes (all by default).
+    pub shards: ShardSelection,
+    /// Object-store options (`KEY=VALUE`, as `object_store` names them) over the environment's.
+    pub storage_options: Vec<(String, String)>,
     /// Which of the projector's modalities (needed when it holds both).
     pub modality: Option<Modality>,
     pub options: ProjectionOptions,
@@ -61,10 +68,12 @@ pub struct JobSpec {
 }
 
 impl JobSpec {
-    pub fn new(input: impl Into<PathBuf>, output_dir: impl Into<PathBuf>) -> Self {
+    pub fn new(input: impl Into<Location>, output: impl Into<Location>) -> Self {
         JobSpec {
             input: input.into(),
-            output_dir: output_dir.into(),
+            output: output.into(),
+            shards: ShardSelection::default(),
+            storage_options: Vec::new(),
             modality: None,
             options: ProjectionOptions::default(),
             overwrite: false,
@@ -155,13 +164,36 @@ pub fn run_job(
     progress: &dyn ProgressSink,
     cancel: &AtomicBool,
 ) -> Result<JobSummary> {
-    let result = run_job_inner(spec, projector, backend, progress, cancel);
+    let result = match local_paths(spec) {
+        Some((input, out_dir)) => {
+            run_local_job(spec, input, out_dir, projector, backend, progress, cancel)
+        }
+        None => super::distributed::run_job(spec, projector, backend, progress, cancel),
+    };
     progress.finish();
     result
 }
 
-fn run_job_inner(
+/// The input and output of a run the local engine does (one manifest, a locked directory):
+/// plain paths, one worker, and an output directory that is not already kept by completion
+/// records (a previous run with several workers or through a URL). Every other run keeps
+/// per-shard completion records ([`super::distributed`]).
+fn local_paths(spec: &JobSpec) -> Option<(&Path, &Path)> {
+    if !spec.shards.is_all() {
+        return None;
+    }
+    let input = spec.input.as_plain_path()?;
+    let out_dir = spec.output.as_plain_path()?;
+    let kept_by_records = std::fs::symlink_metadata(out_dir.join(super::records::RECORDS_DIR))
+        .is_ok_and(|m| m.is_dir());
+    (!kept_by_records).then_some((input, out_dir))
+}
+
+#[allow(clippy::too_many_arguments)]
+fn run_local_job(
     spec: &JobSpec,
+    input: &Path,
+    out_dir: &Path,
     projector: &AlignedProjector,
     backend: &dyn Backend,
     progress: &dyn ProgressSink,
@@ -174,34 +206,11 @@ fn run_job_inner(
     let projector_id = projector_file::content_digest(projector);
 
     // 1. Every shard, validated before any work.
-    let paths = shards::discover(&spec.input)?;
+    let paths = shards::discover(input)?;
     let mut open = Vec::with_capacity(paths.len());
     for path in paths {
         let matrix = ShardReader::inspect(&path)?;
-        if matrix.cols != map.d_in() {
-            let what = match opts.input_kind {
-                crate::backend::InputKind::Features => format!(
-                    "{} features of dimension {} (pre-projection)",
-                    maps.modality,
-                    map.d_in()
-                ),
-                crate::backend::InputKind::Embeddings => format!(
-                    "{} embeddings of dimension {} (already projected)",
-                    maps.modality,
-                    map.d_in()
-                ),
-            };
-            return Err(Error::Shape(format!(
-                "{}: rows have {} dimensions but the projector expects {what}{}",
-                path.display(),
-                matrix.cols,
-                if matrix.cols == maps.d && opts.input_kind == crate::backend::InputKind::Features {
-                    "; these look like already-projected embeddings: project them with the embedding route (input kind 'embeddings')"
-                } else {
-                    ""
-                }
-            )));
-        }
+        check_columns(&path, matrix.cols, maps, &map, &opts)?;
         let name = path
             .file_name()
             .map(|n| n.to_string_lossy().into_owned())
@@ -216,9 +225,8 @@ fn run_job_inner(
     }
 
     // 2. The output directory: checked before it is created, then locked.
-    let out_dir = &spec.output_dir;
     let shard_paths: Vec<PathBuf> = open.iter().map(|s| s.path.clone()).collect();
-    check_output_dir(out_dir, &spec.input, &shard_paths)?;
+    check_output_dir(out_dir, input, &shard_paths)?;
     let fault = FaultPlan::from_env()?;
     std::fs::create_dir_all(out_dir).map_err(|e| Error::io(out_dir, e))?;
     let lock = OutputDirLock::acquire(out_dir)?;
@@ -316,6 +324,42 @@ fn run_job_inner(
         summary.gb_per_second_read = summary.bytes_read as f64 / summary.seconds / 1e9;
     }
     Ok(summary)
+}
+
+/// Refuses a shard whose rows do not have the dimension the projector's map takes, saying what
+/// was expected (and when the rows look like the other input kind).
+pub(crate) fn check_columns(
+    path: &Path,
+    cols: usize,
+    maps: &crate::align::ModalityMaps,
+    map: &PreparedMap,
+    opts: &ProjectionOptions,
+) -> Result<()> {
+    if cols != map.d_in() {
+        let what = match opts.input_kind {
+            crate::backend::InputKind::Features => format!(
+                "{} features of dimension {} (pre-projection)",
+                maps.modality,
+                map.d_in()
+            ),
+            crate::backend::InputKind::Embeddings => format!(
+                "{} embeddings of dimension {} (already projected)",
+                maps.modality,
+                map.d_in()
+            ),
+        };
+        return Err(Error::Shape(format!(
+            "{}: rows have {} dimensions but the projector expects {what}{}",
+            path.display(),
+            cols,
+            if cols == maps.d && opts.input_kind == crate::backend::InputKind::Features {
+                "; these look like already-projected embeddings: project them with the embedding route (input kind 'embeddings')"
+            } else {
+                ""
+            }
+        )));
+    }
+    Ok(())
 }
 
 /// The record fields every shard of a run shares: projector and options.

@@ -11,11 +11,15 @@
 //!   reader -> backend -> a writer thread -> temporary file -> fsync -> commit.
 
 pub mod commit;
+pub mod distributed;
 pub mod gallery;
 pub mod job;
 pub mod manifest;
 pub mod outdir;
 pub mod reader;
+pub mod records;
+pub mod selection;
 pub mod shards;
 
 pub use job::{run_job, JobSpec, JobSummary, ProgressSink, SilentProgress};
+pub use selection::ShardSelection;

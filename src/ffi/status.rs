@@ -161,7 +161,7 @@ impl Failure {
     pub fn status(&self) -> isoclip_status {
         match self {
             Failure::Core(e) => match e.root() {
-                Error::Io { .. } => ISOCLIP_ERR_IO,
+                Error::Io { .. } | Error::Storage { .. } => ISOCLIP_ERR_IO,
                 Error::Format { .. } => ISOCLIP_ERR_FORMAT,
                 Error::Unsupported { .. } => ISOCLIP_ERR_UNSUPPORTED,
                 Error::Shape(_) => ISOCLIP_ERR_SHAPE,
