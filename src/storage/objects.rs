@@ -186,7 +186,10 @@ impl Store {
             .collect();
         shards.sort_by(|a, b| a.name.cmp(&b.name));
         if shards.is_empty() {
-            return Err(Error::invalid(format!("{}: holds no .npy shards", self.url)));
+            return Err(Error::invalid(format!(
+                "{}: holds no .npy shards",
+                self.url
+            )));
         }
         Ok(shards)
     }
@@ -265,7 +268,9 @@ impl Store {
     /// Create-only PUT (`PutMode::Create`): never replaces an existing object.
     pub fn put_create(&self, name: &str, bytes: Vec<u8>) -> Result<PutOutcome> {
         let path = self.path_of(name)?;
-        let put = self.inner.put_opts(&path, PutPayload::from(bytes), PutMode::Create.into());
+        let put = self
+            .inner
+            .put_opts(&path, PutPayload::from(bytes), PutMode::Create.into());
         match self.block_on(put) {
             Ok(_) => Ok(PutOutcome::Created),
             Err(object_store::Error::AlreadyExists { .. }) => Ok(PutOutcome::AlreadyExists),

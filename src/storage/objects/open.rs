@@ -281,7 +281,8 @@ mod cloud {
         let env_sets_timeout = !env_prefix.is_empty()
             && std::env::vars().any(|(key, _)| {
                 key.starts_with(env_prefix)
-                    && key.to_ascii_lowercase().parse::<K>().ok() == Some(client_key(ClientConfigKey::ConnectTimeout))
+                    && key.to_ascii_lowercase().parse::<K>().ok()
+                        == Some(client_key(ClientConfigKey::ConnectTimeout))
             });
         if !env_sets_timeout {
             builder = with_config(builder, connect_timeout, CONNECT_TIMEOUT.to_string());

@@ -35,9 +35,7 @@ impl Store {
     /// Reads and checks the headers of `objects` concurrently (many requests in flight), in
     /// the order given. The first bad header is an error naming its URL.
     pub fn inspect_shards(&self, objects: &[ObjectInfo]) -> Result<Vec<RemoteMatrix>> {
-        let inspections = objects
-            .iter()
-            .map(|object| self.inspect_shard(object));
+        let inspections = objects.iter().map(|object| self.inspect_shard(object));
         self.block_on(
             futures_util::stream::iter(inspections)
                 .buffered(INSPECTIONS_IN_FLIGHT)
@@ -284,12 +282,11 @@ impl RemoteShardReader {
         // copied, so at most one waits outside the GETs in flight.
         let slot = Arc::new(Semaphore::new(1));
         let (sender, mut receiver) = mpsc::channel(1);
-        let _producer = AbortOnDrop(self.runtime.spawn(produce(
-            Arc::clone(&self.object),
-            plan,
-            slot,
-            sender,
-        )));
+        let _producer =
+            AbortOnDrop(
+                self.runtime
+                    .spawn(produce(Arc::clone(&self.object), plan, slot, sender)),
+            );
         while let Some((fetched, permit)) = receiver.blocking_recv() {
             let Fetched { start, rows, bytes } = fetched?;
             let len = bytes.len();
