@@ -95,7 +95,7 @@ impl ShardSelection {
         match (count, index) {
             (None, None) => Ok(ShardSelection::default()),
             (Some(count), Some(index)) => Self::new(count, index),
-            (Some(count), None) if count == 1 => Ok(ShardSelection::default()),
+            (Some(1), None) => Ok(ShardSelection::default()),
             (Some(count), None) => Err(Error::invalid(format!(
                 "{count} workers but no worker index: give the index, or run under a Slurm array or a Kubernetes Indexed Job"
             ))),

@@ -2,8 +2,6 @@
 //! done, missing or stale, judged exactly as a rerun would judge them (same record checks, same
 //! output checks), so "done" means a rerun would skip it.
 
-use std::path::Path;
-
 use serde::Serialize;
 
 use super::distributed::{
@@ -82,12 +80,21 @@ struct MergedManifest<'a> {
 /// Reports the state of every shard of the gallery in `spec.output`.
 pub fn gallery_status(spec: &StatusSpec) -> Result<StatusReport> {
     let context = StorageContext::new(spec.storage_options.clone())?;
-    let out = context.open(&spec.output)?;
-    let job_url = out.url_of(JOB_NAME);
-    let job = out
-        .get_bounded(JOB_NAME, MAX_RECORD_BYTES, "a job description")?
-        .map(|b| JobDescription::parse(&b, &job_url))
-        .transpose()?;
+    // A local output folder that does not exist yet holds no job and no records: every
+    // shard is missing (or, without --input, there is nothing to compare with).
+    let out = match spec.output.local_path() {
+        Some(dir) if !dir.exists() => None,
+        _ => Some(context.open(&spec.output)?),
+    };
+    let job = match &out {
+        Some(out) => {
+            let job_url = out.url_of(JOB_NAME);
+            out.get_bounded(JOB_NAME, MAX_RECORD_BYTES, "a job description")?
+                .map(|b| JobDescription::parse(&b, &job_url))
+                .transpose()?
+        }
+        None => None,
+    };
     let input = match (&spec.input, &job) {
         (Some(i), _) => i.clone(),
         (None, Some(j)) => Location::parse(&j.input)?,
@@ -101,7 +108,10 @@ pub fn gallery_status(spec: &StatusSpec) -> Result<StatusReport> {
     let gallery = Gallery::list(&context, &input)?;
     let shards = gallery.identities()?;
     let names: Vec<String> = shards.iter().map(|(n, _, _)| n.clone()).collect();
-    let stored = read_records(&out, &names)?;
+    let stored = match &out {
+        Some(out) => read_records(out, &names)?,
+        None => names.iter().map(|_| StoredRecord::Absent).collect(),
+    };
     let local_dir = spec.output.local_path();
     let checks = super::distributed::in_parallel(
         &(0..shards.len()).collect::<Vec<_>>(),
@@ -121,7 +131,15 @@ pub fn gallery_status(spec: &StatusSpec) -> Result<StatusReport> {
             } else if job.as_ref().is_some_and(|j| j.options != record.options) {
                 Some("projected with another projector or other options than the latest run")
             } else {
-                output_is_recorded_one(&out, local_dir.as_deref(), record, spec.trust_outputs)?
+                match &out {
+                    Some(out) => output_is_recorded_one(
+                        out,
+                        local_dir.as_deref(),
+                        record,
+                        spec.trust_outputs,
+                    )?,
+                    None => Some("the output folder is gone"),
+                }
             };
             Ok(match reason {
                 Some(r) => (ShardState::Stale, r.to_string()),
@@ -151,7 +169,7 @@ pub fn gallery_status(spec: &StatusSpec) -> Result<StatusReport> {
                 report.done += 1;
                 report.rows_done += r.rows;
                 report.bytes_done += r.output_size;
-                done_records.push(r);
+                done_records.push(r.as_ref());
             }
             ShardState::Missing => report.missing += 1,
             ShardState::Stale => report.stale += 1,
@@ -163,12 +181,12 @@ pub fn gallery_status(spec: &StatusSpec) -> Result<StatusReport> {
         });
     }
     if spec.write_manifest {
-        let job = job.as_ref().ok_or_else(|| {
-            Error::invalid(format!(
-                "{}: no job description to write a manifest for",
-                Path::new(&job_url).display()
-            ))
-        })?;
+        let (Some(job), Some(out)) = (job.as_ref(), out.as_ref()) else {
+            return Err(Error::invalid(format!(
+                "{}: no job description to write a manifest for ({JOB_NAME} is missing)",
+                spec.output
+            )));
+        };
         let merged = MergedManifest {
             format: "isoclip-merged-manifest",
             version: 1,
