@@ -279,10 +279,13 @@ mod cloud {
     ) -> Result<B> {
         let connect_timeout = client_key(ClientConfigKey::ConnectTimeout);
         let env_sets_timeout = !env_prefix.is_empty()
-            && std::env::vars().any(|(key, _)| {
-                key.starts_with(env_prefix)
-                    && key.to_ascii_lowercase().parse::<K>().ok()
-                        == Some(client_key(ClientConfigKey::ConnectTimeout))
+            && std::env::vars_os().any(|(key, _)| {
+                // Not `vars()`, which panics on a variable that is not UTF-8.
+                key.to_str().is_some_and(|key| {
+                    key.starts_with(env_prefix)
+                        && key.to_ascii_lowercase().parse::<K>().ok()
+                            == Some(client_key(ClientConfigKey::ConnectTimeout))
+                })
             });
         if !env_sets_timeout {
             builder = with_config(builder, connect_timeout, CONNECT_TIMEOUT.to_string());

@@ -287,8 +287,10 @@ impl RemoteShardReader {
                 self.runtime
                     .spawn(produce(Arc::clone(&self.object), plan, slot, sender)),
             );
+        let mut delivered = 0;
         while let Some((fetched, permit)) = receiver.blocking_recv() {
             let Fetched { start, rows, bytes } = fetched?;
+            delivered = start + rows;
             let len = bytes.len();
             buffer.bytes_mut()[..len].copy_from_slice(&bytes);
             drop((bytes, permit));
@@ -298,10 +300,17 @@ impl RemoteShardReader {
                 bytes: &buffer.bytes()[..len],
             };
             if !consume(chunk)? {
-                break;
+                return Ok(()); // dropping the producer cancels what is still in flight
             }
         }
-        Ok(()) // dropping the producer cancels what is still in flight
+        if delivered < self.shard.rows {
+            // The producer ended without an error: only if its task was cancelled or panicked.
+            return Err(Error::format(
+                &self.object.url,
+                format!("reading stopped at row {delivered} for no reason given (I/O task ended)"),
+            ));
+        }
+        Ok(())
     }
 }
 
