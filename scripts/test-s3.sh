@@ -9,6 +9,10 @@
 # proxy (tests/s3/fault_proxy.py) in front of it, checks that the server honours create-only
 # writes, builds the CLI and runs the tests. The servers are stopped on exit, whatever happens.
 # Offline once the venv exists; every step prints its wall time.
+#
+#   ISOCLIP_TEST_SLURM=1 ./scripts/test-s3.sh   # also submits examples/slurm/project-array.sh
+#                                               # to a single-node Slurm cluster started here
+#                                               # (installs Debian's slurm-wlm when missing)
 set -euo pipefail
 cd "$(dirname "$0")/.."
 ROOT=$PWD
@@ -114,6 +118,24 @@ export ISOCLIP_TEST_S3_PROXY="http://127.0.0.1:$PROXY_PORT"
 export ISOCLIP_TEST_MOTO_SERVER="$VENV/bin/moto_server"
 export ISOCLIP_TEST_PYTHON="$VENV/bin/python"
 
+SKIP=()
+if [ "${ISOCLIP_TEST_SLURM:-0}" = 1 ]; then
+  step "single-node Slurm cluster (Debian's slurm-wlm: munge, slurmctld, slurmd)"
+  if ! command -v slurmctld >/dev/null || ! command -v munged >/dev/null; then
+    apt-get update -qq
+    DEBIAN_FRONTEND=noninteractive apt-get install -y -qq --no-install-recommends \
+      slurmctld slurmd slurm-client munge
+  fi
+  rm -rf "$LOGS/slurm"
+  # The daemons' pids are registered as soon as the file has them, even if the start fails.
+  tests/s3/slurm_cluster.sh "$LOGS/slurm" || { PIDS+=($(cat "$LOGS/slurm/pids")); exit 1; }
+  PIDS+=($(cat "$LOGS/slurm/pids"))
+  export ISOCLIP_TEST_SLURM_CONF="$LOGS/slurm/slurm.conf"
+else
+  echo "(the test that submits the Slurm example to a real cluster is skipped: ISOCLIP_TEST_SLURM=1 runs it)"
+  SKIP=(--skip slurm_cluster)
+fi
+
 step "the server honours create-only writes (If-None-Match: *)"
 "$VENV/bin/python" tests/s3/check_conditional_writes.py
 
@@ -121,7 +143,7 @@ step "cargo build --bin isoclip"
 cargo build --bin isoclip
 
 step "cargo test --test scale_out (against the servers above)"
-cargo test --test scale_out -- --include-ignored --test-threads=1 "$@"
+cargo test --test scale_out -- --include-ignored --test-threads=1 "${SKIP[@]}" "$@"
 
 step_done
 printf '\nscale-out tests passed in %ss\n' "$(($(date +%s) - SUITE_START))"

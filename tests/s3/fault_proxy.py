@@ -17,8 +17,8 @@ keep-alive connections) and, when told to, answers a matching request itself ins
     GET    /__faults__  {"rules": [... with "hits" and "remaining"], "held": n, "requests": n}
     DELETE /__faults__  removes every rule and releases held requests.
 
-A rule matches when every field given (method, path_contains: a substring of the raw request
-target) matches; "count" is how many requests it takes (default 1, -1 for every request).
+A rule matches when every field given matches: method, path_contains (a substring of the raw
+request target, query included, or a list of substrings that must all occur); "count" is how many requests it takes (default 1, -1 for every request).
 The first matching rule with a count left wins. Control requests never reach the server, and
 bucket names cannot start with "__", so they never shadow an S3 request.
 
@@ -82,7 +82,10 @@ class Faults:
                     continue
                 if rule.get("method") and rule["method"] != method:
                     continue
-                if rule.get("path_contains") and rule["path_contains"] not in target:
+                wanted = rule.get("path_contains") or []
+                if isinstance(wanted, str):
+                    wanted = [wanted]
+                if not all(w in target for w in wanted):
                     continue
                 rule["hits"] += 1
                 if rule["remaining"] > 0:
@@ -221,14 +224,19 @@ class Handler(socketserver.BaseRequestHandler):
                 except Closed:
                     return
                 (method, target, *_), headers = parse_head(head)
+                client_closes = "close" in headers.get("connection", "").lower()
                 if target.startswith(CONTROL_PATH):
                     self.control(client, method, headers)
+                    if client_closes:
+                        return
                     continue
                 rule = self.faults.match(method, target)
                 if rule and rule["action"] == "error":
                     client.relay_body(headers, lambda _: None)
                     status, code, body = s3_error(rule, target)
                     send_simple(self.request, status, code, body, "application/xml")
+                    if client_closes:
+                        return
                     continue
                 if rule and rule["action"] == "drop":
                     self.drop(client, headers, int(rule.get("after_bytes", 0)))
