@@ -106,7 +106,10 @@ fn http(base: &str, method: &str, target: &str, body: &[u8]) -> std::io::Result<
         .nth(1)
         .and_then(|s| s.parse().ok())
         .unwrap_or_else(|| panic!("not an HTTP response from {base}: {text:?}"));
-    let body = text.split_once("\r\n\r\n").map_or("", |(_, b)| b).to_string();
+    let body = text
+        .split_once("\r\n\r\n")
+        .map_or("", |(_, b)| b)
+        .to_string();
     Ok((status, body))
 }
 
@@ -178,7 +181,10 @@ impl Bucket {
 
     fn put(&self, key: &str, bytes: Vec<u8>) {
         self.runtime
-            .block_on(self.store.put(&ObjectPath::from(key), PutPayload::from(bytes)))
+            .block_on(
+                self.store
+                    .put(&ObjectPath::from(key), PutPayload::from(bytes)),
+            )
             .unwrap_or_else(|e| panic!("PUT {}: {e}", self.url(key)));
     }
 
@@ -229,8 +235,13 @@ impl Bucket {
 
     /// Multipart uploads started and neither completed nor aborted (ListMultipartUploads).
     fn uploads_in_progress(&self) -> usize {
-        let (status, body) =
-            http(&self.endpoint, "GET", &format!("/{}?uploads", self.name), b"").unwrap();
+        let (status, body) = http(
+            &self.endpoint,
+            "GET",
+            &format!("/{}?uploads", self.name),
+            b"",
+        )
+        .unwrap();
         assert_eq!(status, 200, "ListMultipartUploads: {body}");
         body.matches("<Upload>").count()
     }
@@ -267,7 +278,9 @@ impl FaultProxy {
             base: format!("http://127.0.0.1:{}", port.trim()),
             _child: Some(guard),
         };
-        wait_until("the fault proxy", || http(&proxy.base, "GET", "/__faults__", b"").is_ok());
+        wait_until("the fault proxy", || {
+            http(&proxy.base, "GET", "/__faults__", b"").is_ok()
+        });
         proxy
     }
 
@@ -292,7 +305,10 @@ impl FaultProxy {
 
     /// The rules with their hit counts.
     fn rules(&self) -> Vec<Value> {
-        self.control("GET", b"")["rules"].as_array().unwrap().clone()
+        self.control("GET", b"")["rules"]
+            .as_array()
+            .unwrap()
+            .clone()
     }
 
     fn wait_held(&self, n: u64) {
@@ -399,7 +415,15 @@ impl Gallery {
             std::fs::rename(&made[0], d.join("g").join(shard_name(i))).unwrap();
         }
         let o = Command::new(env!("CARGO_BIN_EXE_isoclip"))
-            .args(["project", "--projector", "p.st", "--input", "g", "--output", "ref"])
+            .args([
+                "project",
+                "--projector",
+                "p.st",
+                "--input",
+                "g",
+                "--output",
+                "ref",
+            ])
             .args(["--device", "cpu", "--quiet"])
             .current_dir(d)
             .output()
@@ -663,7 +687,9 @@ fn object_store_puts_lists_multipart_uploads_and_create_only_puts_on_the_server(
     bucket.put("g/b.npy", b"second".to_vec());
     bucket.put("g/a.npy", b"first".to_vec());
     bucket.put("g/sub/c.npy", b"nested".to_vec());
-    let big: Vec<u8> = (0..(11u32 << 20) + 12345).map(|i| (i % 251) as u8).collect();
+    let big: Vec<u8> = (0..(11u32 << 20) + 12345)
+        .map(|i| (i % 251) as u8)
+        .collect();
     bucket.runtime.block_on(async {
         let upload = bucket
             .store
@@ -733,8 +759,10 @@ fn the_fault_proxy_forwards_exactly_and_injects_errors_drops_and_holds() {
 
     // 503 SlowDown, three times: object_store's retries get through, and the faults were hit.
     let prefix = format!("/{}/x/", direct.name);
-    proxy.add(json!({"status": 503, "code": "SlowDown", "count": 3, "method": "PUT",
-                     "path_contains": prefix}));
+    proxy.add(
+        json!({"status": 503, "code": "SlowDown", "count": 3, "method": "PUT",
+                     "path_contains": prefix}),
+    );
     via.put("x/two", b"two".to_vec());
     assert_eq!(direct.get("x/two").unwrap(), b"two");
     assert_eq!(proxy.rules()[0]["hits"], json!(3));
@@ -753,8 +781,10 @@ fn the_fault_proxy_forwards_exactly_and_injects_errors_drops_and_holds() {
     proxy.clear();
 
     // A connection dropped mid-body never leaves a partial object.
-    proxy.add(json!({"action": "drop", "after_bytes": 1000, "method": "PUT",
-                     "path_contains": prefix}));
+    proxy.add(
+        json!({"action": "drop", "after_bytes": 1000, "method": "PUT",
+                     "path_contains": prefix}),
+    );
     let outcome = via.runtime.block_on(
         via.store
             .put(&ObjectPath::from("x/three"), PutPayload::from(body.clone())),
@@ -796,7 +826,13 @@ fn three_workers_on_s3_write_byte_identical_outputs_to_the_local_run() {
             spawn(&mut project(
                 &ep,
                 &bucket,
-                &["--num-shards", "3", "--shard-index", &i.to_string(), "--json"],
+                &[
+                    "--num-shards",
+                    "3",
+                    "--shard-index",
+                    &i.to_string(),
+                    "--json",
+                ],
             ))
         })
         .collect();
@@ -897,8 +933,10 @@ fn a_connection_dropped_mid_part_is_retried_or_fails_cleanly_and_a_rerun_complet
     proxy.clear();
     let bucket = Bucket::create(&endpoint(), "drop");
     g.upload(&bucket);
-    proxy.add(json!({"action": "drop", "after_bytes": 100, "method": "PUT",
-                     "path_contains": [format!("/{}/out/", bucket.name), "partNumber="]}));
+    proxy.add(
+        json!({"action": "drop", "after_bytes": 100, "method": "PUT",
+                     "path_contains": [format!("/{}/out/", bucket.name), "partNumber="]}),
+    );
     let o = run(&mut project(proxy.endpoint(), &bucket, &[]), "the run");
     let hits = proxy.rules()[0]["hits"].clone();
     proxy.clear();
@@ -906,9 +944,17 @@ fn a_connection_dropped_mid_part_is_retried_or_fails_cleanly_and_a_rerun_complet
     assert!(!stderr(&o).contains("panicked"), "{}", stderr(&o));
     if !o.status.success() {
         assert_eq!(o.status.code(), Some(1), "{}", stderr(&o));
-        assert!(stderr(&o).contains(&bucket.url("out/part-")), "{}", stderr(&o));
+        assert!(
+            stderr(&o).contains(&bucket.url("out/part-")),
+            "{}",
+            stderr(&o)
+        );
         assert_no_partial_output(&bucket, &g);
-        assert_eq!(bucket.uploads_in_progress(), 0, "the failed upload is aborted");
+        assert_eq!(
+            bucket.uploads_in_progress(),
+            0,
+            "the failed upload is aborted"
+        );
         let rerun = run(&mut project(&endpoint(), &bucket, &[]), "the rerun");
         assert_success(&rerun, "the rerun");
     }
@@ -927,7 +973,11 @@ fn a_worker_sigkilled_mid_shard_leaves_no_partial_object_and_its_rerun_completes
     g.upload(&bucket);
     for i in [1, 2] {
         let o = run(
-            &mut project(&ep, &bucket, &["--num-shards", "3", "--shard-index", &i.to_string()]),
+            &mut project(
+                &ep,
+                &bucket,
+                &["--num-shards", "3", "--shard-index", &i.to_string()],
+            ),
             "workers 1 and 2",
         );
         assert_success(&o, &format!("worker {i}"));
@@ -944,7 +994,10 @@ fn a_worker_sigkilled_mid_shard_leaves_no_partial_object_and_its_rerun_completes
     assert_no_partial_output(&bucket, &g);
     assert_status_missing(&ep, &bucket, &shards_of(0, 3));
 
-    let o = run(&mut project(&ep, &bucket, &worker0), "the rerun of worker 0");
+    let o = run(
+        &mut project(&ep, &bucket, &worker0),
+        "the rerun of worker 0",
+    );
     assert_success(&o, "the rerun of worker 0");
     assert_complete(&ep, &bucket, &g);
 }
@@ -1071,8 +1124,7 @@ fn expand_k8s(s: &str, env: &BTreeMap<String, String>) -> String {
         if let Some(tail) = after.strip_prefix('$') {
             out.push('$');
             rest = tail;
-        } else if let Some((name, tail)) = after.strip_prefix('(').and_then(|a| a.split_once(')'))
-        {
+        } else if let Some((name, tail)) = after.strip_prefix('(').and_then(|a| a.split_once(')')) {
             match env.get(name) {
                 Some(v) => out.push_str(v),
                 None => out.push_str(&format!("$({name})")),
@@ -1104,8 +1156,7 @@ fn the_kubernetes_indexed_job_example_run_as_kubernetes_runs_it_matches_the_loca
     let pod: Value = serde_json::from_str(&stdout(&o)).unwrap();
     assert_eq!(pod["completion_mode"], json!("Indexed"));
     let completions = pod["completions"].as_u64().unwrap() as usize;
-    let mut env: BTreeMap<String, String> =
-        serde_json::from_value(pod["env"].clone()).unwrap();
+    let mut env: BTreeMap<String, String> = serde_json::from_value(pod["env"].clone()).unwrap();
     assert_eq!(env["ISOCLIP_NUM_SHARDS"], completions.to_string());
     // The names a user changes: the three locations.
     for (name, value) in [
@@ -1172,5 +1223,8 @@ fn the_examples_agree_on_the_number_of_workers() {
         .trim()
         .trim_matches('"')
         .to_string();
-    assert_eq!(completions, num_shards, "ISOCLIP_NUM_SHARDS must equal completions");
+    assert_eq!(
+        completions, num_shards,
+        "ISOCLIP_NUM_SHARDS must equal completions"
+    );
 }

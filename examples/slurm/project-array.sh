@@ -32,10 +32,15 @@ set -euo pipefail
 : "${ISOCLIP:=isoclip}"
 # ------------------------------------------------------------------------------
 
-echo "isoclip worker ${SLURM_ARRAY_TASK_ID:-?} of array ${SLURM_ARRAY_JOB_ID:-?} on $(hostname)" >&2
+# As many compute threads as the task was given CPUs (else isoclip uses every core it sees).
+THREADS=()
+if [ -n "${SLURM_CPUS_PER_TASK:-}" ]; then
+  THREADS=(--threads "$SLURM_CPUS_PER_TASK")
+fi
+echo "isoclip task ${SLURM_ARRAY_TASK_ID:-?} of array job ${SLURM_ARRAY_JOB_ID:-?} on $(hostname)" >&2
 exec "$ISOCLIP" project \
   --projector "$PROJECTOR" \
   --input "$GALLERY" \
   --output "$OUTPUT" \
-  --threads "${SLURM_CPUS_PER_TASK:-8}" \
+  "${THREADS[@]}" \
   --quiet
