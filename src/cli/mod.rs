@@ -3,6 +3,7 @@
 //!
 //! Exit codes: 0 success; 1 the command failed (bad input file, I/O error, impossible band, ...);
 //! 2 the command line itself is wrong (unknown flag, missing value: clap's usage errors);
+//! 3 (`status` only) some shard of the gallery is missing or stale;
 //! 130 / 143 interrupted by SIGINT / SIGTERM (finished work kept, see `signals`).
 //! A closed standard output (`isoclip inspect p | head -1`) ends the command quietly with 0.
 
@@ -16,6 +17,7 @@ mod inspect;
 mod project;
 mod signals;
 mod spectrum;
+mod status;
 mod sweep;
 mod targets;
 mod weights_args;
@@ -55,6 +57,8 @@ pub enum Command {
     Project(project::ProjectArgs),
     /// Write a synthetic gallery of random feature shards (for trying things out and benchmarks).
     Gallery(gallery::GalleryArgs),
+    /// Which shards of a gallery an output holds (done / missing / stale), across all workers.
+    Status(status::StatusArgs),
     /// Summarise a projector file (human text, or --json).
     Inspect(inspect::InspectArgs),
     /// Plot Ψ's normalised spectrum with the kept band marked (SVG) and summarise it.
@@ -99,6 +103,18 @@ pub fn main() -> i32 {
         Command::Spectrum(a) => spectrum::run(a),
         Command::Eval(a) => eval::run(a),
         Command::Sweep(a) => sweep::run(a),
+        Command::Status(a) => match status::run(a) {
+            Ok(false) => {
+                return match output::flush() {
+                    Err(e) if !output::is_broken_pipe(&e) => {
+                        eprintln!("error: {e}");
+                        EXIT_FAILURE
+                    }
+                    _ => status::EXIT_INCOMPLETE,
+                }
+            }
+            other => other.map(|_| ()),
+        },
     };
     let result = result.and_then(|()| output::flush());
     match result {

@@ -43,6 +43,9 @@ pub enum CommitStep {
     RecordRetracted,
     Renamed,
     Recorded,
+    /// Runs kept by completion records ([`super::distributed`]): the output object is complete
+    /// and visible, its record not yet created.
+    Uploaded,
 }
 
 impl CommitStep {
@@ -53,8 +56,16 @@ impl CommitStep {
         CommitStep::Recorded,
     ];
 
+    /// The steps of a run kept by completion records, in order.
+    pub const RECORDED_RUN: [CommitStep; 3] = [
+        CommitStep::RecordRetracted,
+        CommitStep::Uploaded,
+        CommitStep::Recorded,
+    ];
+
     pub fn name(self) -> &'static str {
         match self {
+            CommitStep::Uploaded => "uploaded",
             CommitStep::TempWritten => "temp-written",
             CommitStep::RecordRetracted => "record-retracted",
             CommitStep::Renamed => "renamed",
@@ -84,6 +95,7 @@ impl FaultPlan {
         let bad = || Error::invalid(format!("{FAULT_ENV}={text}: not <step>[:fail|:abort]"));
         let step = CommitStep::ALL
             .into_iter()
+            .chain([CommitStep::Uploaded])
             .find(|s| s.name() == step)
             .ok_or_else(bad)?;
         let abort = match mode {
@@ -92,6 +104,26 @@ impl FaultPlan {
             _ => return Err(bad()),
         };
         Ok(FaultPlan { step, abort })
+    }
+}
+
+impl FaultPlan {
+    /// Fails (or aborts the process) if this plan targets `step` and has not fired yet; `what`
+    /// names the output in the injected error.
+    pub fn fire(plan: &mut Option<FaultPlan>, step: CommitStep, what: &Path) -> Result<()> {
+        match *plan {
+            Some(p) if p.step == step => {
+                if p.abort {
+                    std::process::abort();
+                }
+                *plan = None;
+                Err(Error::io(
+                    what,
+                    std::io::Error::other(format!("injected fault at step {}", step.name())),
+                ))
+            }
+            _ => Ok(()),
+        }
     }
 }
 
@@ -137,19 +169,7 @@ impl<'a> Committer<'a> {
     }
 
     fn fault_point(&mut self, step: CommitStep, out: &Path) -> Result<()> {
-        match self.fault {
-            Some(plan) if plan.step == step => {
-                if plan.abort {
-                    std::process::abort();
-                }
-                self.fault = None;
-                Err(Error::io(
-                    out,
-                    std::io::Error::other(format!("injected fault at step {}", step.name())),
-                ))
-            }
-            _ => Ok(()),
-        }
+        FaultPlan::fire(&mut self.fault, step, out)
     }
 }
 
@@ -157,23 +177,37 @@ impl<'a> Committer<'a> {
 /// is never trusted) with the recorded size and xxh3 (read in large sequential reads), or with
 /// `trust_identity`, the recorded device, inode, size, mtime and ctime (no read).
 pub fn output_is_intact(path: &Path, record: &ShardRecord, trust_identity: bool) -> bool {
-    let Ok(file) = std::fs::OpenOptions::new()
-        .read(true)
-        .custom_flags(libc::O_NOFOLLOW | libc::O_NONBLOCK | libc::O_CLOEXEC)
-        .open(path)
-    else {
+    let Some((file, meta)) = open_regular_nofollow(path) else {
         return false;
     };
-    let Ok(meta) = file.metadata() else {
-        return false;
-    };
-    if !meta.is_file() || meta.len() != record.output_identity.size {
+    if meta.len() != record.output_identity.size {
         return false;
     }
     if trust_identity {
         return FileIdentity::of(&meta) == record.output_identity;
     }
     matches!(xxh3_of(file), Ok(h) if format!("{h:016x}") == record.output_xxh3)
+}
+
+/// Whether `path` is a regular file (never followed through a symlink) of `size` bytes whose
+/// xxh3-64 is `xxh3_hex`.
+pub fn file_has_content(path: &Path, size: u64, xxh3_hex: &str) -> bool {
+    match open_regular_nofollow(path) {
+        Some((file, meta)) if meta.len() == size => {
+            matches!(xxh3_of(file), Ok(h) if format!("{h:016x}") == xxh3_hex)
+        }
+        _ => false,
+    }
+}
+
+fn open_regular_nofollow(path: &Path) -> Option<(std::fs::File, std::fs::Metadata)> {
+    let file = std::fs::OpenOptions::new()
+        .read(true)
+        .custom_flags(libc::O_NOFOLLOW | libc::O_NONBLOCK | libc::O_CLOEXEC)
+        .open(path)
+        .ok()?;
+    let meta = file.metadata().ok()?;
+    meta.is_file().then_some((file, meta))
 }
 
 fn xxh3_of(mut file: std::fs::File) -> std::io::Result<u64> {

@@ -30,7 +30,7 @@ use xxhash_rust::xxh3::Xxh3;
 use super::commit::{output_is_intact, Committer, FaultPlan};
 use super::manifest::{FileIdentity, OutputManifest, ShardRecord};
 use super::outdir::{check_output_dir, OutputDirLock};
-use super::reader::{InputMatrix, ShardReader, READ_CHUNK_BYTES};
+use super::reader::{InputMatrix, RowChunk, ShardReader, READ_CHUNK_BYTES};
 use super::selection::ShardSelection;
 use super::shards;
 use crate::align::{AlignedProjector, Modality};
@@ -41,7 +41,7 @@ use crate::backend::{
 use crate::error::{Error, Result};
 use crate::formats::npy::{self, NpyDtype};
 use crate::formats::{create_temporary, projector_file, temporary_path};
-use crate::storage::Location;
+use crate::storage::{Location, RemoteShardReader};
 
 /// What to run.
 #[derive(Clone, Debug)]
@@ -83,8 +83,8 @@ impl JobSpec {
     }
 }
 
-const DEFAULT_CHUNK_BYTES: usize = 16 << 20;
-const MAX_CHUNK_ROWS: usize = 1 << 16;
+pub(crate) const DEFAULT_CHUNK_BYTES: usize = 16 << 20;
+pub(crate) const MAX_CHUNK_ROWS: usize = 1 << 16;
 /// Output chunk buffers circulating between compute and the writer thread: enough slack that a
 /// writer blocked in a periodic sync does not stall the compute side.
 const WRITE_BUFFERS: usize = 4;
@@ -441,21 +441,140 @@ fn write_shard(
     progress: &dyn ProgressSink,
     cancel: &AtomicBool,
 ) -> Result<(BlockStats, u64, u64)> {
+    let reader = ShardReader::reopen(&s.path, &s.matrix.identity)?;
+    let shape = ShardShape {
+        rows: s.matrix.rows,
+        cols: s.matrix.cols,
+        dtype: s.matrix.dtype,
+    };
+    let mut sink = FileSink {
+        writer: ShardWriter::create(tmp).map_err(|e| Error::io(out_path, e))?,
+        path: out_path,
+    };
+    let work = ShardWork {
+        map,
+        opts,
+        backend,
+        chunk_rows,
+        progress,
+        cancel,
+    };
+    let (stats, size, hash) = project_shard(
+        RowSource::File(reader),
+        shape,
+        &s.path,
+        &mut sink,
+        out_path,
+        &work,
+    )?;
+    sink.writer.finish().map_err(|e| Error::io(out_path, e))?;
+    Ok((stats, size, hash))
+}
+
+/// Where a shard's rows come from: a local file (`pread` read-ahead) or an object (ranged GETs).
+pub(crate) enum RowSource {
+    File(ShardReader),
+    Object(RemoteShardReader),
+}
+
+impl RowSource {
+    fn stream(
+        self,
+        chunk_rows: usize,
+        consume: impl FnMut(RowChunk<'_>) -> Result<bool>,
+    ) -> Result<()> {
+        match self {
+            RowSource::File(r) => r.stream(chunk_rows, consume),
+            RowSource::Object(r) => r.stream(chunk_rows, consume),
+        }
+    }
+}
+
+/// Where a shard's output bytes go, in order (a temporary file, an upload); fed by the writer
+/// thread, so implementations must be `Send`.
+pub(crate) trait ShardSink: Send {
+    fn write(&mut self, bytes: &[u8]) -> Result<()>;
+    /// Called after every [`SYNC_EVERY_BYTES`] written: a chance to push data towards durable
+    /// storage while the next chunks compute.
+    fn checkpoint(&mut self) -> Result<()> {
+        Ok(())
+    }
+}
+
+/// A temporary output file.
+struct FileSink<'a> {
+    writer: ShardWriter,
+    path: &'a Path,
+}
+
+impl ShardSink for FileSink<'_> {
+    fn write(&mut self, bytes: &[u8]) -> Result<()> {
+        self.writer
+            .write_all(bytes)
+            .map_err(|e| Error::io(self.path, e))
+    }
+    fn checkpoint(&mut self) -> Result<()> {
+        self.writer
+            .sync_progress()
+            .map_err(|e| Error::io(self.path, e))
+    }
+}
+
+/// An input shard's shape, from its header.
+#[derive(Clone, Copy, Debug)]
+pub(crate) struct ShardShape {
+    pub rows: usize,
+    pub cols: usize,
+    pub dtype: NpyDtype,
+}
+
+/// What every shard of a run is projected with.
+pub(crate) struct ShardWork<'a> {
+    pub map: &'a PreparedMap,
+    pub opts: &'a ProjectionOptions,
+    pub backend: &'a dyn Backend,
+    /// Rows per chunk before the input cap ([`cap_chunk_rows`]).
+    pub chunk_rows: usize,
+    pub progress: &'a dyn ProgressSink,
+    pub cancel: &'a AtomicBool,
+}
+
+/// Streams a shard's rows from `source` through the backend into `sink`: the `.npy` header,
+/// then every row, computed on this thread while a writer thread feeds the previous chunk to
+/// the sink and hashes it. Returns the stats, the output size and its xxh3-64. `input` and
+/// `output` name the shard and its output in errors.
+pub(crate) fn project_shard(
+    source: RowSource,
+    shape: ShardShape,
+    input: &Path,
+    sink: &mut dyn ShardSink,
+    output: &Path,
+    work: &ShardWork<'_>,
+) -> Result<(BlockStats, u64, u64)> {
+    let ShardWork {
+        map,
+        opts,
+        backend,
+        chunk_rows,
+        progress,
+        cancel,
+    } = *work;
     let out_elem = opts.output;
     let d_out = map.d_out();
-    let rows = s.matrix.rows;
-    let in_elem = elem_of(s.matrix.dtype);
-    let reader = ShardReader::reopen(&s.path, &s.matrix.identity)?;
-    let chunk_rows = cap_chunk_rows(chunk_rows, s.matrix.row_bytes(), READ_CHUNK_BYTES);
+    let rows = shape.rows;
+    let in_elem = elem_of(shape.dtype);
+    let chunk_rows = cap_chunk_rows(
+        chunk_rows,
+        shape.cols * shape.dtype.size(),
+        READ_CHUNK_BYTES,
+    );
     let out_npy = match out_elem {
         ElemType::F16 => NpyDtype::F16,
         ElemType::F32 => NpyDtype::F32,
     };
-    let io_err = |e: std::io::Error| Error::io(out_path, e);
-    let mut writer = ShardWriter::create(tmp).map_err(io_err)?;
     let mut hasher = Xxh3::new();
     let header = npy::header_bytes(out_npy, &[rows, d_out]);
-    writer.write_all(&header).map_err(io_err)?;
+    sink.write(&header)?;
     hasher.update(&header);
 
     let out_row_bytes = d_out * out_elem.size();
@@ -468,52 +587,50 @@ fn write_shard(
         let buf = crate::backend::try_zeroed::<u8>(chunk_rows * out_row_bytes)?;
         to_compute.send(buf).expect("channel open");
     }
-    let written: Result<(ShardWriter, Xxh3)> = std::thread::scope(|scope| {
-        let writer_thread = scope.spawn(
-            move || -> std::result::Result<(ShardWriter, Xxh3), std::io::Error> {
-                let mut failure = None;
-                let mut unsynced = 0usize;
-                for (buf, len) in writer_rx {
-                    if failure.is_none() {
-                        let written = writer.write_all(&buf[..len]).and_then(|()| {
-                            hasher.update(&buf[..len]);
-                            // Push dirty pages to disk while the next chunks compute, so the
-                            // final fsync is short and writeback never piles up in RAM.
-                            unsynced += len;
-                            if unsynced >= SYNC_EVERY_BYTES {
-                                unsynced = 0;
-                                writer.sync_progress()?;
-                            }
-                            Ok(())
-                        });
-                        if let Err(e) = written {
-                            failure = Some(e);
+    let hashed: Result<Xxh3> = std::thread::scope(|scope| {
+        let writer_thread = scope.spawn(move || -> Result<Xxh3> {
+            let mut failure = None;
+            let mut unwritten_since_checkpoint = 0usize;
+            for (buf, len) in writer_rx {
+                if failure.is_none() {
+                    let written = sink.write(&buf[..len]).and_then(|()| {
+                        hasher.update(&buf[..len]);
+                        // Push data out while the next chunks compute, so the final sync is
+                        // short and writeback never piles up in RAM.
+                        unwritten_since_checkpoint += len;
+                        if unwritten_since_checkpoint >= SYNC_EVERY_BYTES {
+                            unwritten_since_checkpoint = 0;
+                            sink.checkpoint()?;
                         }
+                        Ok(())
+                    });
+                    if let Err(e) = written {
+                        failure = Some(e);
                     }
-                    // Return the buffer even after a failure so the compute side never blocks.
-                    let _ = to_compute.send(buf);
                 }
-                match failure {
-                    Some(e) => Err(e),
-                    None => Ok((writer, hasher)),
-                }
-            },
-        );
-        // Rows arrive from the read-ahead thread; each chunk is projected straight into an output
-        // buffer, which then goes to the writer.
-        let compute = reader.stream(chunk_rows, |chunk| {
+                // Return the buffer even after a failure so the compute side never blocks.
+                let _ = to_compute.send(buf);
+            }
+            match failure {
+                Some(e) => Err(e),
+                None => Ok(hasher),
+            }
+        });
+        // Rows arrive from the reader; each chunk is projected straight into an output buffer,
+        // which then goes to the writer.
+        let compute = source.stream(chunk_rows, |chunk| {
             if cancel.load(Ordering::Relaxed) {
                 return Err(Error::Cancelled);
             }
             let n = chunk.rows;
             let mut buf = compute_rx
                 .recv()
-                .map_err(|_| Error::io(out_path, std::io::Error::other("writer stopped")))?;
-            let input = RowsIn::dense(chunk.bytes, n, s.matrix.cols, in_elem);
+                .map_err(|_| Error::io(output, std::io::Error::other("writer stopped")))?;
+            let rows_in = RowsIn::dense(chunk.bytes, n, shape.cols, in_elem);
             let out = RowsOut::dense(&mut buf[..n * out_row_bytes], n, d_out, out_elem);
-            match backend.project(map, opts, input, out) {
+            match backend.project(map, opts, rows_in, out) {
                 Ok(st) => stats += st,
-                Err(e) => return Err(e.offset_rows(chunk.start).in_file(&s.path)),
+                Err(e) => return Err(e.offset_rows(chunk.start).in_file(input)),
             }
             if to_writer.send((buf, n * out_row_bytes)).is_err() {
                 return Ok(false); // the writer failed; its error is reported below
@@ -522,14 +639,13 @@ fn write_shard(
             Ok(true)
         });
         drop(to_writer);
-        let w = writer_thread.join().expect("writer thread does not panic");
-        match (compute, w) {
+        let written = writer_thread.join().expect("writer thread does not panic");
+        match (compute, written) {
             (Err(e), _) => Err(e),
-            (Ok(()), w) => w.map_err(io_err),
+            (Ok(()), w) => w,
         }
     });
-    let (writer, hasher) = written?;
-    writer.finish().map_err(io_err)?;
+    let hasher = hashed?;
     let size = header.len() as u64 + (rows * out_row_bytes) as u64;
     Ok((stats, size, hasher.digest()))
 }

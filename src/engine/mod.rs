@@ -20,6 +20,7 @@ pub mod reader;
 pub mod records;
 pub mod selection;
 pub mod shards;
+pub mod status;
 
 pub use job::{run_job, JobSpec, JobSummary, ProgressSink, SilentProgress};
 pub use selection::ShardSelection;

@@ -320,14 +320,14 @@ unsafe impl bytemuck::Zeroable for CacheLine {}
 unsafe impl bytemuck::Pod for CacheLine {}
 
 /// A reusable read buffer of `len` bytes, aligned to [`BUFFER_ALIGN`].
-struct AlignedBuffer {
+pub(crate) struct AlignedBuffer {
     lines: Vec<CacheLine>,
     len: usize,
 }
 
 impl AlignedBuffer {
     /// Allocates without aborting: a buffer that does not fit in memory is an error.
-    fn new(len: usize, path: &Path) -> Result<Self> {
+    pub(crate) fn new(len: usize, path: &Path) -> Result<Self> {
         let count = len.div_ceil(BUFFER_ALIGN);
         let mut lines = Vec::new();
         lines.try_reserve_exact(count).map_err(|_| {
@@ -340,11 +340,11 @@ impl AlignedBuffer {
         Ok(AlignedBuffer { lines, len })
     }
 
-    fn bytes(&self) -> &[u8] {
+    pub(crate) fn bytes(&self) -> &[u8] {
         &bytemuck::cast_slice(&self.lines)[..self.len]
     }
 
-    fn bytes_mut(&mut self) -> &mut [u8] {
+    pub(crate) fn bytes_mut(&mut self) -> &mut [u8] {
         &mut bytemuck::cast_slice_mut(&mut self.lines)[..self.len]
     }
 }
