@@ -373,10 +373,49 @@ pub unsafe extern "C" fn isoclip_job_options_set_shards_from_env(
     // SAFETY: per this function's contract.
     unsafe {
         set_option("isoclip_job_options_set_shards_from_env", options, |o| {
-            o.shards = ShardSelection::resolve(None, None, environment_variable)?;
+            let shards = ShardSelection::resolve(None, None, environment_variable)?;
+            if u32::try_from(shards.count).is_err() {
+                return Err(Failure::InvalidArgument(format!(
+                    "{} workers are more than this API counts (at most {})",
+                    shards.count,
+                    u32::MAX
+                )));
+            }
+            o.shards = shards;
             Ok(())
         })
     }
+}
+
+/// Sets `*num_shards` and `*shard_index` to the worker's place the options hold (`1` and `0`
+/// unless `isoclip_job_options_set_shards` or `_set_shards_from_env` set another): a worker
+/// configured from its environment can log which part of the gallery it takes.
+///
+/// Returns `ISOCLIP_OK`, `ISOCLIP_ERR_NULL_POINTER` (any argument), `ISOCLIP_ERR_PANIC`.
+///
+/// # Safety
+/// `options` is NULL or a live handle; `num_shards` and `shard_index` are NULL or valid for a
+/// write.
+#[no_mangle]
+pub unsafe extern "C" fn isoclip_job_options_shards(
+    options: *const isoclip_job_options,
+    num_shards: *mut u32,
+    shard_index: *mut u32,
+) -> isoclip_status {
+    guard("isoclip_job_options_shards", || {
+        // SAFETY: NULL or a live handle, only read, per the contract.
+        let o = unsafe { options.as_ref() }.ok_or(Failure::NullPointer("options"))?;
+        require_out(num_shards, "num_shards")?;
+        require_out(shard_index, "shard_index")?;
+        // Both fit: `set_shards` takes u32 values and `set_shards_from_env` refuses larger ones.
+        let count = u32::try_from(o.shards.count).expect("checked when set");
+        let index = u32::try_from(o.shards.index).expect("below the count");
+        // SAFETY: both are valid for a write per the contract (checked non-NULL above).
+        unsafe {
+            write_out(num_shards, "num_shards", count)?;
+            write_out(shard_index, "shard_index", index)
+        }
+    })
 }
 
 /// A variable of the process environment; one that is not UTF-8 is passed on (lossily) so that
