@@ -234,10 +234,9 @@ typedef struct isoclip_cancel_token isoclip_cancel_token;
 typedef struct isoclip_fit_options isoclip_fit_options;
 
 /**
- * A projection run over a gallery on disk: the same work, files and resume semantics as
- * `isoclip project` (one `.npy` per input shard in the output directory, written under a
- * temporary name and renamed when complete, and a manifest so that a later run skips finished
- * shards).
+ * A projection run over a gallery on disk or in an object store: the same work, files and
+ * resume semantics as `isoclip project` (one `.npy` per input shard in the output, visible only
+ * once complete, and a record of each finished shard so that a later run skips it).
  *
  * Created by `isoclip_job_new`, released by `isoclip_job_free`. `isoclip_job_run` runs it on the
  * calling thread; `isoclip_job_cancel` may be called from any thread at any time, including
@@ -876,6 +875,21 @@ isoclip_status isoclip_job_options_set_shards(isoclip_job_options *options,
  * `options` is NULL or a live handle.
  */
 isoclip_status isoclip_job_options_set_shards_from_env(isoclip_job_options *options);
+
+/**
+ * Sets `*num_shards` and `*shard_index` to the worker's place the options hold (`1` and `0`
+ * unless `isoclip_job_options_set_shards` or `_set_shards_from_env` set another): a worker
+ * configured from its environment can log which part of the gallery it takes.
+ *
+ * Returns `ISOCLIP_OK`, `ISOCLIP_ERR_NULL_POINTER` (any argument), `ISOCLIP_ERR_PANIC`.
+ *
+ * # Safety
+ * `options` is NULL or a live handle; `num_shards` and `shard_index` are NULL or valid for a
+ * write.
+ */
+isoclip_status isoclip_job_options_shards(const isoclip_job_options *options,
+                                          uint32_t *num_shards,
+                                          uint32_t *shard_index);
 
 /**
  * Runs the job on the calling thread and returns when it is done, failed or cancelled. Every

@@ -119,10 +119,9 @@ impl isoclip_job_options {
     }
 }
 
-/// A projection run over a gallery on disk: the same work, files and resume semantics as
-/// `isoclip project` (one `.npy` per input shard in the output directory, written under a
-/// temporary name and renamed when complete, and a manifest so that a later run skips finished
-/// shards).
+/// A projection run over a gallery on disk or in an object store: the same work, files and
+/// resume semantics as `isoclip project` (one `.npy` per input shard in the output, visible only
+/// once complete, and a record of each finished shard so that a later run skips it).
 ///
 /// Created by `isoclip_job_new`, released by `isoclip_job_free`. `isoclip_job_run` runs it on the
 /// calling thread; `isoclip_job_cancel` may be called from any thread at any time, including
@@ -715,4 +714,37 @@ pub unsafe extern "C" fn isoclip_job_free(job: *mut isoclip_job) {
             drop(unsafe { Box::from_raw(job) });
         }
     })
+}
+
+#[cfg(test)]
+mod tests {
+    use super::*;
+    use crate::ffi::status::isoclip_status::ISOCLIP_OK;
+
+    #[test]
+    fn storage_options_are_copied_and_a_key_set_again_takes_the_new_value() {
+        let mut options: *mut isoclip_job_options = std::ptr::null_mut();
+        // SAFETY: `options` is valid for a write.
+        assert_eq!(unsafe { isoclip_job_options_new(&mut options) }, ISOCLIP_OK);
+        let mut value = *b"eu-west-1\0";
+        for (key, value) in [
+            (c"aws_region".as_ptr(), value.as_ptr().cast::<c_char>()),
+            (c"aws_allow_http".as_ptr(), c"true".as_ptr()),
+            (c"aws_region".as_ptr(), c"us-east-2".as_ptr()),
+        ] {
+            // SAFETY: a live handle and NUL-terminated strings.
+            let s = unsafe { isoclip_job_options_add_storage_option(options, key, value) };
+            assert_eq!(s, ISOCLIP_OK);
+        }
+        value.fill(b'x'); // the caller's buffer, reused: the options hold a copy
+                          // SAFETY: a live handle, read then released once.
+        let copy = unsafe { (*options).clone() };
+        // SAFETY: as above.
+        unsafe { isoclip_job_options_free(options) };
+        let want = [
+            ("aws_region".to_string(), "us-east-2".to_string()),
+            ("aws_allow_http".to_string(), "true".to_string()),
+        ];
+        assert_eq!(copy.storage_options(), &want[..]);
+    }
 }
