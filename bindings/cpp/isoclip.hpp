@@ -520,11 +520,20 @@ public:
                                                " rows but output has " +
                                                std::to_string(output.rows));
         isoclip_projection_stats stats = ISOCLIP_PROJECTION_STATS_INIT;
-        detail::check(isoclip_project_with_cancel(
-            get(), backend ? backend->get() : nullptr, options ? options->get() : nullptr,
-            input.rows, input.data.data(), detail::dtype_of<In>(), input.cols,
-            input.stride() * sizeof(In), output.data.data(), detail::dtype_of<Out>(), output.cols,
-            output.stride() * sizeof(Out), &stats, cancel ? cancel->get() : nullptr));
+        const isoclip_backend* b = backend ? backend->get() : nullptr;
+        const isoclip_projection_options* o = options ? options->get() : nullptr;
+        const std::size_t in_stride = input.stride() * sizeof(In);
+        const std::size_t out_stride = output.stride() * sizeof(Out);
+        // Without a token, isoclip_project: its messages name the call the caller expects.
+        detail::check(
+            cancel ? isoclip_project_with_cancel(get(), b, o, input.rows, input.data.data(),
+                                                 detail::dtype_of<In>(), input.cols, in_stride,
+                                                 output.data.data(), detail::dtype_of<Out>(),
+                                                 output.cols, out_stride, &stats, cancel->get())
+                   : isoclip_project(get(), b, o, input.rows, input.data.data(),
+                                     detail::dtype_of<In>(), input.cols, in_stride,
+                                     output.data.data(), detail::dtype_of<Out>(), output.cols,
+                                     out_stride, &stats));
         return ProjectionStats{stats.zero_norm_rows, stats.nonfinite_rows};
     }
 

@@ -187,8 +187,10 @@ isoclip_status isoclip_go_project(const isoclip_projector *p, const isoclip_back
     isoclip_projection_stats stats = ISOCLIP_PROJECTION_STATS_INIT;
     isoclip_status s = projection_options(&o, modality, kind, form, normalize, nonfinite);
     if (s == ISOCLIP_OK)
-        s = isoclip_project_with_cancel(p, b, o, rows, in, in_dtype, in_cols, in_stride, out,
-                                        out_dtype, out_cols, out_stride, &stats, token);
+        s = token ? isoclip_project_with_cancel(p, b, o, rows, in, in_dtype, in_cols, in_stride,
+                                                out, out_dtype, out_cols, out_stride, &stats, token)
+                  : isoclip_project(p, b, o, rows, in, in_dtype, in_cols, in_stride, out,
+                                    out_dtype, out_cols, out_stride, &stats);
     s = done(s, msg);
     isoclip_projection_options_free(o);
     *zero_norm_rows = stats.zero_norm_rows;
