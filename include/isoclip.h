@@ -234,10 +234,9 @@ typedef struct isoclip_cancel_token isoclip_cancel_token;
 typedef struct isoclip_fit_options isoclip_fit_options;
 
 /**
- * A projection run over a gallery on disk: the same work, files and resume semantics as
- * `isoclip project` (one `.npy` per input shard in the output directory, written under a
- * temporary name and renamed when complete, and a manifest so that a later run skips finished
- * shards).
+ * A projection run over a gallery on disk or in an object store: the same work, files and
+ * resume semantics as `isoclip project` (one `.npy` per input shard in the output, visible only
+ * once complete, and a record of each finished shard so that a later run skips it).
  *
  * Created by `isoclip_job_new`, released by `isoclip_job_free`. `isoclip_job_run` runs it on the
  * calling thread; `isoclip_job_cancel` may be called from any thread at any time, including
@@ -249,11 +248,12 @@ typedef struct isoclip_job isoclip_job;
 
 /**
  * Options of a job. Created by `isoclip_job_options_new`, released by
- * `isoclip_job_options_free`; a job copies them when it is created. Not thread-safe: one thread
- * at a time.
+ * `isoclip_job_options_free`; a job copies them when it is created (storage options included),
+ * so they may be changed or freed afterwards. Not thread-safe: one thread at a time.
  *
  * Defaults: output `ISOCLIP_DTYPE_F16`, finished shards skipped (no overwrite), chunks of 16 MiB
- * of output, no progress callback (the defaults of `isoclip project`).
+ * of output, no progress callback, every shard (one worker), no storage options (the defaults
+ * of `isoclip project`).
  */
 typedef struct isoclip_job_options isoclip_job_options;
 
@@ -711,19 +711,27 @@ isoclip_status isoclip_job_cancel(const isoclip_job *job);
 void isoclip_job_free(isoclip_job *job);
 
 /**
- * Creates a job projecting the shards at `input` (a `.npy` file, a directory of them, or a text
- * file listing them; 2-D, C order, fp16 or fp32) into the directory `output_dir` (created if
- * missing). `projection` NULL means the default projection options, `job_options` NULL the
- * default job options, `backend` NULL the shared CPU backend. Nothing is read or written yet:
- * `isoclip_job_run` checks the files.
+ * Creates a job projecting the shards at `input` into `output_dir`. Each is a path or a URL:
+ * `s3://bucket/prefix`, `gs://`, `az://` (also `abfs://`, `azure://`), `http://`/`https://`
+ * (reading only) or `file:///absolute/path`; anything that does not start with `scheme://` is
+ * a path. `input` is a `.npy` file, a directory or URL prefix of them, or a local text file
+ * listing them (2-D, C order, fp16 or fp32); `output_dir` is a directory (created if missing)
+ * or a URL prefix. `projection` NULL means the default projection options, `job_options` NULL
+ * the default job options, `backend` NULL the shared CPU backend. Only the arguments are
+ * checked here: `isoclip_job_run` opens the stores and checks the files.
  *
- * The job keeps its own references to the projector and the backend, and copies the options:
- * all of them may be freed right after this call. On success `*out` receives a new handle the
- * caller owns (`isoclip_job_free`).
+ * With plain paths and one worker the job is `isoclip project` (one manifest, a locked output
+ * directory). With a URL, or several workers (`isoclip_job_options_set_shards`), each
+ * finished shard gets its own completion record in the output, so workers can share it.
+ *
+ * The job keeps its own references to the projector and the backend, and copies the options
+ * (storage options included): all of them may be freed right after this call. On success
+ * `*out` receives a new handle the caller owns (`isoclip_job_free`).
  *
  * Returns `ISOCLIP_OK`; `ISOCLIP_ERR_NULL_POINTER` (`projector`, `input`, `output_dir`, `out`);
- * `ISOCLIP_ERR_INVALID_ARGUMENT` (a modality the projector lacks, or AUTO on one with both; the
- * embedding route of a bias-augmented projector); `ISOCLIP_ERR_PANIC`.
+ * `ISOCLIP_ERR_INVALID_ARGUMENT` (a malformed URL, named in the message; a modality the
+ * projector lacks, or AUTO on one with both; the embedding route of a bias-augmented
+ * projector); `ISOCLIP_ERR_PANIC`.
  * Thread-safety: any thread.
  *
  * # Safety
@@ -739,7 +747,28 @@ isoclip_status isoclip_job_new(const isoclip_projector *projector,
                                isoclip_job **out);
 
 /**
- * Releases job options. NULL is a no-op. Jobs created with them are unaffected.
+ * Adds an object-store option for the input, the output and projectors loaded with these
+ * options (`isoclip_projector_load_url`): `key` and `value` as the `object_store` crate names
+ * them (`aws_region`, `aws_endpoint`, `aws_allow_http`, `google_service_account`,
+ * `azure_storage_account_name`, ...), over what the environment sets (`AWS_*`, `GOOGLE_*`,
+ * `AZURE_*`). Both strings are copied; a key added again takes the new value. Options are
+ * checked when a store is opened (`isoclip_job_run`), not here; plain paths and `file://` URLs
+ * ignore them.
+ *
+ * Returns `ISOCLIP_OK`; `ISOCLIP_ERR_NULL_POINTER` (`options`, `key`, `value`);
+ * `ISOCLIP_ERR_INVALID_ARGUMENT` (an empty key, a string that is not UTF-8);
+ * `ISOCLIP_ERR_PANIC`.
+ *
+ * # Safety
+ * `options` is NULL or a live handle; `key` and `value` are NULL or NUL-terminated strings.
+ */
+isoclip_status isoclip_job_options_add_storage_option(isoclip_job_options *options,
+                                                      const char *key,
+                                                      const char *value);
+
+/**
+ * Releases job options and the storage options they hold. NULL is a no-op. Jobs created with
+ * them are unaffected (they hold their own copy).
  *
  * # Safety
  * `options` is NULL or a live handle, not used afterwards.
@@ -808,6 +837,61 @@ isoclip_status isoclip_job_options_set_progress(isoclip_job_options *options,
                                                 void *user_data);
 
 /**
+ * Makes the jobs created with these options one worker of `num_shards`: worker `shard_index`
+ * takes shard k of the input's sorted listing when `k % num_shards == shard_index`. Every worker
+ * writes into the same output (directory or URL prefix), each finished shard with its own
+ * completion record, so workers may run at the same time, on different machines, and a
+ * worker run again (a retry, a requeue) skips what it finished. `(1, 0)` is the default: every
+ * shard. Replaces what `isoclip_job_options_set_shards_from_env` set.
+ *
+ * Returns `ISOCLIP_OK`; `ISOCLIP_ERR_INVALID_ARGUMENT` (`num_shards` is 0, or `shard_index` is
+ * not below it; the message gives the range); `ISOCLIP_ERR_NULL_POINTER`; `ISOCLIP_ERR_PANIC`.
+ *
+ * # Safety
+ * `options` is NULL or a live handle.
+ */
+isoclip_status isoclip_job_options_set_shards(isoclip_job_options *options,
+                                              uint32_t num_shards,
+                                              uint32_t shard_index);
+
+/**
+ * Sets the worker's place (as `isoclip_job_options_set_shards` does) from the environment the
+ * scheduler gives it, read during this call:
+ * - a Slurm job array: `SLURM_ARRAY_TASK_ID`, `SLURM_ARRAY_TASK_MIN` and
+ *   `SLURM_ARRAY_TASK_COUNT` (index = id - min; an array whose `SLURM_ARRAY_TASK_STEP` is not 1
+ *   is refused, its ids have gaps);
+ * - a Kubernetes Indexed Job: `JOB_COMPLETION_INDEX`, with the number of workers in
+ *   `ISOCLIP_NUM_SHARDS` (Kubernetes does not export it);
+ * - otherwise `ISOCLIP_NUM_SHARDS` and `ISOCLIP_SHARD_INDEX`.
+ *
+ * With none of them set, the options take every shard. On failure the options are unchanged.
+ *
+ * Returns `ISOCLIP_OK`; `ISOCLIP_ERR_INVALID_ARGUMENT` (a variable that is not a non-negative
+ * integer, an index without a count or the reverse, an index out of range, a Slurm step other
+ * than 1; the message names the variables); `ISOCLIP_ERR_NULL_POINTER`; `ISOCLIP_ERR_PANIC`.
+ * Thread-safety: no other thread may change the environment (`setenv`) during the call.
+ *
+ * # Safety
+ * `options` is NULL or a live handle.
+ */
+isoclip_status isoclip_job_options_set_shards_from_env(isoclip_job_options *options);
+
+/**
+ * Sets `*num_shards` and `*shard_index` to the worker's place the options hold (`1` and `0`
+ * unless `isoclip_job_options_set_shards` or `_set_shards_from_env` set another): a worker
+ * configured from its environment can log which part of the gallery it takes.
+ *
+ * Returns `ISOCLIP_OK`, `ISOCLIP_ERR_NULL_POINTER` (any argument), `ISOCLIP_ERR_PANIC`.
+ *
+ * # Safety
+ * `options` is NULL or a live handle; `num_shards` and `shard_index` are NULL or valid for a
+ * write.
+ */
+isoclip_status isoclip_job_options_shards(const isoclip_job_options *options,
+                                          uint32_t *num_shards,
+                                          uint32_t *shard_index);
+
+/**
  * Runs the job on the calling thread and returns when it is done, failed or cancelled. Every
  * input shard is checked before any work; then each unfinished shard is projected chunk by
  * chunk, written to a temporary file, synced and renamed. On failure or cancellation the shards
@@ -817,7 +901,9 @@ isoclip_status isoclip_job_options_set_progress(isoclip_job_options *options,
  * The progress callback, if any, is called on this thread during the call.
  *
  * Returns `ISOCLIP_OK`; `ISOCLIP_ERR_CANCELLED` (`isoclip_job_cancel` was called, before or
- * during the run: cancellation is permanent for the job); `ISOCLIP_ERR_IO`; `ISOCLIP_ERR_FORMAT`
+ * during the run: cancellation is permanent for the job); `ISOCLIP_ERR_IO` (the operating
+ * system or an object store refused or failed a request, after the store's retries: the message
+ * names the path or URL); `ISOCLIP_ERR_FORMAT`
  * (a shard is not a valid `.npy`); `ISOCLIP_ERR_NON_FINITE_ROW` (a NaN/Inf row under
  * `ISOCLIP_NONFINITE_ERROR`; the message names the shard and the row);
  * `ISOCLIP_ERR_UNREPRESENTABLE` (likewise, a result the output type cannot hold);
@@ -1248,6 +1334,31 @@ isoclip_status isoclip_projector_load(const char *path,
 isoclip_status isoclip_projector_load_from_memory(const void *data,
                                                   size_t len,
                                                   const isoclip_projector **out);
+
+/**
+ * Loads a projector file from a path or a URL (`s3://`, `gs://`, `az://`, `http(s)://`,
+ * `file://`; see `isoclip_job_new`), with the verification of `isoclip_projector_load`. A
+ * plain path is read exactly as `isoclip_projector_load` reads it. `storage_options` NULL means
+ * none; otherwise the storage options of those job options are used
+ * (`isoclip_job_options_add_storage_option`; the other job options are ignored). On success
+ * `*out` receives a new handle the caller owns (`isoclip_projector_free`); on failure `*out` is
+ * not written.
+ *
+ * Returns `ISOCLIP_OK`; `ISOCLIP_ERR_NULL_POINTER` (`location`, `out`);
+ * `ISOCLIP_ERR_INVALID_ARGUMENT` (a malformed URL, named in the message; a scheme no store
+ * supports); `ISOCLIP_ERR_IO` (cannot read: the message names the path or URL);
+ * `ISOCLIP_ERR_FORMAT` (not a projector file, corrupt, no such object);
+ * `ISOCLIP_ERR_UNSUPPORTED` (format version); `ISOCLIP_ERR_PANIC`.
+ *
+ * Thread-safety: any thread; `storage_options` must not be changed during the call.
+ *
+ * # Safety
+ * `location` is NULL or a NUL-terminated string; `storage_options` is NULL or a live handle;
+ * `out` is NULL or valid for a write.
+ */
+isoclip_status isoclip_projector_load_url(const char *location,
+                                          const isoclip_job_options *storage_options,
+                                          const isoclip_projector **out);
 
 /**
  * Copies the linear map a projection applies, `y = x W + b` before normalisation, so that it can

@@ -3,7 +3,8 @@
 #   - C tests (tests/c/), -std=c11 -Wall -Wextra -Werror, natively and under valgrind
 #     (--leak-check=full, any leak or invalid access fails), linked against libisoclip.so and
 #     libisoclip.a; the 8-thread stress test natively at full size and under valgrind small;
-#     test_abi (the ABI 1.0 additions: fork, cancellation, stats, matrices, ...);
+#     test_abi (the ABI 1.0 additions: fork, cancellation, stats, matrices, ...); test_scale_out
+#     (jobs over URLs, shard selection, storage options, two workers into one output);
 #   - the soname (libisoclip.so.ABI_MAJOR), and scripts/install.sh into a temporary prefix with
 #     the README's C example built against the install through pkg-config;
 #   - the C++ wrapper's tests (bindings/cpp/tests/, two translation units), also under valgrind;
@@ -102,12 +103,15 @@ echo "C"
   check "compile test_stress (static)" gcc "${CFLAGS[@]}" tests/c/test_stress.c -o "$OUT/test_stress_static" $STATIC -lpthread -lm
   check "compile test_abi (shared)" gcc "${CFLAGS[@]}" tests/c/test_abi.c -o "$OUT/test_abi_shared" $SHARED -lpthread -lm
   check "compile test_abi (static)" gcc "${CFLAGS[@]}" tests/c/test_abi.c -o "$OUT/test_abi_static" $STATIC -lpthread -lm
+  check "compile test_scale_out (shared)" gcc "${CFLAGS[@]}" tests/c/test_scale_out.c -o "$OUT/test_scale_out_shared" $SHARED -lpthread -lm
+  check "compile test_scale_out (static)" gcc "${CFLAGS[@]}" tests/c/test_scale_out.c -o "$OUT/test_scale_out_static" $STATIC -lpthread -lm
 }
 check "test_api (static is self-contained)" bash -c "! ldd '$OUT/test_api_static' | grep -q libisoclip"
 for kind in shared static; do
   check "test_api ($kind)" "$OUT/test_api_$kind" "$PROJECTOR" "$BUILT/isoclip"
   check "test_stress 8 threads ($kind)" "$OUT/test_stress_$kind" "$PROJECTOR"
   check "test_abi ($kind)" "$OUT/test_abi_$kind" "$PROJECTOR"
+  check "test_scale_out ($kind)" "$OUT/test_scale_out_$kind" "$PROJECTOR"
 done
 check "the shared library's soname is $SONAME" bash -c \
   "readelf -d '$BUILT/libisoclip.so' | grep -F 'Library soname: [$SONAME]'"
@@ -160,11 +164,12 @@ echo "valgrind (leaks and invalid accesses, every error path)"
 # Valgrind runs one thread at a time: run the programs side by side, the stress test small.
 vg_names=("valgrind test_api (shared)" "valgrind test_api (static)" "valgrind test_stress (shared)"
   "valgrind test_stress (static)" "valgrind test_cpp" "valgrind example.c"
-  "valgrind test_abi (shared)" "valgrind test_abi (static)")
+  "valgrind test_abi (shared)" "valgrind test_abi (static)" "valgrind test_scale_out (shared)")
 vg_cmds=("$OUT/test_api_shared $PROJECTOR $BUILT/isoclip" "$OUT/test_api_static $PROJECTOR $BUILT/isoclip"
   "$OUT/test_stress_shared $PROJECTOR 40 1" "$OUT/test_stress_static $PROJECTOR 40 1"
   "$OUT/test_cpp $PROJECTOR" "$OUT/example_c $PROJECTOR"
-  "$OUT/test_abi_shared $PROJECTOR" "$OUT/test_abi_static $PROJECTOR")
+  "$OUT/test_abi_shared $PROJECTOR" "$OUT/test_abi_static $PROJECTOR"
+  "$OUT/test_scale_out_shared $PROJECTOR")
 jobs_max=$(nproc)
 pids=()
 for i in "${!vg_names[@]}"; do

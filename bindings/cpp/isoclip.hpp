@@ -2,7 +2,7 @@
 //
 // - Handles are move-only RAII objects; a moved-from object holds nothing and may only be
 //   destroyed or assigned to.
-// - Every failure throws isoclip::Error, carrying the library's status and message.
+// - Every failure throws isoclip::Error, carrying the library's status, message and OS error code.
 // - Buffers are spans (pointer + size, in elements), checked against the rows, columns and row
 //   stride before the library sees them. fp16 values are passed as uint16_t bit patterns.
 // - Thread-safety follows the C API: a Projector and a Backend may be used by many threads at
@@ -32,18 +32,22 @@ namespace isoclip {
 // ---------------------------------------------------------------------------------------------
 // Errors
 
-/// A failed call: the C status (an ISOCLIP_ERR_* value) and the library's message.
+/// A failed call: the C status (an ISOCLIP_ERR_* value), the library's message and the
+/// operating-system error behind it (isoclip_last_error_os_code: errno, 0 when there is none).
 class Error : public std::runtime_error {
 public:
-    Error(isoclip_status status, const std::string& message)
-        : std::runtime_error(message), status_(status) {}
+    Error(isoclip_status status, const std::string& message, int os_code = 0)
+        : std::runtime_error(message), status_(status), os_code_(os_code) {}
     /// The ISOCLIP_ERR_* value.
     isoclip_status status() const noexcept { return status_; }
     /// The status's identifier, e.g. "ISOCLIP_ERR_SHAPE".
     const char* status_name() const noexcept { return isoclip_status_name(status_); }
+    /// The errno behind the failure (ENOENT, ...), 0 when it did not come from the OS.
+    int os_code() const noexcept { return os_code_; }
 
 private:
     isoclip_status status_;
+    int os_code_;
 };
 
 namespace detail {
@@ -57,7 +61,7 @@ inline std::string last_message() {
 }
 
 inline void check(isoclip_status status) {
-    if (status != ISOCLIP_OK) throw Error(status, last_message());
+    if (status != ISOCLIP_OK) throw Error(status, last_message(), isoclip_last_error_os_code());
 }
 
 /// Throws unless the library has the ABI this header was written for: the same ABI major, and at
@@ -133,6 +137,26 @@ enum class JobStat : isoclip_job_stat_id {
 
 /// The library's version ("MAJOR.MINOR.PATCH").
 inline std::string version() { return isoclip_version(); }
+
+/// Sets the thread count of the default backend (the one a null Backend* stands for; 0: one per
+/// available core). Call it before the first projection with the default backend: afterwards it
+/// throws Error(ISOCLIP_ERR_INVALID_STATE).
+inline void set_default_threads(std::size_t threads) {
+    detail::check(isoclip_set_default_threads(threads));
+}
+
+/// The errno behind the last failed C call on this thread (0 if none). Error::os_code() holds it
+/// for the failures the wrapper throws; this is for code that also calls the C API directly.
+inline int last_error_os_code() noexcept { return isoclip_last_error_os_code(); }
+
+/// A size-tagged isoclip_projection_stats (ISOCLIP_PROJECTION_STATS_INIT), for direct C calls.
+inline isoclip_projection_stats projection_stats_init() noexcept {
+    isoclip_projection_stats stats = ISOCLIP_PROJECTION_STATS_INIT;
+    return stats;
+}
+
+/// Object-store options (key, value), as the object_store crate names them ("aws_region", ...).
+using StorageOptions = std::vector<std::pair<std::string, std::string>>;
 
 // ---------------------------------------------------------------------------------------------
 // Buffers
@@ -328,6 +352,55 @@ private:
 };
 
 // ---------------------------------------------------------------------------------------------
+// Cancellation of projections
+
+/// Stops projections that use it (Projector::project with a token): checked before the first row
+/// and then every 65 536 rows; a cancelled call throws Error(ISOCLIP_ERR_CANCELLED). Any thread
+/// may cancel() at any time, any number of calls may share a token, and a cancelled token stays
+/// cancelled. Move-only; it must outlive the calls that use it.
+class CancelToken {
+public:
+    CancelToken() {
+        detail::check_abi();
+        isoclip_cancel_token* t = nullptr;
+        detail::check(isoclip_cancel_token_new(&t));
+        handle_.reset(t);
+    }
+    /// Any thread, any time.
+    void cancel() const noexcept { isoclip_cancel_token_cancel(handle_.get()); }
+    isoclip_cancel_token* get() const noexcept { return handle_.get(); }
+
+private:
+    std::unique_ptr<isoclip_cancel_token,
+                    detail::Deleter<isoclip_cancel_token, isoclip_cancel_token_free>>
+        handle_;
+};
+
+/// The linear map a projection applies before normalisation: y = x W + b, W row-major
+/// rows x cols (input x output), b of cols values (zeros when the map has no bias).
+struct LinearMap {
+    std::size_t rows = 0, cols = 0;
+    std::vector<float> weight;
+    std::vector<float> bias;
+};
+
+namespace detail {
+using JobOptionsHandle =
+    std::unique_ptr<isoclip_job_options, Deleter<isoclip_job_options, isoclip_job_options_free>>;
+
+inline JobOptionsHandle new_job_options() {
+    isoclip_job_options* o = nullptr;
+    check(isoclip_job_options_new(&o));
+    return JobOptionsHandle(o);
+}
+
+inline void add_storage_options(isoclip_job_options* o, const StorageOptions& options) {
+    for (const auto& kv : options)
+        check(isoclip_job_options_add_storage_option(o, kv.first.c_str(), kv.second.c_str()));
+}
+}  // namespace detail
+
+// ---------------------------------------------------------------------------------------------
 // Projector
 
 /// An aligned projector. Immutable and shareable across threads.
@@ -338,6 +411,23 @@ public:
         detail::check_abi();
         const isoclip_projector* p = nullptr;
         detail::check(isoclip_projector_load(path.c_str(), &p));
+        return Projector(p);
+    }
+    /// Loads a projector file from a path or a URL (s3://, gs://, az://, http(s)://, file://),
+    /// with object-store options over the environment's.
+    static Projector load_url(const std::string& location, const StorageOptions& options = {}) {
+        detail::check_abi();
+        detail::JobOptionsHandle o = detail::new_job_options();
+        detail::add_storage_options(o.get(), options);
+        const isoclip_projector* p = nullptr;
+        detail::check(isoclip_projector_load_url(location.c_str(), o.get(), &p));
+        return Projector(p);
+    }
+    /// Loads a projector from the bytes of a projector file in memory (read during the call only).
+    static Projector load_from_memory(const void* data, std::size_t size) {
+        detail::check_abi();
+        const isoclip_projector* p = nullptr;
+        detail::check(isoclip_projector_load_from_memory(data, size, &p));
         return Projector(p);
     }
     /// Fits from the model's projector matrices, row-major "input x output" (d_i x d, d_t x d).
@@ -397,13 +487,31 @@ public:
             return isoclip_projector_content_digest(get(), b, n, need);
         });
     }
+    /// The map a projection with these settings applies before normalisation (to fold into a
+    /// FAISS LinearTransform or a GEMM of your own).
+    LinearMap matrix(Modality m = Modality::Auto, InputKind kind = InputKind::Features,
+                     Form form = Form::Compact) const {
+        LinearMap map;
+        map.rows = input_dim(m, kind);
+        map.cols = output_dim(m, form);
+        map.weight.resize(map.rows * map.cols);
+        map.bias.resize(map.cols);
+        detail::check(isoclip_projector_matrix(
+            get(), static_cast<isoclip_modality>(m), static_cast<isoclip_input_kind>(kind),
+            static_cast<isoclip_form>(form), map.weight.data(), map.rows, map.cols,
+            map.bias.data()));
+        return map;
+    }
 
     /// Projects input rows into output rows (same row count). `options` null: the defaults;
-    /// `backend` null: the shared CPU backend. Thread-safe.
+    /// `backend` null: the shared CPU backend; `cancel` null: not cancellable (otherwise a
+    /// cancelled token throws Error(ISOCLIP_ERR_CANCELLED), the output's content unspecified).
+    /// Thread-safe.
     template <class In, class Out>
     ProjectionStats project(const Rows<const In>& input, const Rows<Out>& output,
                             const ProjectionOptions* options = nullptr,
-                            const Backend* backend = nullptr) const {
+                            const Backend* backend = nullptr,
+                            const CancelToken* cancel = nullptr) const {
         static_assert(!std::is_const<Out>::value, "the output rows must be writable");
         detail::check_rows(input, "input");
         detail::check_rows(output, "output");
@@ -412,11 +520,20 @@ public:
                                                " rows but output has " +
                                                std::to_string(output.rows));
         isoclip_projection_stats stats = ISOCLIP_PROJECTION_STATS_INIT;
-        detail::check(isoclip_project(
-            get(), backend ? backend->get() : nullptr, options ? options->get() : nullptr,
-            input.rows, input.data.data(), detail::dtype_of<In>(), input.cols,
-            input.stride() * sizeof(In), output.data.data(), detail::dtype_of<Out>(), output.cols,
-            output.stride() * sizeof(Out), &stats));
+        const isoclip_backend* b = backend ? backend->get() : nullptr;
+        const isoclip_projection_options* o = options ? options->get() : nullptr;
+        const std::size_t in_stride = input.stride() * sizeof(In);
+        const std::size_t out_stride = output.stride() * sizeof(Out);
+        // Without a token, isoclip_project: its messages name the call the caller expects.
+        detail::check(
+            cancel ? isoclip_project_with_cancel(get(), b, o, input.rows, input.data.data(),
+                                                 detail::dtype_of<In>(), input.cols, in_stride,
+                                                 output.data.data(), detail::dtype_of<Out>(),
+                                                 output.cols, out_stride, &stats, cancel->get())
+                   : isoclip_project(get(), b, o, input.rows, input.data.data(),
+                                     detail::dtype_of<In>(), input.cols, in_stride,
+                                     output.data.data(), detail::dtype_of<Out>(), output.cols,
+                                     out_stride, &stats));
         return ProjectionStats{stats.zero_norm_rows, stats.nonfinite_rows};
     }
 
@@ -425,7 +542,8 @@ public:
     template <class In, class Out>
     ProjectionStats project(Span<const In> input, std::size_t input_cols, Span<Out> output,
                             std::size_t output_cols, const ProjectionOptions* options = nullptr,
-                            const Backend* backend = nullptr) const {
+                            const Backend* backend = nullptr,
+                            const CancelToken* cancel = nullptr) const {
         if (input_cols == 0 || input.size() % input_cols != 0)
             throw Error(ISOCLIP_ERR_SHAPE, "input span of " + std::to_string(input.size()) +
                                                " elements is not a whole number of rows of " +
@@ -436,7 +554,7 @@ public:
                                                " elements does not hold " + std::to_string(rows) +
                                                " rows of " + std::to_string(output_cols));
         return project(Rows<const In>{input, rows, input_cols, 0},
-                       Rows<Out>{output, rows, output_cols, 0}, options, backend);
+                       Rows<Out>{output, rows, output_cols, 0}, options, backend, cancel);
     }
 
     /// Dense rows from vectors (see the Span overload).
@@ -444,9 +562,10 @@ public:
     ProjectionStats project(const std::vector<In>& input, std::size_t input_cols,
                             std::vector<Out>& output, std::size_t output_cols,
                             const ProjectionOptions* options = nullptr,
-                            const Backend* backend = nullptr) const {
+                            const Backend* backend = nullptr,
+                            const CancelToken* cancel = nullptr) const {
         return project(Span<const In>(input), input_cols, Span<Out>(output), output_cols, options,
-                       backend);
+                       backend, cancel);
     }
 
     const isoclip_projector* get() const noexcept { return handle_.get(); }
@@ -467,17 +586,27 @@ struct Progress {
 };
 
 /// Job settings beyond the projection (defaults: fp16 output, finished shards skipped, 16 MiB
-/// chunks, no progress callback).
+/// chunks, no progress callback, every shard, no storage options).
 struct JobOptions {
     DType output_dtype = DType::F16;
     bool overwrite = false;
     std::size_t chunk_bytes = 0;
+    /// This worker's place among several sharing one output: it takes shard k of the sorted
+    /// listing when k % num_shards == shard_index. (1, 0): every shard.
+    std::uint32_t num_shards = 1;
+    std::uint32_t shard_index = 0;
+    /// Take num_shards and shard_index from the environment instead (a Slurm array, a Kubernetes
+    /// Indexed Job with ISOCLIP_NUM_SHARDS, or ISOCLIP_NUM_SHARDS and ISOCLIP_SHARD_INDEX).
+    bool shards_from_env = false;
+    /// Object-store options for URLs, over the environment's.
+    StorageOptions storage_options;
     /// Called on the thread running Job::run(). An exception it throws cancels the job and is
     /// rethrown by run().
     std::function<void(const Progress&)> progress;
 };
 
-/// A projection run over shards on disk (the `isoclip project` command). Move-only. run() on one
+/// A projection run over shards (the `isoclip project` command): `input` and `output_dir` are
+/// paths or URLs (s3://, gs://, az://, http(s):// for input, file://). Move-only. run() on one
 /// thread; cancel() from any thread, any time. Keeps its own reference to the projector and the
 /// backend.
 class Job {
@@ -487,11 +616,13 @@ public:
         const Backend* backend = nullptr)
         : state_(new State{std::move(options.progress), nullptr, nullptr}) {
         detail::check_abi();
-        isoclip_job_options* o = nullptr;
-        detail::check(isoclip_job_options_new(&o));
-        std::unique_ptr<isoclip_job_options,
-                        detail::Deleter<isoclip_job_options, isoclip_job_options_free>>
-            jo(o);
+        detail::JobOptionsHandle jo = detail::new_job_options();
+        isoclip_job_options* o = jo.get();
+        if (options.shards_from_env)
+            detail::check(isoclip_job_options_set_shards_from_env(o));
+        else
+            detail::check(isoclip_job_options_set_shards(o, options.num_shards, options.shard_index));
+        detail::add_storage_options(o, options.storage_options);
         detail::check(
             isoclip_job_options_set_output_dtype(o, static_cast<isoclip_dtype>(options.output_dtype)));
         detail::check(isoclip_job_options_set_overwrite(o, options.overwrite));

@@ -24,8 +24,10 @@ import (
 	"errors"
 	"fmt"
 	"runtime"
+	"sort"
 	"sync"
 	"sync/atomic"
+	"syscall"
 	"unsafe"
 )
 
@@ -58,13 +60,24 @@ const (
 // String returns the C name of the status, e.g. "ISOCLIP_ERR_SHAPE".
 func (s Status) String() string { return C.GoString(C.isoclip_status_name(C.int32_t(s))) }
 
-// Error is a failure reported by the library: its status and message.
+// Error is a failure reported by the library: its status, message and the operating-system
+// error behind it (OSCode, an errno such as ENOENT; 0 when the failure did not come from the OS).
 type Error struct {
 	Status  Status
 	Message string
+	OSCode  int
 }
 
 func (e *Error) Error() string { return e.Message }
+
+// Unwrap returns the OS error behind the failure (a syscall.Errno), so that
+// errors.Is(err, fs.ErrNotExist) works; nil when there is none.
+func (e *Error) Unwrap() error {
+	if e.OSCode == 0 {
+		return nil
+	}
+	return syscall.Errno(e.OSCode)
+}
 
 // Is reports whether target is an *Error with the same status and no message (the sentinels
 // below) or the same status and message.
@@ -91,15 +104,57 @@ var (
 	ErrClosed            = errors.New("isoclip: use of a closed object")
 )
 
-// failure turns a shim's status and malloc'd message into an error (nil for OK).
-func failure(s C.isoclip_status, msg *C.char) error {
-	if msg != nil {
-		defer C.free(unsafe.Pointer(msg))
+// failure turns a shim's status and failure record (a malloc'd message and the OS code) into
+// an error (nil for OK).
+func failure(s C.isoclip_status, f *C.isoclip_go_failure) error {
+	if f.message != nil {
+		defer C.free(unsafe.Pointer(f.message))
 	}
 	if s == C.ISOCLIP_OK {
 		return nil
 	}
-	return &Error{Status: Status(s), Message: C.GoString(msg)}
+	return &Error{Status: Status(s), Message: C.GoString(f.message), OSCode: int(f.os_code)}
+}
+
+// cStringPairs copies a map into two C arrays of C strings (keys sorted), freed by the returned
+// function.
+func cStringPairs(m map[string]string) (keys, values **C.char, n C.size_t, free func()) {
+	if len(m) == 0 {
+		return nil, nil, 0, func() {}
+	}
+	names := make([]string, 0, len(m))
+	for k := range m {
+		names = append(names, k)
+	}
+	sort.Strings(names)
+	size := C.size_t(len(m)) * C.size_t(unsafe.Sizeof((*C.char)(nil)))
+	keys, values = (**C.char)(C.malloc(size)), (**C.char)(C.malloc(size))
+	ks, vs := unsafe.Slice(keys, len(m)), unsafe.Slice(values, len(m))
+	for i, k := range names {
+		ks[i], vs[i] = C.CString(k), C.CString(m[k])
+	}
+	return keys, values, C.size_t(len(m)), func() {
+		for i := range names {
+			C.free(unsafe.Pointer(ks[i]))
+			C.free(unsafe.Pointer(vs[i]))
+		}
+		C.free(unsafe.Pointer(keys))
+		C.free(unsafe.Pointer(values))
+	}
+}
+
+// SetDefaultThreads sets the thread count of the default backend (the one a nil *Backend
+// stands for; 0: one per available core). Call it before the first projection with the
+// default backend; afterwards it fails with ErrInvalidState.
+func SetDefaultThreads(threads int) error {
+	if err := checkABI(); err != nil {
+		return err
+	}
+	if threads < 0 {
+		return invalid("threads must be >= 0, got %d", threads)
+	}
+	var msg C.isoclip_go_failure
+	return failure(C.isoclip_go_set_default_threads(C.size_t(threads), &msg), &msg)
 }
 
 func invalid(format string, args ...interface{}) error {
@@ -210,9 +265,9 @@ func NewBackend(device Device, threads int) (*Backend, error) {
 		return nil, invalid("threads must be >= 0, got %d", threads)
 	}
 	var b *C.isoclip_backend
-	var msg *C.char
+	var msg C.isoclip_go_failure
 	s := C.isoclip_go_backend_new(C.int32_t(device), C.size_t(threads), &b, &msg)
-	if err := failure(s, msg); err != nil {
+	if err := failure(s, &msg); err != nil {
 		return nil, err
 	}
 	be := &Backend{b: b}
@@ -231,10 +286,11 @@ func (be *Backend) Describe() (string, Device, error) {
 		return "", 0, err
 	}
 	defer unlock()
-	var out, msg *C.char
+	var out *C.char
+	var msg C.isoclip_go_failure
 	var dev C.int32_t
 	s := C.isoclip_go_backend_describe(h, &out, &dev, &msg)
-	if err := failure(s, msg); err != nil {
+	if err := failure(s, &msg); err != nil {
 		return "", 0, err
 	}
 	defer C.free(unsafe.Pointer(out))
@@ -292,11 +348,155 @@ func Load(path string) (*Projector, error) {
 	cpath := C.CString(path)
 	defer C.free(unsafe.Pointer(cpath))
 	var p *C.isoclip_projector
-	var msg *C.char
-	if err := failure(C.isoclip_go_projector_load(cpath, &p, &msg), msg); err != nil {
+	var msg C.isoclip_go_failure
+	if err := failure(C.isoclip_go_projector_load(cpath, &p, &msg), &msg); err != nil {
 		return nil, err
 	}
 	return newProjector(p), nil
+}
+
+// LoadURL reads a projector file from a path or a URL (s3://, gs://, az://, http(s)://,
+// file://), with object-store options (as the object_store crate names them: "aws_region",
+// ...) over the environment's; nil for none.
+func LoadURL(location string, storageOptions map[string]string) (*Projector, error) {
+	if err := checkABI(); err != nil {
+		return nil, err
+	}
+	cloc := C.CString(location)
+	defer C.free(unsafe.Pointer(cloc))
+	keys, values, n, free := cStringPairs(storageOptions)
+	defer free()
+	var p *C.isoclip_projector
+	var msg C.isoclip_go_failure
+	if err := failure(C.isoclip_go_projector_load_url(cloc, keys, values, n, &p, &msg), &msg); err != nil {
+		return nil, err
+	}
+	return newProjector(p), nil
+}
+
+// LoadFromMemory reads a projector from the bytes of a projector file (read during the call
+// only), with the checks of Load.
+func LoadFromMemory(data []byte) (*Projector, error) {
+	if err := checkABI(); err != nil {
+		return nil, err
+	}
+	var ptr unsafe.Pointer
+	if len(data) > 0 {
+		ptr = unsafe.Pointer(&data[0])
+	}
+	var p *C.isoclip_projector
+	var msg C.isoclip_go_failure
+	s := C.isoclip_go_projector_load_from_memory(ptr, C.size_t(len(data)), &p, &msg)
+	runtime.KeepAlive(data)
+	if err := failure(s, &msg); err != nil {
+		return nil, err
+	}
+	return newProjector(p), nil
+}
+
+// LinearMap is the map a projection applies before normalisation: y = x W + B, with W row-major
+// Rows x Cols (input x output) and B of Cols values (zeros when the map has no bias).
+type LinearMap struct {
+	W          []float32
+	B          []float32
+	Rows, Cols int
+}
+
+// Map returns the linear map of a projection with modality m, input kind k and form f (to fold
+// into a FAISS LinearTransform or a GEMM of your own).
+func (p *Projector) Map(m Modality, k InputKind, f Form) (LinearMap, error) {
+	rows, err := p.InputDim(m, k)
+	if err != nil {
+		return LinearMap{}, err
+	}
+	cols, err := p.OutputDim(m, f)
+	if err != nil {
+		return LinearMap{}, err
+	}
+	h, unlock, err := p.handle()
+	if err != nil {
+		return LinearMap{}, err
+	}
+	defer unlock()
+	lm := LinearMap{W: make([]float32, rows*cols), B: make([]float32, cols), Rows: rows, Cols: cols}
+	var w, b *C.float
+	if len(lm.W) > 0 {
+		w = (*C.float)(unsafe.Pointer(&lm.W[0]))
+	}
+	if len(lm.B) > 0 {
+		b = (*C.float)(unsafe.Pointer(&lm.B[0]))
+	}
+	var msg C.isoclip_go_failure
+	s := C.isoclip_go_projector_matrix(h, C.int32_t(m), C.int32_t(kindOrDefault(k)), C.int32_t(formOrDefault(f)),
+		w, C.size_t(rows), C.size_t(cols), b, &msg)
+	runtime.KeepAlive(lm.W)
+	runtime.KeepAlive(lm.B)
+	if err := failure(s, &msg); err != nil {
+		return LinearMap{}, err
+	}
+	return lm, nil
+}
+
+// CancelToken stops the projections that use it (ProjectWithCancel): checked before the first
+// row and then every 65 536 rows. Cancel is safe from any goroutine at any time; any number of
+// calls may share a token; a cancelled token stays cancelled.
+type CancelToken struct {
+	mu sync.RWMutex
+	t  *C.isoclip_cancel_token
+}
+
+// NewCancelToken returns a token that is not cancelled.
+func NewCancelToken() (*CancelToken, error) {
+	if err := checkABI(); err != nil {
+		return nil, err
+	}
+	var t *C.isoclip_cancel_token
+	if s := C.isoclip_cancel_token_new(&t); s != C.ISOCLIP_OK {
+		return nil, &Error{Status: Status(s), Message: "isoclip: isoclip_cancel_token_new failed"}
+	}
+	ct := &CancelToken{t: t}
+	runtime.SetFinalizer(ct, func(ct *CancelToken) {
+		if ct.Close() == nil {
+			finalized.Add(1)
+		}
+	})
+	return ct, nil
+}
+
+// Cancel makes every call using the token fail with ErrCancelled at its next check. It has no
+// effect on a closed token.
+func (ct *CancelToken) Cancel() {
+	ct.mu.RLock()
+	defer ct.mu.RUnlock()
+	if ct.t != nil {
+		C.isoclip_cancel_token_cancel(ct.t)
+	}
+}
+
+// Close frees the token, waiting for calls using it to end. Closing twice returns ErrClosed.
+func (ct *CancelToken) Close() error {
+	ct.mu.Lock()
+	defer ct.mu.Unlock()
+	if ct.t == nil {
+		return ErrClosed
+	}
+	C.isoclip_cancel_token_free(ct.t)
+	ct.t = nil
+	runtime.SetFinalizer(ct, nil)
+	return nil
+}
+
+// handle returns the C token with a read lock held (nil for a nil token: never cancelled).
+func (ct *CancelToken) handle() (*C.isoclip_cancel_token, func(), error) {
+	if ct == nil {
+		return nil, func() {}, nil
+	}
+	ct.mu.RLock()
+	if ct.t == nil {
+		ct.mu.RUnlock()
+		return nil, nil, ErrClosed
+	}
+	return ct.t, ct.mu.RUnlock, nil
 }
 
 // Matrix is a dense row-major matrix of float64.
@@ -354,7 +554,7 @@ func Fit(image, text Matrix, opts FitOptions) (*Projector, error) {
 		return nil, err
 	}
 	var p *C.isoclip_projector
-	var msg *C.char
+	var msg C.isoclip_go_failure
 	s := C.isoclip_go_projector_fit(ptrF64(image.Data), C.size_t(image.Rows), C.size_t(image.Cols),
 		ptrF64(text.Data), C.size_t(text.Rows), C.size_t(text.Cols),
 		iset, itop, ibot, tset, ttop, tbot,
@@ -362,7 +562,7 @@ func Fit(image, text Matrix, opts FitOptions) (*Projector, error) {
 		ptrF64(opts.TextBias), C.size_t(len(opts.TextBias)), &p, &msg)
 	runtime.KeepAlive(image.Data)
 	runtime.KeepAlive(text.Data)
-	if err := failure(s, msg); err != nil {
+	if err := failure(s, &msg); err != nil {
 		return nil, err
 	}
 	return newProjector(p), nil
@@ -400,8 +600,8 @@ func (p *Projector) Save(path string) error {
 	defer unlock()
 	cpath := C.CString(path)
 	defer C.free(unsafe.Pointer(cpath))
-	var msg *C.char
-	return failure(C.isoclip_go_projector_save(h, cpath, &msg), msg)
+	var msg C.isoclip_go_failure
+	return failure(C.isoclip_go_projector_save(h, cpath, &msg), &msg)
 }
 
 // HasModality reports whether the projector holds maps for m (ModalityImage or ModalityText).
@@ -412,8 +612,8 @@ func (p *Projector) HasModality(m Modality) (bool, error) {
 	}
 	defer unlock()
 	var out C.bool
-	var msg *C.char
-	if err := failure(C.isoclip_go_projector_has_modality(h, C.int32_t(m), &out, &msg), msg); err != nil {
+	var msg C.isoclip_go_failure
+	if err := failure(C.isoclip_go_projector_has_modality(h, C.int32_t(m), &out, &msg), &msg); err != nil {
 		return false, err
 	}
 	return bool(out), nil
@@ -441,9 +641,9 @@ func (p *Projector) InputDim(m Modality, k InputKind) (int, error) {
 	}
 	defer unlock()
 	var out C.size_t
-	var msg *C.char
+	var msg C.isoclip_go_failure
 	s := C.isoclip_go_projector_input_dim(h, C.int32_t(m), C.int32_t(kindOrDefault(k)), &out, &msg)
-	if err := failure(s, msg); err != nil {
+	if err := failure(s, &msg); err != nil {
 		return 0, err
 	}
 	return int(out), nil
@@ -457,9 +657,9 @@ func (p *Projector) OutputDim(m Modality, f Form) (int, error) {
 	}
 	defer unlock()
 	var out C.size_t
-	var msg *C.char
+	var msg C.isoclip_go_failure
 	s := C.isoclip_go_projector_output_dim(h, C.int32_t(m), C.int32_t(formOrDefault(f)), &out, &msg)
-	if err := failure(s, msg); err != nil {
+	if err := failure(s, &msg); err != nil {
 		return 0, err
 	}
 	return int(out), nil
@@ -473,8 +673,8 @@ func (p *Projector) Band(m Modality) (Band, error) {
 	}
 	defer unlock()
 	var top, bottom C.size_t
-	var msg *C.char
-	if err := failure(C.isoclip_go_projector_band(h, C.int32_t(m), &top, &bottom, &msg), msg); err != nil {
+	var msg C.isoclip_go_failure
+	if err := failure(C.isoclip_go_projector_band(h, C.int32_t(m), &top, &bottom, &msg), &msg); err != nil {
 		return Band{}, err
 	}
 	return Band{KTop: int(top), KBottom: int(bottom)}, nil
@@ -486,8 +686,9 @@ func (p *Projector) hexString(digest bool) (string, error) {
 		return "", err
 	}
 	defer unlock()
-	var out, msg *C.char
-	if err := failure(C.isoclip_go_projector_fingerprint(h, C.bool(digest), &out, &msg), msg); err != nil {
+	var out *C.char
+	var msg C.isoclip_go_failure
+	if err := failure(C.isoclip_go_projector_fingerprint(h, C.bool(digest), &out, &msg), &msg); err != nil {
 		return "", err
 	}
 	defer C.free(unsafe.Pointer(out))
@@ -565,6 +766,12 @@ func dtypeOf[T Element]() (C.int32_t, int) {
 // Project projects the rows of in into out (the same number of rows) through p. Safe for
 // concurrent use; each call needs its own output.
 func Project[In, Out Element](p *Projector, in Rows[In], out Rows[Out], opts ProjectOptions) (Stats, error) {
+	return ProjectWithCancel(p, in, out, opts, nil)
+}
+
+// ProjectWithCancel is Project that stops with ErrCancelled once token is cancelled (the
+// output's content is then unspecified). A nil token is never cancelled.
+func ProjectWithCancel[In, Out Element](p *Projector, in Rows[In], out Rows[Out], opts ProjectOptions, token *CancelToken) (Stats, error) {
 	inStride, err := in.check("input")
 	if err != nil {
 		return Stats{}, err
@@ -586,6 +793,11 @@ func Project[In, Out Element](p *Projector, in Rows[In], out Rows[Out], opts Pro
 		return Stats{}, err
 	}
 	defer unlockB()
+	t, unlockT, err := token.handle()
+	if err != nil {
+		return Stats{}, err
+	}
+	defer unlockT()
 	inType, inSize := dtypeOf[In]()
 	outType, outSize := dtypeOf[Out]()
 	var inPtr, outPtr unsafe.Pointer
@@ -594,14 +806,14 @@ func Project[In, Out Element](p *Projector, in Rows[In], out Rows[Out], opts Pro
 		outPtr = unsafe.Pointer(&out.Data[0])
 	}
 	var zero, nonfinite C.uint64_t
-	var msg *C.char
+	var msg C.isoclip_go_failure
 	s := C.isoclip_go_project(h, b, C.int32_t(opts.Modality), C.int32_t(kindOrDefault(opts.InputKind)),
 		C.int32_t(formOrDefault(opts.Form)), C.bool(!opts.NoNormalize), C.int32_t(nonFiniteOrDefault(opts.NonFinite)),
 		C.size_t(in.Rows), inPtr, inType, C.size_t(in.Cols), C.size_t(inStride*inSize),
-		outPtr, outType, C.size_t(out.Cols), C.size_t(outStride*outSize), &zero, &nonfinite, &msg)
+		outPtr, outType, C.size_t(out.Cols), C.size_t(outStride*outSize), t, &zero, &nonfinite, &msg)
 	runtime.KeepAlive(in.Data)
 	runtime.KeepAlive(out.Data)
-	if err := failure(s, msg); err != nil {
+	if err := failure(s, &msg); err != nil {
 		return Stats{}, err
 	}
 	return Stats{ZeroNormRows: uint64(zero), NonFiniteRows: uint64(nonfinite)}, nil

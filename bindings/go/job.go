@@ -10,6 +10,7 @@ import "C"
 import (
 	"context"
 	"encoding/json"
+	"math"
 	"runtime"
 	"runtime/cgo"
 	"sync"
@@ -34,6 +35,17 @@ type JobOptions struct {
 	// ChunkBytes is the output bytes per chunk, the unit of I/O, progress and cancellation
 	// (0: 16 MiB).
 	ChunkBytes int
+	// NumShards and ShardIndex make the job one worker of several sharing the output: it takes
+	// shard k of the sorted listing when k % NumShards == ShardIndex. NumShards 0 means 1:
+	// every shard.
+	NumShards, ShardIndex int
+	// ShardsFromEnv takes NumShards and ShardIndex from the environment instead: a Slurm job
+	// array, a Kubernetes Indexed Job (with ISOCLIP_NUM_SHARDS), or ISOCLIP_NUM_SHARDS and
+	// ISOCLIP_SHARD_INDEX.
+	ShardsFromEnv bool
+	// StorageOptions are object-store options for URLs ("aws_region", ...), over the
+	// environment's.
+	StorageOptions map[string]string
 	// Progress, if set, is called on the goroutine running Run: when the work is planned, after
 	// each chunk and after each shard. If it panics, the job is cancelled and Run re-panics.
 	Progress func(Progress)
@@ -80,8 +92,8 @@ type JobSummary struct {
 	ProjectorDigest string  `json:"projector"`
 }
 
-// Job projects the .npy shards at an input path (a file, a directory, or a list file) into an
-// output directory, resumably: the same work and files as `isoclip project`. Run it on one
+// Job projects the .npy shards at an input path or URL (a file, a directory or prefix, or a
+// list file) into an output directory or URL prefix, resumably: the same work and files as `isoclip project`. Run it on one
 // goroutine; Cancel from any goroutine. The job keeps its own reference to the projector and
 // the backend.
 type Job struct {
@@ -122,6 +134,13 @@ func (p *Projector) NewJob(input, outputDir string, opts JobOptions) (*Job, erro
 	if opts.ChunkBytes < 0 {
 		return nil, invalid("ChunkBytes must be >= 0, got %d", opts.ChunkBytes)
 	}
+	numShards := opts.NumShards
+	if numShards == 0 {
+		numShards = 1
+	}
+	if numShards < 0 || int64(numShards) > math.MaxUint32 || opts.ShardIndex < 0 || int64(opts.ShardIndex) > math.MaxUint32 {
+		return nil, invalid("NumShards %d and ShardIndex %d must be within 0 to %d", opts.NumShards, opts.ShardIndex, uint32(math.MaxUint32))
+	}
 	h, unlock, err := p.handle()
 	if err != nil {
 		return nil, err
@@ -146,11 +165,15 @@ func (p *Projector) NewJob(input, outputDir string, opts JobOptions) (*Job, erro
 	cin, cout := C.CString(input), C.CString(outputDir)
 	defer C.free(unsafe.Pointer(cin))
 	defer C.free(unsafe.Pointer(cout))
-	var msg *C.char
+	keys, values, nOptions, freeOptions := cStringPairs(opts.StorageOptions)
+	defer freeOptions()
+	var msg C.isoclip_go_failure
 	s := C.isoclip_go_job_new(h, b, C.int32_t(opts.Modality), C.int32_t(kindOrDefault(opts.InputKind)),
 		C.int32_t(formOrDefault(opts.Form)), C.bool(!opts.NoNormalize), C.int32_t(nonFiniteOrDefault(opts.NonFinite)),
-		C.int32_t(dtype), C.bool(opts.Overwrite), C.size_t(opts.ChunkBytes), handle, cin, cout, &job.j, &msg)
-	if err := failure(s, msg); err != nil {
+		C.int32_t(dtype), C.bool(opts.Overwrite), C.size_t(opts.ChunkBytes), handle,
+		C.uint32_t(numShards), C.uint32_t(opts.ShardIndex), C.bool(opts.ShardsFromEnv), keys, values, nOptions,
+		cin, cout, &job.j, &msg)
+	if err := failure(s, &msg); err != nil {
 		if job.state != nil {
 			job.handle.Delete()
 		}
@@ -189,8 +212,8 @@ func (j *Job) Run(ctx context.Context) error {
 			}
 		}()
 	}
-	var msg *C.char
-	err := failure(C.isoclip_go_job_run(j.j, &msg), msg)
+	var msg C.isoclip_go_failure
+	err := failure(C.isoclip_go_job_run(j.j, &msg), &msg)
 	if j.state != nil && j.state.panicked {
 		v := j.state.panicVal
 		j.state.panicked, j.state.panicVal = false, nil
@@ -218,8 +241,8 @@ func (j *Job) Stat(which JobStat) (uint64, error) {
 		return 0, ErrClosed
 	}
 	var out C.uint64_t
-	var msg *C.char
-	if err := failure(C.isoclip_go_job_stat(j.j, C.int32_t(which), &out, &msg), msg); err != nil {
+	var msg C.isoclip_go_failure
+	if err := failure(C.isoclip_go_job_stat(j.j, C.int32_t(which), &out, &msg), &msg); err != nil {
 		return 0, err
 	}
 	return uint64(out), nil
@@ -232,8 +255,9 @@ func (j *Job) Summary() (JobSummary, error) {
 	if j.j == nil {
 		return JobSummary{}, ErrClosed
 	}
-	var out, msg *C.char
-	if err := failure(C.isoclip_go_job_summary(j.j, &out, &msg), msg); err != nil {
+	var out *C.char
+	var msg C.isoclip_go_failure
+	if err := failure(C.isoclip_go_job_summary(j.j, &out, &msg), &msg); err != nil {
 		return JobSummary{}, err
 	}
 	defer C.free(unsafe.Pointer(out))

@@ -1,5 +1,6 @@
-//! Jobs: the streaming engine over files (`isoclip project`), with a progress callback and
-//! cancellation from another thread.
+//! Jobs: the streaming engine over galleries (`isoclip project`), with a progress callback,
+//! cancellation from another thread, shard selection for several workers and object-store
+//! options.
 
 use std::ffi::{c_char, c_void};
 use std::sync::atomic::{AtomicBool, AtomicU64, Ordering};
@@ -13,11 +14,11 @@ use super::project::{
 use super::projector::{isoclip_projector, projector_arg, projector_clone_arc};
 use super::status::isoclip_status;
 use super::status::{
-    copy_string_out, guard, guard_infallible, path_arg, require_out, set_option, write_out,
-    Failure, FfiResult,
+    copy_string_out, guard, guard_infallible, location_arg, require_out, set_option, utf8_arg,
+    write_out, Failure, FfiResult,
 };
 use crate::backend::ElemType;
-use crate::engine::{run_job, JobSpec, JobSummary, ProgressSink};
+use crate::engine::{run_job, JobSpec, JobSummary, ProgressSink, ShardSelection};
 
 /// Progress of a running job, called on the thread that runs it (inside `isoclip_job_run`):
 /// once when the work is planned (`rows_done == 0`), after each chunk of rows, and after each
@@ -74,23 +75,53 @@ unsafe impl Send for Callback {}
 unsafe impl Sync for Callback {}
 
 /// Options of a job. Created by `isoclip_job_options_new`, released by
-/// `isoclip_job_options_free`; a job copies them when it is created. Not thread-safe: one thread
-/// at a time.
+/// `isoclip_job_options_free`; a job copies them when it is created (storage options included),
+/// so they may be changed or freed afterwards. Not thread-safe: one thread at a time.
 ///
 /// Defaults: output `ISOCLIP_DTYPE_F16`, finished shards skipped (no overwrite), chunks of 16 MiB
-/// of output, no progress callback (the defaults of `isoclip project`).
-#[derive(Clone, Copy)]
+/// of output, no progress callback, every shard (one worker), no storage options (the defaults
+/// of `isoclip project`).
+#[derive(Clone)]
 pub struct isoclip_job_options {
     output_dtype: ElemType,
     overwrite: bool,
     chunk_bytes: usize,
     progress: Option<Callback>,
+    shards: ShardSelection,
+    storage_options: Vec<(String, String)>,
 }
 
-/// A projection run over a gallery on disk: the same work, files and resume semantics as
-/// `isoclip project` (one `.npy` per input shard in the output directory, written under a
-/// temporary name and renamed when complete, and a manifest so that a later run skips finished
-/// shards).
+impl Default for isoclip_job_options {
+    fn default() -> Self {
+        isoclip_job_options {
+            output_dtype: ElemType::F16,
+            overwrite: false,
+            chunk_bytes: 0,
+            progress: None,
+            shards: ShardSelection::default(),
+            storage_options: Vec::new(),
+        }
+    }
+}
+
+impl isoclip_job_options {
+    /// The object-store options (`KEY`, `VALUE`) in the order they were first set.
+    pub(crate) fn storage_options(&self) -> &[(String, String)] {
+        &self.storage_options
+    }
+
+    /// Sets a storage option; a key set again keeps its place and takes the new value.
+    fn set_storage_option(&mut self, key: String, value: String) {
+        match self.storage_options.iter_mut().find(|(k, _)| *k == key) {
+            Some(entry) => entry.1 = value,
+            None => self.storage_options.push((key, value)),
+        }
+    }
+}
+
+/// A projection run over a gallery on disk or in an object store: the same work, files and
+/// resume semantics as `isoclip project` (one `.npy` per input shard in the output, visible only
+/// once complete, and a record of each finished shard so that a later run skips it).
 ///
 /// Created by `isoclip_job_new`, released by `isoclip_job_free`. `isoclip_job_run` runs it on the
 /// calling thread; `isoclip_job_cancel` may be called from any thread at any time, including
@@ -178,18 +209,14 @@ pub unsafe extern "C" fn isoclip_job_options_new(
 ) -> isoclip_status {
     guard("isoclip_job_options_new", || {
         require_out(out, "out")?;
-        let o = Box::new(isoclip_job_options {
-            output_dtype: ElemType::F16,
-            overwrite: false,
-            chunk_bytes: 0,
-            progress: None,
-        });
+        let o = Box::new(isoclip_job_options::default());
         // SAFETY: per this function's contract.
         unsafe { write_out(out, "out", Box::into_raw(o)) }
     })
 }
 
-/// Releases job options. NULL is a no-op. Jobs created with them are unaffected.
+/// Releases job options and the storage options they hold. NULL is a no-op. Jobs created with
+/// them are unaffected (they hold their own copy).
 ///
 /// # Safety
 /// `options` is NULL or a live handle, not used afterwards.
@@ -293,19 +320,167 @@ pub unsafe extern "C" fn isoclip_job_options_set_progress(
     }
 }
 
-/// Creates a job projecting the shards at `input` (a `.npy` file, a directory of them, or a text
-/// file listing them; 2-D, C order, fp16 or fp32) into the directory `output_dir` (created if
-/// missing). `projection` NULL means the default projection options, `job_options` NULL the
-/// default job options, `backend` NULL the shared CPU backend. Nothing is read or written yet:
-/// `isoclip_job_run` checks the files.
+/// Makes the jobs created with these options one worker of `num_shards`: worker `shard_index`
+/// takes shard k of the input's sorted listing when `k % num_shards == shard_index`. Every worker
+/// writes into the same output (directory or URL prefix), each finished shard with its own
+/// completion record, so workers may run at the same time, on different machines, and a
+/// worker run again (a retry, a requeue) skips what it finished. `(1, 0)` is the default: every
+/// shard. Replaces what `isoclip_job_options_set_shards_from_env` set.
 ///
-/// The job keeps its own references to the projector and the backend, and copies the options:
-/// all of them may be freed right after this call. On success `*out` receives a new handle the
-/// caller owns (`isoclip_job_free`).
+/// Returns `ISOCLIP_OK`; `ISOCLIP_ERR_INVALID_ARGUMENT` (`num_shards` is 0, or `shard_index` is
+/// not below it; the message gives the range); `ISOCLIP_ERR_NULL_POINTER`; `ISOCLIP_ERR_PANIC`.
+///
+/// # Safety
+/// `options` is NULL or a live handle.
+#[no_mangle]
+pub unsafe extern "C" fn isoclip_job_options_set_shards(
+    options: *mut isoclip_job_options,
+    num_shards: u32,
+    shard_index: u32,
+) -> isoclip_status {
+    // SAFETY: per this function's contract.
+    unsafe {
+        set_option("isoclip_job_options_set_shards", options, |o| {
+            o.shards = ShardSelection::new(num_shards as usize, shard_index as usize)?;
+            Ok(())
+        })
+    }
+}
+
+/// Sets the worker's place (as `isoclip_job_options_set_shards` does) from the environment the
+/// scheduler gives it, read during this call:
+/// - a Slurm job array: `SLURM_ARRAY_TASK_ID`, `SLURM_ARRAY_TASK_MIN` and
+///   `SLURM_ARRAY_TASK_COUNT` (index = id - min; an array whose `SLURM_ARRAY_TASK_STEP` is not 1
+///   is refused, its ids have gaps);
+/// - a Kubernetes Indexed Job: `JOB_COMPLETION_INDEX`, with the number of workers in
+///   `ISOCLIP_NUM_SHARDS` (Kubernetes does not export it);
+/// - otherwise `ISOCLIP_NUM_SHARDS` and `ISOCLIP_SHARD_INDEX`.
+///
+/// With none of them set, the options take every shard. On failure the options are unchanged.
+///
+/// Returns `ISOCLIP_OK`; `ISOCLIP_ERR_INVALID_ARGUMENT` (a variable that is not a non-negative
+/// integer, an index without a count or the reverse, an index out of range, a Slurm step other
+/// than 1; the message names the variables); `ISOCLIP_ERR_NULL_POINTER`; `ISOCLIP_ERR_PANIC`.
+/// Thread-safety: no other thread may change the environment (`setenv`) during the call.
+///
+/// # Safety
+/// `options` is NULL or a live handle.
+#[no_mangle]
+pub unsafe extern "C" fn isoclip_job_options_set_shards_from_env(
+    options: *mut isoclip_job_options,
+) -> isoclip_status {
+    // SAFETY: per this function's contract.
+    unsafe {
+        set_option("isoclip_job_options_set_shards_from_env", options, |o| {
+            let shards = ShardSelection::resolve(None, None, environment_variable)?;
+            if u32::try_from(shards.count).is_err() {
+                return Err(Failure::InvalidArgument(format!(
+                    "{} workers are more than this API counts (at most {})",
+                    shards.count,
+                    u32::MAX
+                )));
+            }
+            o.shards = shards;
+            Ok(())
+        })
+    }
+}
+
+/// Sets `*num_shards` and `*shard_index` to the worker's place the options hold (`1` and `0`
+/// unless `isoclip_job_options_set_shards` or `_set_shards_from_env` set another): a worker
+/// configured from its environment can log which part of the gallery it takes.
+///
+/// Returns `ISOCLIP_OK`, `ISOCLIP_ERR_NULL_POINTER` (any argument), `ISOCLIP_ERR_PANIC`.
+///
+/// # Safety
+/// `options` is NULL or a live handle; `num_shards` and `shard_index` are NULL or valid for a
+/// write.
+#[no_mangle]
+pub unsafe extern "C" fn isoclip_job_options_shards(
+    options: *const isoclip_job_options,
+    num_shards: *mut u32,
+    shard_index: *mut u32,
+) -> isoclip_status {
+    guard("isoclip_job_options_shards", || {
+        // SAFETY: NULL or a live handle, only read, per the contract.
+        let o = unsafe { options.as_ref() }.ok_or(Failure::NullPointer("options"))?;
+        require_out(num_shards, "num_shards")?;
+        require_out(shard_index, "shard_index")?;
+        // Both fit: `set_shards` takes u32 values and `set_shards_from_env` refuses larger ones.
+        let count = u32::try_from(o.shards.count).expect("checked when set");
+        let index = u32::try_from(o.shards.index).expect("below the count");
+        // SAFETY: both are valid for a write per the contract (checked non-NULL above).
+        unsafe {
+            write_out(num_shards, "num_shards", count)?;
+            write_out(shard_index, "shard_index", index)
+        }
+    })
+}
+
+/// A variable of the process environment; one that is not UTF-8 is passed on (lossily) so that
+/// its parse fails with its name rather than being ignored.
+fn environment_variable(name: &str) -> Option<String> {
+    std::env::var_os(name).map(|v| v.to_string_lossy().into_owned())
+}
+
+/// Adds an object-store option for the input, the output and projectors loaded with these
+/// options (`isoclip_projector_load_url`): `key` and `value` as the `object_store` crate names
+/// them (`aws_region`, `aws_endpoint`, `aws_allow_http`, `google_service_account`,
+/// `azure_storage_account_name`, ...), over what the environment sets (`AWS_*`, `GOOGLE_*`,
+/// `AZURE_*`). Both strings are copied; a key added again takes the new value. Options are
+/// checked when a store is opened (`isoclip_job_run`), not here; plain paths and `file://` URLs
+/// ignore them.
+///
+/// Returns `ISOCLIP_OK`; `ISOCLIP_ERR_NULL_POINTER` (`options`, `key`, `value`);
+/// `ISOCLIP_ERR_INVALID_ARGUMENT` (an empty key, a string that is not UTF-8);
+/// `ISOCLIP_ERR_PANIC`.
+///
+/// # Safety
+/// `options` is NULL or a live handle; `key` and `value` are NULL or NUL-terminated strings.
+#[no_mangle]
+pub unsafe extern "C" fn isoclip_job_options_add_storage_option(
+    options: *mut isoclip_job_options,
+    key: *const c_char,
+    value: *const c_char,
+) -> isoclip_status {
+    guard("isoclip_job_options_add_storage_option", || {
+        // SAFETY: NULL or a live handle that no other thread uses, per the contract.
+        let o = unsafe { options.as_mut() }.ok_or(Failure::NullPointer("options"))?;
+        // SAFETY: per this function's contract.
+        let key = unsafe { utf8_arg(key, "key") }?;
+        // SAFETY: per this function's contract.
+        let value = unsafe { utf8_arg(value, "value") }?;
+        if key.is_empty() {
+            return Err(Failure::InvalidArgument(
+                "the storage option key is empty".into(),
+            ));
+        }
+        o.set_storage_option(key, value);
+        Ok(())
+    })
+}
+
+/// Creates a job projecting the shards at `input` into `output_dir`. Each is a path or a URL:
+/// `s3://bucket/prefix`, `gs://`, `az://` (also `abfs://`, `azure://`), `http://`/`https://`
+/// (reading only) or `file:///absolute/path`; anything that does not start with `scheme://` is
+/// a path. `input` is a `.npy` file, a directory or URL prefix of them, or a local text file
+/// listing them (2-D, C order, fp16 or fp32); `output_dir` is a directory (created if missing)
+/// or a URL prefix. `projection` NULL means the default projection options, `job_options` NULL
+/// the default job options, `backend` NULL the shared CPU backend. Only the arguments are
+/// checked here: `isoclip_job_run` opens the stores and checks the files.
+///
+/// With plain paths and one worker the job is `isoclip project` (one manifest, a locked output
+/// directory). With a URL, or several workers (`isoclip_job_options_set_shards`), each
+/// finished shard gets its own completion record in the output, so workers can share it.
+///
+/// The job keeps its own references to the projector and the backend, and copies the options
+/// (storage options included): all of them may be freed right after this call. On success
+/// `*out` receives a new handle the caller owns (`isoclip_job_free`).
 ///
 /// Returns `ISOCLIP_OK`; `ISOCLIP_ERR_NULL_POINTER` (`projector`, `input`, `output_dir`, `out`);
-/// `ISOCLIP_ERR_INVALID_ARGUMENT` (a modality the projector lacks, or AUTO on one with both; the
-/// embedding route of a bias-augmented projector); `ISOCLIP_ERR_PANIC`.
+/// `ISOCLIP_ERR_INVALID_ARGUMENT` (a malformed URL, named in the message; a modality the
+/// projector lacks, or AUTO on one with both; the embedding route of a bias-augmented
+/// projector); `ISOCLIP_ERR_PANIC`.
 /// Thread-safety: any thread.
 ///
 /// # Safety
@@ -325,26 +500,19 @@ pub unsafe extern "C" fn isoclip_job_new(
         // SAFETY: per this function's contract.
         let p = unsafe { projector_arg(projector, "projector") }?;
         // SAFETY: per this function's contract.
-        let input = unsafe { path_arg(input, "input") }?;
+        let input = unsafe { location_arg(input, "input") }?;
         // SAFETY: per this function's contract.
-        let output_dir = unsafe { path_arg(output_dir, "output_dir") }?;
+        let output = unsafe { location_arg(output_dir, "output_dir") }?;
         require_out(out, "out")?;
         // SAFETY: per this function's contract.
         let proj = unsafe { projection_options_arg(projection) };
-        let jo = if job_options.is_null() {
-            isoclip_job_options {
-                output_dtype: ElemType::F16,
-                overwrite: false,
-                chunk_bytes: 0,
-                progress: None,
-            }
-        } else {
-            // SAFETY: a live handle, only read, per the contract.
-            unsafe { *job_options }
-        };
+        // SAFETY: a live handle or NULL, only read, per the contract.
+        let jo = unsafe { job_options.as_ref() }.cloned().unwrap_or_default();
         // Check the options against the projector now, with the C API's wording.
         let (modality, _) = p.prepared(proj.modality, proj.input_kind, proj.form)?;
-        let mut spec = JobSpec::new(input, output_dir);
+        let mut spec = JobSpec::new(input, output);
+        spec.shards = jo.shards;
+        spec.storage_options = jo.storage_options;
         spec.modality = Some(modality);
         spec.options = proj.with_output(jo.output_dtype);
         spec.overwrite = jo.overwrite;
@@ -385,7 +553,9 @@ unsafe fn job_arg<'a>(j: *const isoclip_job) -> FfiResult<&'a isoclip_job> {
 /// The progress callback, if any, is called on this thread during the call.
 ///
 /// Returns `ISOCLIP_OK`; `ISOCLIP_ERR_CANCELLED` (`isoclip_job_cancel` was called, before or
-/// during the run: cancellation is permanent for the job); `ISOCLIP_ERR_IO`; `ISOCLIP_ERR_FORMAT`
+/// during the run: cancellation is permanent for the job); `ISOCLIP_ERR_IO` (the operating
+/// system or an object store refused or failed a request, after the store's retries: the message
+/// names the path or URL); `ISOCLIP_ERR_FORMAT`
 /// (a shard is not a valid `.npy`); `ISOCLIP_ERR_NON_FINITE_ROW` (a NaN/Inf row under
 /// `ISOCLIP_NONFINITE_ERROR`; the message names the shard and the row);
 /// `ISOCLIP_ERR_UNREPRESENTABLE` (likewise, a result the output type cannot hold);
@@ -544,4 +714,37 @@ pub unsafe extern "C" fn isoclip_job_free(job: *mut isoclip_job) {
             drop(unsafe { Box::from_raw(job) });
         }
     })
+}
+
+#[cfg(test)]
+mod tests {
+    use super::*;
+    use crate::ffi::status::isoclip_status::ISOCLIP_OK;
+
+    #[test]
+    fn storage_options_are_copied_and_a_key_set_again_takes_the_new_value() {
+        let mut options: *mut isoclip_job_options = std::ptr::null_mut();
+        // SAFETY: `options` is valid for a write.
+        assert_eq!(unsafe { isoclip_job_options_new(&mut options) }, ISOCLIP_OK);
+        let mut value = *b"eu-west-1\0";
+        for (key, value) in [
+            (c"aws_region".as_ptr(), value.as_ptr().cast::<c_char>()),
+            (c"aws_allow_http".as_ptr(), c"true".as_ptr()),
+            (c"aws_region".as_ptr(), c"us-east-2".as_ptr()),
+        ] {
+            // SAFETY: a live handle and NUL-terminated strings.
+            let s = unsafe { isoclip_job_options_add_storage_option(options, key, value) };
+            assert_eq!(s, ISOCLIP_OK);
+        }
+        value.fill(b'x'); // the caller's buffer, reused: the options hold a copy
+                          // SAFETY: a live handle, read then released once.
+        let copy = unsafe { (*options).clone() };
+        // SAFETY: as above.
+        unsafe { isoclip_job_options_free(options) };
+        let want = [
+            ("aws_region".to_string(), "us-east-2".to_string()),
+            ("aws_allow_http".to_string(), "true".to_string()),
+        ];
+        assert_eq!(copy.storage_options(), &want[..]);
+    }
 }

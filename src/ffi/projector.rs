@@ -5,15 +5,17 @@ use std::collections::BTreeMap;
 use std::ffi::c_char;
 use std::sync::{Arc, OnceLock};
 
+use super::job::isoclip_job_options;
 use super::status::isoclip_status;
 use super::status::{
-    copy_string_out, element_count, guard, guard_infallible, path_arg, require_out, slice_arg,
-    write_out, Failure, FfiResult,
+    copy_string_out, element_count, guard, guard_infallible, location_arg, path_arg, require_out,
+    slice_arg, write_out, Failure, FfiResult,
 };
 use crate::align::{fit, AlignedProjector, BandSpec, Modality, ModalityMaps, ProjectorWeights};
 use crate::backend::{InputKind, OutputForm, PreparedMap};
 use crate::error::Error;
 use crate::formats::projector_file;
+use crate::storage;
 
 /// Which side of the model: a value of `ISOCLIP_MODALITY_*`.
 pub type isoclip_modality = i32;
@@ -201,6 +203,44 @@ pub unsafe extern "C" fn isoclip_projector_load(
         let path = unsafe { path_arg(path, "path") }?;
         require_out(out, "out")?;
         let aligned = projector_file::load(&path)?;
+        // SAFETY: `out` is valid for a write per the contract.
+        unsafe { write_out(out, "out", into_handle(aligned)) }
+    })
+}
+
+/// Loads a projector file from a path or a URL (`s3://`, `gs://`, `az://`, `http(s)://`,
+/// `file://`; see `isoclip_job_new`), with the verification of `isoclip_projector_load`. A
+/// plain path is read exactly as `isoclip_projector_load` reads it. `storage_options` NULL means
+/// none; otherwise the storage options of those job options are used
+/// (`isoclip_job_options_add_storage_option`; the other job options are ignored). On success
+/// `*out` receives a new handle the caller owns (`isoclip_projector_free`); on failure `*out` is
+/// not written.
+///
+/// Returns `ISOCLIP_OK`; `ISOCLIP_ERR_NULL_POINTER` (`location`, `out`);
+/// `ISOCLIP_ERR_INVALID_ARGUMENT` (a malformed URL, named in the message; a scheme no store
+/// supports); `ISOCLIP_ERR_IO` (cannot read: the message names the path or URL);
+/// `ISOCLIP_ERR_FORMAT` (not a projector file, corrupt, no such object);
+/// `ISOCLIP_ERR_UNSUPPORTED` (format version); `ISOCLIP_ERR_PANIC`.
+///
+/// Thread-safety: any thread; `storage_options` must not be changed during the call.
+///
+/// # Safety
+/// `location` is NULL or a NUL-terminated string; `storage_options` is NULL or a live handle;
+/// `out` is NULL or valid for a write.
+#[no_mangle]
+pub unsafe extern "C" fn isoclip_projector_load_url(
+    location: *const c_char,
+    storage_options: *const isoclip_job_options,
+    out: *mut *const isoclip_projector,
+) -> isoclip_status {
+    guard("isoclip_projector_load_url", || {
+        // SAFETY: per this function's contract.
+        let location = unsafe { location_arg(location, "location") }?;
+        require_out(out, "out")?;
+        // SAFETY: NULL or a live handle, only read, per the contract.
+        let options = unsafe { storage_options.as_ref() }
+            .map_or(&[][..], isoclip_job_options::storage_options);
+        let aligned = storage::load_projector(&location, options)?;
         // SAFETY: `out` is valid for a write per the contract.
         unsafe { write_out(out, "out", into_handle(aligned)) }
     })

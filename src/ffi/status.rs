@@ -15,6 +15,7 @@ use std::panic::{catch_unwind, AssertUnwindSafe};
 use std::sync::Once;
 
 use crate::error::Error;
+use crate::storage::Location;
 
 /// The outcome of a call. Every function that can fail returns one; `ISOCLIP_OK` (0) is success,
 /// anything else is a failure whose message can be read with `isoclip_last_error_message`.
@@ -385,6 +386,34 @@ pub unsafe fn path_arg(p: *const c_char, name: &'static str) -> FfiResult<std::p
             .map(Into::into)
             .map_err(|_| Failure::InvalidArgument(format!("argument `{name}` is not valid UTF-8")))
     }
+}
+
+/// A place from a NUL-terminated string: a URL when it starts with `scheme://` (checked by
+/// [`Location::parse`]: a malformed URL is an invalid argument naming it), a path otherwise
+/// (its bytes as they are, on Unix, even when they are not UTF-8).
+///
+/// # Safety
+/// As for [`c_str_arg`].
+pub unsafe fn location_arg(p: *const c_char, name: &'static str) -> FfiResult<Location> {
+    // SAFETY: forwarded contract.
+    let s = unsafe { c_str_arg(p, name) }?;
+    match s.to_str() {
+        Ok(text) => Ok(Location::parse(text)?),
+        // SAFETY: forwarded contract.
+        Err(_) => Ok(Location::Path(unsafe { path_arg(p, name) }?)),
+    }
+}
+
+/// A copy of a required NUL-terminated UTF-8 string argument.
+///
+/// # Safety
+/// As for [`c_str_arg`].
+pub unsafe fn utf8_arg(p: *const c_char, name: &'static str) -> FfiResult<String> {
+    // SAFETY: forwarded contract.
+    let s = unsafe { c_str_arg(p, name) }?;
+    s.to_str()
+        .map(str::to_owned)
+        .map_err(|_| Failure::InvalidArgument(format!("argument `{name}` is not valid UTF-8")))
 }
 
 /// Borrows `len` elements at `p` (a caller array). `len == 0` is valid with any pointer, NULL

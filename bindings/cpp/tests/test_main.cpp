@@ -13,6 +13,8 @@
 #include <thread>
 #include <type_traits>
 
+#include <cerrno>
+
 #include <sys/stat.h>
 #include <unistd.h>
 
@@ -316,6 +318,119 @@ void test_jobs(const isoclip::Projector& p, const std::string& dir) {
     CHECK(cancelled);
 }
 
+std::vector<unsigned char> read_bytes(const std::string& path) {
+    std::ifstream f(path, std::ios::binary);
+    return std::vector<unsigned char>((std::istreambuf_iterator<char>(f)),
+                                      std::istreambuf_iterator<char>());
+}
+
+// The wrappers of the ABI 1.0 additions: the OS error code, loading from memory and from a URL,
+// the map as a matrix, cancel tokens, the stats initialiser and the default thread count.
+void test_abi_additions(const isoclip::Projector& p, const std::vector<double>& pi,
+                        const std::string& cli_projector) {
+    // The OS code travels with the exception, and stays readable after it.
+    try {
+        isoclip::Projector::load("/no/such/file.st");
+        CHECK(false);
+    } catch (const isoclip::Error& e) {
+        CHECK(e.status() == ISOCLIP_ERR_IO && e.os_code() == ENOENT);
+        CHECK(isoclip::last_error_os_code() == ENOENT);
+    }
+
+    // From memory: the same projector as from its file; garbage is named as the memory buffer.
+    const auto bytes = read_bytes(cli_projector);
+    isoclip::Projector from_file = isoclip::Projector::load(cli_projector);
+    isoclip::Projector from_memory = isoclip::Projector::load_from_memory(bytes.data(), bytes.size());
+    CHECK(from_memory.content_digest() == from_file.content_digest());
+    const char junk[] = "not a projector";
+    EXPECT_ERROR(ISOCLIP_ERR_FORMAT, "isoclip_projector_load_from_memory: (projector in memory)",
+                 isoclip::Projector::load_from_memory(junk, sizeof junk));
+    try {
+        isoclip::Projector::load_from_memory(junk, sizeof junk);
+    } catch (const isoclip::Error& e) {
+        CHECK(e.os_code() == 0);  // not an OS failure
+    }
+
+    // From a location: a plain path reads the file; a malformed URL is refused by name.
+    isoclip::Projector from_location = isoclip::Projector::load_url(cli_projector, {{"aws_region", "eu-west-1"}});
+    CHECK(from_location.content_digest() == from_file.content_digest());
+    EXPECT_ERROR(ISOCLIP_ERR_INVALID_ARGUMENT,
+                 "isoclip_projector_load_url: s3://bad host/p.st: not a valid URL",
+                 isoclip::Projector::load_url("s3://bad host/p.st"));
+
+    // The map: with the band 0/0 and a full-rank model, the image full map is the model's P.
+    isoclip::LinearMap map = p.matrix(isoclip::Modality::Image, isoclip::InputKind::Features,
+                                      isoclip::Form::Full);
+    CHECK(map.rows == DI && map.cols == D && map.weight.size() == DI * D && map.bias.size() == D);
+    double worst = 0;
+    for (std::size_t i = 0; i < DI * D; i++) worst = std::max(worst, std::fabs(map.weight[i] - pi[i]));
+    CHECK(worst < 1e-5);
+    for (float b : map.bias) CHECK(b == 0.0f);
+    EXPECT_ERROR(ISOCLIP_ERR_INVALID_ARGUMENT, "holds both image and text maps", p.matrix());
+
+    // Cancel tokens: a live token changes nothing; a cancelled one stops the call.
+    isoclip::ProjectionOptions o;
+    o.modality(isoclip::Modality::Image);
+    auto x = features(300, DI, 21);
+    std::vector<float> plain(300 * D), with_token(300 * D);
+    p.project(x, DI, plain, D, &o);
+    isoclip::CancelToken token;
+    p.project(x, DI, with_token, D, &o, nullptr, &token);
+    CHECK(std::memcmp(plain.data(), with_token.data(), plain.size() * sizeof(float)) == 0);
+    token.cancel();
+    EXPECT_ERROR(ISOCLIP_ERR_CANCELLED, "isoclip_project_with_cancel: cancelled",
+                 p.project(x, DI, with_token, D, &o, nullptr, &token));
+
+    // The stats initialiser, for direct C calls.
+    isoclip_projection_stats stats = isoclip::projection_stats_init();
+    CHECK(stats.struct_size == sizeof(isoclip_projection_stats));
+    CHECK(stats.zero_norm_rows == 0 && stats.nonfinite_rows == 0);
+    std::vector<float> zero_row(DI, 0.0f), out(D);
+    CHECK(isoclip_project(p.get(), nullptr, o.get(), 1, zero_row.data(), ISOCLIP_DTYPE_F32, DI,
+                          DI * 4, out.data(), ISOCLIP_DTYPE_F32, D, D * 4, &stats) == ISOCLIP_OK);
+    CHECK(stats.zero_norm_rows == 1);
+
+    // The default backend exists now (main set its threads before the first projection).
+    EXPECT_ERROR(ISOCLIP_ERR_INVALID_STATE, "isoclip_set_default_threads: the default backend already exists",
+                 isoclip::set_default_threads(1));
+}
+
+// Scale-out settings of jobs: URLs, shard selection and storage options, checked when the job
+// is made (the runs themselves are tested from C, tests/c/test_scale_out.c).
+void test_job_scale_out_arguments(const isoclip::Projector& p) {
+    isoclip::ProjectionOptions o;
+    o.modality(isoclip::Modality::Image);
+    isoclip::JobOptions jo;
+    jo.num_shards = 2;
+    jo.shard_index = 2;
+    EXPECT_ERROR(ISOCLIP_ERR_INVALID_ARGUMENT,
+                 "isoclip_job_options_set_shards: worker index 2 is out of range for 2 workers (0 to 1)",
+                 isoclip::Job(p, "s3://bucket/emb/", "s3://bucket/out/", &o, jo));
+    jo.shard_index = 1;
+    jo.storage_options = {{"aws_region", "eu-west-1"}, {"", "x"}};
+    EXPECT_ERROR(ISOCLIP_ERR_INVALID_ARGUMENT,
+                 "isoclip_job_options_add_storage_option: the storage option key is empty",
+                 isoclip::Job(p, "s3://bucket/emb/", "s3://bucket/out/", &o, jo));
+    jo.storage_options.pop_back();
+    EXPECT_ERROR(ISOCLIP_ERR_INVALID_ARGUMENT,
+                 "isoclip_job_new: s3://bad host/emb/: not a valid URL (invalid domain character)",
+                 isoclip::Job(p, "s3://bad host/emb/", "s3://bucket/out/", &o, jo));
+    isoclip::Job ok(p, "s3://bucket/emb/", "gs://bucket/out/", &o, jo);
+    CHECK(ok.get() != nullptr);
+    // From the environment: a Kubernetes Indexed Job without its count is refused by name.
+    unsetenv("SLURM_ARRAY_TASK_ID");
+    setenv("JOB_COMPLETION_INDEX", "1", 1);
+    unsetenv("ISOCLIP_NUM_SHARDS");
+    jo.shards_from_env = true;
+    EXPECT_ERROR(ISOCLIP_ERR_INVALID_ARGUMENT, "worker 1 of a Kubernetes Indexed Job",
+                 isoclip::Job(p, "s3://bucket/emb/", "s3://bucket/out/", &o, jo));
+    setenv("ISOCLIP_NUM_SHARDS", "2", 1);
+    isoclip::Job from_env(p, "s3://bucket/emb/", "s3://bucket/out/", &o, jo);
+    CHECK(from_env.get() != nullptr);
+    unsetenv("JOB_COMPLETION_INDEX");
+    unsetenv("ISOCLIP_NUM_SHARDS");
+}
+
 void remove_tree(const std::string& dir) {
     std::string cmd = "rm -rf '" + dir + "'";
     CHECK(std::system(cmd.c_str()) == 0);
@@ -330,11 +445,14 @@ int main(int argc, char** argv) {
     }
     try {
         test_types();
+        isoclip::set_default_threads(2);  // before the first projection with the default backend
         auto pi = matrix(DI, D, 1), pt = matrix(D, D, 2);
         isoclip::Projector p = fit_model(pi, pt);
         test_projection(p, pi);
         test_errors(p);
         test_moves(argv[1]);
+        test_abi_additions(p, pi, argv[1]);
+        test_job_scale_out_arguments(p);
         std::string dir = temp_dir();
         CHECK(!dir.empty());
         test_jobs(p, dir);
