@@ -103,7 +103,7 @@ def project_gallery(
     return _project_gallery(
         os.fspath(input),
         os.fspath(output),
-        projector if isinstance(projector, Projector) else os.fspath(projector),
+        projector,
         form=form,
         dtype=dtype,
         kind=kind,
