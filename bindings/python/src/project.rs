@@ -13,10 +13,7 @@ use isoclip::backend::{
     RowsIn, RowsOut,
 };
 use isoclip::Modality;
-use numpy::{
-    Element, PyArray2, PyArrayMethods, PyUntypedArray,
-    PyUntypedArrayMethods,
-};
+use numpy::{Element, PyArray2, PyArrayMethods, PyUntypedArray, PyUntypedArrayMethods};
 use pyo3::exceptions::{PyTypeError, PyValueError};
 use pyo3::prelude::*;
 
@@ -124,7 +121,10 @@ fn check_out<'py>(
 ) -> PyResult<(Bound<'py, PyUntypedArray>, ElemType)> {
     let py = out.py();
     let array = out.cast::<PyUntypedArray>().map_err(|_| {
-        PyTypeError::new_err(format!("out must be a numpy.ndarray, got {}", type_name(out)))
+        PyTypeError::new_err(format!(
+            "out must be a numpy.ndarray, got {}",
+            type_name(out)
+        ))
     })?;
     let descr = array.dtype();
     let elem = options::elem_of_descr(py, &descr).ok_or_else(|| {
@@ -193,7 +193,9 @@ fn borrow_and_compute<I: Element, O: Element>(
 ) -> PyResult<()> {
     let x = x.cast::<PyArray2<I>>()?;
     let out = out.cast::<PyArray2<O>>()?;
-    let read = x.try_readonly().map_err(|e| PyValueError::new_err(format!("x: {e}")))?;
+    let read = x
+        .try_readonly()
+        .map_err(|e| PyValueError::new_err(format!("x: {e}")))?;
     let write = out.try_readwrite().map_err(|e| {
         PyValueError::new_err(format!(
             "out cannot be written ({e}): it must be writeable and must not overlap x"

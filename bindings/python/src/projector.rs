@@ -6,10 +6,10 @@ use std::path::PathBuf;
 use std::sync::{Arc, OnceLock};
 
 use isoclip::align::presets::{self, Preset};
+use isoclip::align::ModalityMaps;
 use isoclip::backend::{InputKind, OutputForm, PreparedMap};
 use isoclip::formats::{checkpoint, projector_file};
 use isoclip::storage::{self, Location};
-use isoclip::align::ModalityMaps;
 use isoclip::{AlignedProjector, BandSpec, Error, Modality, ProjectorWeights};
 use numpy::{PyArray1, PyReadonlyArray1, PyReadonlyArray2, PyUntypedArrayMethods};
 use pyo3::prelude::*;
@@ -42,10 +42,12 @@ impl Projector {
 
     /// The maps of `modality` (None: the only one), errors naming the file it came from.
     pub fn maps(&self, modality: Option<Modality>) -> isoclip::Result<&ModalityMaps> {
-        self.inner.only_modality(modality).map_err(|e| match &self.origin {
-            Some(o) => e.in_file(o),
-            None => e,
-        })
+        self.inner
+            .only_modality(modality)
+            .map_err(|e| match &self.origin {
+                Some(o) => e.in_file(o),
+                None => e,
+            })
     }
 
     /// The map for a modality, input kind and form, shared by every call that uses it.
@@ -219,7 +221,9 @@ impl Projector {
     }
 
     /// Pickling: the projector file's bytes.
-    fn __reduce__<'py>(slf: &Bound<'py, Self>) -> PyResult<(Bound<'py, PyAny>, (Bound<'py, PyBytes>,))> {
+    fn __reduce__<'py>(
+        slf: &Bound<'py, Self>,
+    ) -> PyResult<(Bound<'py, PyAny>, (Bound<'py, PyBytes>,))> {
         let py = slf.py();
         let bytes = projector_file::to_bytes(&slf.get().inner);
         let ctor = py.get_type::<Projector>().getattr("_from_bytes")?;
@@ -229,8 +233,8 @@ impl Projector {
     /// The inverse of pickling: a projector from the bytes of a projector file.
     #[staticmethod]
     fn _from_bytes(py: Python<'_>, data: &[u8]) -> PyResult<Self> {
-        let aligned = projector_file::from_bytes(data, std::path::Path::new("<pickled projector>"))
-            .py(py)?;
+        let aligned =
+            projector_file::from_bytes(data, std::path::Path::new("<pickled projector>")).py(py)?;
         Ok(Projector::new(aligned, None))
     }
 
@@ -342,9 +346,7 @@ fn fit_weights(
         .collect::<isoclip::Result<Vec<_>>>()
         .py(py)?;
     let name = preset.map(|p| p.name);
-    let aligned = py
-        .detach(|| isoclip::fit(&weights, &bands, name))
-        .py(py)?;
+    let aligned = py.detach(|| isoclip::fit(&weights, &bands, name)).py(py)?;
     Ok(Projector::new(aligned, None))
 }
 
@@ -393,8 +395,6 @@ pub fn fit_checkpoint(
     preset: Option<&str>,
     modality: Option<&str>,
 ) -> PyResult<Projector> {
-    let weights = py
-        .detach(|| checkpoint::load_safetensors(&path))
-        .py(py)?;
+    let weights = py.detach(|| checkpoint::load_safetensors(&path)).py(py)?;
     fit_weights(py, weights, k_top, k_bottom, preset, modality)
 }
