@@ -8,6 +8,7 @@ retried; plain ``local[2]`` never retries). Outputs are compared byte for byte w
 from __future__ import annotations
 
 import os
+import shutil
 import sys
 from pathlib import Path
 from typing import Any, Dict, Iterator
@@ -24,6 +25,7 @@ import isoclip.spark  # noqa: E402
 from conftest_engines import *  # noqa: E402,F401,F403  (the shared fixtures)
 from conftest_engines import (  # noqa: E402
     GALLERY_OPTIONS,
+    REPO_ROOT,
     SHARD_ROWS,
     embedding_matrix,
     output_shards,
@@ -45,6 +47,7 @@ def spark() -> Iterator[Any]:
         SparkSession.builder.master("local[2,2]")
         .appName("isoclip-tests")
         .config("spark.ui.enabled", "false")
+        .config("spark.ui.showConsoleProgress", "false")
         .config("spark.sql.shuffle.partitions", "2")
         .config("spark.sql.execution.arrow.maxRecordsPerBatch", str(ARROW_BATCH_ROWS))
         .config("spark.driver.bindAddress", "127.0.0.1")
@@ -121,15 +124,59 @@ def test_gallery_rerun_skips_every_finished_shard(
     assert output_shards(output) == cli_outputs
 
 
-def test_readme_example_default_num_shards(spark, gallery, projector_path, cli_outputs, tmp_path):
-    # The README's Spark example, with this test's paths (num_shards: defaultParallelism = 2).
-    summary = isoclip.spark.project_gallery(
-        spark, str(gallery), str(tmp_path / "iso_emb"), projector_path,
-        form="compact", dtype="f16",
-    )
+#: The README's Spark example, verbatim (test_readme_examples_are_verbatim checks the README).
+README_SPARK_EXAMPLE = """\
+from pyspark.sql import SparkSession
+import isoclip.spark
 
-    assert summary["num_shards"] == spark.sparkContext.defaultParallelism == 2
+spark = SparkSession.builder.master("local[2,2]").getOrCreate()
+summary = isoclip.spark.project_gallery(spark, "img_emb/", "iso_emb/", "b16.safetensors")
+print(summary["rows_processed"], "rows projected by", summary["num_shards"], "tasks")
+"""
+
+#: The README's project_column example, verbatim. Spark resolves its own relative paths against
+#: the JVM's working directory (the test changes Python's), hence os.path.abspath; isoclip's
+#: functions make relative paths absolute themselves.
+README_SPARK_COLUMN_EXAMPLE = """\
+import os
+
+df = spark.read.parquet(os.path.abspath("embeddings.parquet"))
+iso = isoclip.spark.project_column(df, "embedding", "b16.safetensors", output_column="iso")
+iso.write.parquet(os.path.abspath("iso_embeddings.parquet"))
+"""
+
+
+def _readme_folder(folder: Path, gallery: Path, projector_path: str) -> None:
+    """The files the README examples name, in ``folder``: img_emb/, b16.safetensors."""
+    shutil.copytree(gallery, folder / "img_emb")
+    shutil.copyfile(projector_path, folder / "b16.safetensors")
+
+
+def test_readme_spark_examples_run_and_equal_the_cli_and_numpy(
+    spark, gallery, projector_path, cli_outputs, parquet_table, features, tmp_path, monkeypatch
+):
+    _readme_folder(tmp_path, gallery, projector_path)
+    shutil.copyfile(parquet_table, tmp_path / "embeddings.parquet")
+    monkeypatch.chdir(tmp_path)
+    namespace: Dict[str, Any] = {}
+
+    exec(README_SPARK_EXAMPLE, namespace)
+    exec(README_SPARK_COLUMN_EXAMPLE, namespace)
+
+    # defaults: num_shards = defaultParallelism (2), compact f16 as the CLI's defaults
+    assert namespace["summary"]["num_shards"] == spark.sparkContext.defaultParallelism == 2
     assert output_shards(tmp_path / "iso_emb") == cli_outputs
+    written = spark.read.parquet(str(tmp_path / "iso_embeddings.parquet"))
+    expected = isoclip.Projector.load(projector_path).project(features, dtype="f32")
+    assert _collect_matrix(written, "iso").tobytes() == expected.tobytes()
+
+
+def test_readme_has_the_spark_examples_verbatim():
+    readme = (REPO_ROOT / "README.md").read_text()
+    if "isoclip.spark" not in readme:
+        pytest.skip("the README has no Python engines section yet")
+    assert README_SPARK_EXAMPLE in readme
+    assert README_SPARK_COLUMN_EXAMPLE in readme
 
 
 @pytest.mark.parametrize("num_shards", [0, -1, 1.5, True])
@@ -221,10 +268,12 @@ def test_project_column_refuses_a_missing_column(spark, projector_path):
 
 
 def test_project_column_names_the_row_of_unequal_length(spark, projector_path, features):
+    from pyspark.errors import PythonException
+
     rows = [(0, features[0].tolist()), (1, features[1, :-1].tolist())]
     df = spark.createDataFrame(rows, "id long, embedding array<float>").coalesce(1)
     projected = isoclip.spark.project_column(df, "embedding", projector_path)
-    with pytest.raises(Exception, match=r"column 'embedding': row 1 has 47 values, but row 0 "
+    with pytest.raises(PythonException, match=r"column 'embedding': row 1 has 47 values, but row 0 "
                                         r"has 48"):
         projected.collect()
 

@@ -28,6 +28,7 @@ from isoclip.spark import (
     _task_options,
     arrow_list_to_matrix,
     load_projector_cached,
+    location_for_workers,
     matrix_to_arrow_list,
     merge_summaries,
 )
@@ -54,7 +55,8 @@ def project_gallery(
     projector_url, num_shards=n, shard_index=i, progress=False, **options)`` and waits for them.
     Calls ``ray.init()`` first when Ray is not initialised (Ray's own behaviour on first use).
     Every worker node must be able to read ``input_url`` and ``projector_url`` and write
-    ``output_url`` (a shared file system or an object store).
+    ``output_url`` (a shared file system or an object store); relative paths are made absolute
+    on the driver first.
 
     Args:
         input_url: a directory, prefix or shard list (path or URL).
@@ -95,7 +97,8 @@ def project_gallery(
         max_retries=max_retries,
         retry_exceptions=False,
     )
-    args = (str(input_url), str(output_url), str(projector_url), count, task_options)
+    locations = [location_for_workers(u) for u in (input_url, output_url, projector_url)]
+    args = (*locations, count, task_options)
     started = time.monotonic()
     refs = [remote.remote(*args, index) for index in range(count)]
     summaries = ray.get(refs)

@@ -13,8 +13,8 @@ schedules, retries and reports):
   embedding-reader read) with ``DataFrame.mapInArrow``: each Arrow record batch's list column is
   viewed as one ``(rows, dim)`` matrix without per-row Python work and projected in one call.
 
-The helpers :func:`arrow_list_to_matrix`, :func:`matrix_to_arrow_list`, :func:`merge_summaries`
-and :func:`load_projector_cached` are shared with :mod:`isoclip.ray`.
+The helpers :func:`arrow_list_to_matrix`, :func:`matrix_to_arrow_list`, :func:`merge_summaries`,
+:func:`load_projector_cached` and :func:`location_for_workers` are shared with :mod:`isoclip.ray`.
 
 pyspark and pyarrow are imported lazily: ``import isoclip.spark`` works without them.
 """
@@ -43,6 +43,7 @@ __all__ = [
     "matrix_to_arrow_list",
     "merge_summaries",
     "load_projector_cached",
+    "location_for_workers",
 ]
 
 #: Options of :func:`isoclip.project_gallery` that the engine sets itself, per task.
@@ -74,7 +75,7 @@ def project_gallery(
     ``isoclip.project_gallery(input_url, output_url, projector_url, num_shards=n, shard_index=i,
     progress=False, **options)`` on an executor. Every executor must be able to read
     ``input_url`` and ``projector_url`` and write ``output_url`` (a shared file system or an
-    object store). Spark retries a failed task; finished shards are skipped by their completion
+    object store); relative paths are made absolute on the driver first. Spark retries a failed task; finished shards are skipped by their completion
     records, so a retried or rerun job ends byte-identical to a clean one.
 
     Args:
@@ -105,7 +106,8 @@ def project_gallery(
     sc = spark.sparkContext
     count = _resolve_num_shards(num_shards, sc.defaultParallelism)
     task_options = _task_options(options, default_threads=_spark_task_cpus(spark))
-    task = _ShardGroupTask(str(input_url), str(output_url), str(projector_url), count, task_options)
+    locations = [location_for_workers(u) for u in (input_url, output_url, projector_url)]
+    task = _ShardGroupTask(*locations, count, task_options)
     started = time.monotonic()
     summaries = sc.parallelize(range(count), count).map(task).collect()
     return merge_summaries(summaries, seconds=time.monotonic() - started)
@@ -145,6 +147,18 @@ class _ShardGroupTask:
             **self.options,
         )
         return {"shard_index": shard_index, **dict(summary)}
+
+
+def location_for_workers(location: Union[str, "os.PathLike[str]"]) -> str:
+    """``location`` as workers should see it: a URL unchanged, a path made absolute.
+
+    Workers do not share the driver's working directory (Spark's Python workers run in the
+    JVM's, Ray's in their own), so a relative path is resolved here, on the driver.
+    """
+    text = os.fspath(location)
+    if "://" in text:
+        return text
+    return os.path.abspath(text)
 
 
 def _resolve_num_shards(num_shards: Optional[int], default: int) -> int:
@@ -245,7 +259,8 @@ def project_column(
         df: the DataFrame; ``column`` must be ``array<float>`` (cast an ``array<double>`` column
             first: ``df.withColumn(c, df[c].cast("array<float>"))``).
         column: the embeddings column; every row must hold the same number of values, no nulls.
-        projector: a path or URL readable from every executor (each Python worker loads it), or
+        projector: a path (made absolute on the driver) or URL readable from every executor
+            (each Python worker loads it), or
             an :class:`isoclip.Projector`, whose saved bytes are broadcast to the executors.
         output_column: where to write the projection; default ``column`` (replaced in place).
             Another name appends a column.
@@ -340,7 +355,7 @@ def _projector_source_for_executors(
 ) -> _ProjectorSource:
     """A picklable source; a path/URL is loaded once on the driver so a bad one fails here."""
     if isinstance(projector, (str, os.PathLike)):
-        url = os.fspath(projector)
+        url = location_for_workers(projector)
         load_projector_cached(url, storage_options)
         return _ProjectorSource(url=url, storage_options=storage_options)
     data = _projector_bytes(projector)
