@@ -125,7 +125,7 @@ def test_readme_ray_examples_run_and_equal_the_cli_and_numpy(
     exec(README_RAY_EXAMPLE, namespace)
     exec(README_RAY_DATA_EXAMPLE, namespace)
 
-    # defaults: num_shards = the 2 available CPUs, compact f16 as the CLI's defaults
+    # defaults: num_shards = the cluster's 2 CPUs, compact f16 as the CLI's defaults
     assert namespace["summary"]["num_shards"] == 2
     assert output_shards(tmp_path / "iso_emb") == cli_outputs
     written = pq.read_table(tmp_path / "iso_embeddings").sort_by("id")

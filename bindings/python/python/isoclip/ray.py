@@ -62,8 +62,10 @@ def project_gallery(
         input_url: a directory, prefix or shard list (path or URL).
         output_url: the output directory or prefix, shared by all tasks.
         projector_url: the projector file (path or URL) readable from every node.
-        num_shards: number of tasks; default the cluster's available CPUs
-            (``int(ray.available_resources()["CPU"])``, at least 1).
+        num_shards: number of tasks; default the cluster's CPUs
+            (``int(ray.cluster_resources()["CPU"])``, at least 1). The total, not the CPUs free
+            right now: those depend on what else (an idle Ray Data actor) holds a CPU at the
+            moment of the call, and tasks beyond the free CPUs simply wait.
         num_cpus, num_gpus: resources each task reserves (``num_gpus=1`` with
             ``device="cuda"`` puts each task on a GPU).
         max_retries: how many times Ray reruns a task whose worker process died (crash, OOM
@@ -89,7 +91,7 @@ def project_gallery(
 
     if not ray.is_initialized():
         ray.init()
-    count = _resolve_num_shards(num_shards, _available_cpus(ray))
+    count = _resolve_num_shards(num_shards, _cluster_cpus(ray))
     task_options = _task_options(options, default_threads=max(1, int(num_cpus)))
     remote = ray.remote(_run_shard_group).options(
         num_cpus=num_cpus,
@@ -105,9 +107,9 @@ def project_gallery(
     return merge_summaries(summaries, seconds=time.monotonic() - started)
 
 
-def _available_cpus(ray: Any) -> int:
-    """The CPUs free in the cluster now, at least 1."""
-    return max(1, int(ray.available_resources().get("CPU", 1)))
+def _cluster_cpus(ray: Any) -> int:
+    """The CPUs of the cluster, at least 1."""
+    return max(1, int(ray.cluster_resources().get("CPU", 1)))
 
 
 def _run_shard_group(

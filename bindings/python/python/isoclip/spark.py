@@ -75,8 +75,9 @@ def project_gallery(
     ``isoclip.project_gallery(input_url, output_url, projector_url, num_shards=n, shard_index=i,
     progress=False, **options)`` on an executor. Every executor must be able to read
     ``input_url`` and ``projector_url`` and write ``output_url`` (a shared file system or an
-    object store); relative paths are made absolute on the driver first. Spark retries a failed task; finished shards are skipped by their completion
-    records, so a retried or rerun job ends byte-identical to a clean one.
+    object store); relative paths are made absolute on the driver first. Spark retries a
+    failed task; finished shards are skipped by their completion records, so a retried or
+    rerun job ends byte-identical to a clean one.
 
     Args:
         spark: the active session.
