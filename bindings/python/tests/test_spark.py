@@ -254,6 +254,27 @@ def test_project_column_f16_full_with_a_broadcast_projector_in_place(
     assert got.tobytes() == expected.tobytes()
 
 
+def test_project_column_of_no_rows_gives_no_rows(spark, parquet_table, projector_path):
+    empty = spark.createDataFrame([], "id long, embedding array<float>")
+    filtered = spark.read.parquet(parquet_table).filter("id < 0")
+    for df in (empty, filtered):
+        projected = isoclip.spark.project_column(df, "embedding", projector_path)
+        assert projected.collect() == []
+
+
+def test_arrow_column_projector_passes_an_empty_batch_through(projector_path):
+    # Spark may hand mapInArrow an empty batch: no rows, so no dimension to project.
+    source = isoclip.spark._ProjectorSource(url=projector_path)
+    project = isoclip.spark._ArrowColumnProjector(source, "embedding", "iso", {"dtype": "f32"})
+    empty = pa.RecordBatch.from_arrays(
+        [pa.array([], pa.int64()), pa.array([], pa.list_(pa.float32()))], names=["id", "embedding"]
+    )
+    [out] = list(project(iter([empty])))
+    assert out.num_rows == 0
+    assert out.schema.names == ["id", "embedding", "iso"]
+    assert out.schema.field("iso").type == pa.list_(pa.float32())
+
+
 def test_project_column_refuses_array_double(spark, projector_path):
     df = spark.createDataFrame([(0, [1.0, 2.0])], "id long, embedding array<double>")
     with pytest.raises(TypeError, match=r"column 'embedding' is array<double>, expected "
@@ -317,6 +338,14 @@ def test_arrow_list_to_matrix_reads_fixed_size_and_chunked_arrays(features):
 def test_arrow_list_to_matrix_refuses_bad_columns(array, error, message):
     with pytest.raises(error, match=message):
         isoclip.spark.arrow_list_to_matrix(array, "e")
+
+
+def test_gallery_task_threads_default_to_the_cores_the_engine_reserved():
+    assert isoclip.spark._task_options({"form": "full"}, default_threads=2) == {
+        "form": "full",
+        "threads": 2,
+    }
+    assert isoclip.spark._task_options({"threads": 8}, default_threads=2) == {"threads": 8}
 
 
 def test_merge_summaries_sums_counts_and_keeps_common_fields():

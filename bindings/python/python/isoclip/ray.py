@@ -212,9 +212,12 @@ class ProjectBatch:
             raise KeyError(
                 f"column {self.column!r} is not in the batch (columns: {table.column_names})"
             )
-        matrix = arrow_list_to_matrix(table.column(self.column), self.column)
-        projected = self.projector.project(matrix, **self.options)
-        values = matrix_to_arrow_list(projected)
+        if table.num_rows == 0:
+            element = pa.float16() if self.options["dtype"] == "f16" else pa.float32()
+            values = pa.array([], pa.list_(element))
+        else:
+            matrix = arrow_list_to_matrix(table.column(self.column), self.column)
+            values = matrix_to_arrow_list(self.projector.project(matrix, **self.options))
         if self.output_column in table.column_names:
             index = table.column_names.index(self.output_column)
             return table.set_column(index, self.output_column, values)

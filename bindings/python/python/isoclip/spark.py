@@ -399,9 +399,12 @@ class _ArrowColumnProjector:
 
         projector = self.source.load()
         for batch in batches:
-            matrix = arrow_list_to_matrix(batch.column(self.column), self.column)
-            projected = projector.project(matrix, **self.options)
-            values = matrix_to_arrow_list(np.asarray(projected, dtype=np.float32))
+            if batch.num_rows == 0:
+                values = pa.array([], pa.list_(pa.float32()))
+            else:
+                matrix = arrow_list_to_matrix(batch.column(self.column), self.column)
+                projected = projector.project(matrix, **self.options)
+                values = matrix_to_arrow_list(np.asarray(projected, dtype=np.float32))
             names = list(batch.schema.names)
             arrays = list(batch.columns)
             if self.output_column in names:
