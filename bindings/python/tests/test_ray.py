@@ -99,6 +99,7 @@ print(summary["rows_processed"], "rows projected by", summary["num_shards"], "ta
 README_RAY_DATA_EXAMPLE = """\
 import os
 import ray
+import isoclip.ray
 
 ds = ray.data.read_parquet(os.path.abspath("embeddings.parquet"))
 ds = ds.map_batches(
