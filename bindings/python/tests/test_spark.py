@@ -9,6 +9,7 @@ from __future__ import annotations
 
 import os
 import shutil
+import subprocess
 import sys
 from pathlib import Path
 from typing import Any, Dict, Iterator
@@ -338,6 +339,20 @@ def test_arrow_list_to_matrix_reads_fixed_size_and_chunked_arrays(features):
 def test_arrow_list_to_matrix_refuses_bad_columns(array, error, message):
     with pytest.raises(error, match=message):
         isoclip.spark.arrow_list_to_matrix(array, "e")
+
+
+def test_engine_modules_import_without_pyspark_ray_or_pyarrow():
+    # A None entry in sys.modules makes `import pyspark` (etc.) raise ImportError.
+    code = (
+        "import sys\n"
+        "for name in ('pyspark', 'ray', 'pyarrow', 'pandas'):\n"
+        "    sys.modules[name] = None\n"
+        "import isoclip.spark, isoclip.ray\n"
+        "print('imported')\n"
+    )
+    result = subprocess.run([sys.executable, "-c", code], capture_output=True, text=True)
+    assert result.returncode == 0, result.stderr
+    assert result.stdout == "imported\n"
 
 
 def test_gallery_task_threads_default_to_the_cores_the_engine_reserved():
