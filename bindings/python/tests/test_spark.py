@@ -42,6 +42,8 @@ def spark() -> Iterator[Any]:
     """A local SparkSession with task retries (local[2,2]), started once for the module."""
     from pyspark.sql import SparkSession
 
+    if shutil.which("java") is None and not os.environ.get("JAVA_HOME"):
+        pytest.fail("Spark needs Java 17 or 21: apt-get install -y openjdk-17-jre-headless")
     os.environ.setdefault("PYSPARK_PYTHON", sys.executable)
     os.environ.setdefault("PYSPARK_DRIVER_PYTHON", sys.executable)
     session = (
