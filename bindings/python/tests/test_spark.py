@@ -368,19 +368,31 @@ def test_gallery_task_threads_default_to_the_cores_the_engine_reserved():
 def test_merge_summaries_sums_counts_and_keeps_common_fields():
     workers = [
         {"shard_index": 0, "shards_processed": 3, "rows_processed": 88, "zero_norm_rows": 1,
-         "form": "compact", "d_out": 24, "seconds": 1.0},
+         "bytes_read": 3_000_000_000, "form": "compact", "d_out": 24, "seconds": 1.0,
+         "rows_per_second": 88.0, "gb_per_second_read": 3.0, "output_dir": "/out/0"},
         {"shard_index": 1, "shards_processed": 2, "rows_processed": 87, "zero_norm_rows": 0,
-         "form": "compact", "d_out": 24, "seconds": 3.0},
+         "bytes_read": 2_000_000_000, "form": "compact", "d_out": 24, "seconds": 3.0,
+         "rows_per_second": 29.0, "gb_per_second_read": 0.5, "output_dir": "/out/1"},
     ]
     merged = isoclip.spark.merge_summaries(workers, seconds=5.0)
     assert merged == {
         "shards_processed": 5,
         "rows_processed": 175,
         "zero_norm_rows": 1,
+        "bytes_read": 5_000_000_000,
         "form": "compact",
         "d_out": 24,
         "seconds": 5.0,
         "rows_per_second": 35.0,
+        "gb_per_second_read": 1.0,
         "num_shards": 2,
         "workers": workers,
     }
+
+
+def test_merge_summaries_of_one_worker_recomputes_its_rates_from_the_driver_time():
+    worker = {"shard_index": 0, "rows_processed": 10, "bytes_read": 4_000_000_000,
+              "seconds": 1.0, "rows_per_second": 10.0, "gb_per_second_read": 4.0}
+    merged = isoclip.spark.merge_summaries([worker], seconds=2.0)
+    assert (merged["seconds"], merged["rows_per_second"], merged["gb_per_second_read"]) == (
+        2.0, 5.0, 2.0)

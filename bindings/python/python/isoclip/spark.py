@@ -52,6 +52,8 @@ _ENGINE_OWNED_OPTIONS = ("num_shards", "shard_index", "progress")
 #: Summary fields that add up across workers (counts of shards, rows and bytes).
 _SUMMED_PREFIXES = ("shards_", "rows_", "bytes_")
 _SUMMED_SUFFIXES = ("_rows",)
+#: Rates recomputed from the merged counts and the driver's wall time: rate -> (count, unit).
+_RATES = {"rows_per_second": ("rows_processed", 1.0), "gb_per_second_read": ("bytes_read", 1e9)}
 
 ProjectorSource = Union[str, "os.PathLike[str]", "isoclip.Projector"]
 
@@ -199,10 +201,11 @@ def merge_summaries(
     """One summary for a job run as several workers.
 
     Fields counting shards, rows or bytes (``shards_*``, ``rows_*``, ``bytes_*``, ``*_rows``) are
-    summed; any other field is kept when every worker reports the same value (the options, the
-    dimensions, the projector) and left out otherwise (per-worker rates and times). ``seconds``,
-    when given, is the driver's wall time, and ``rows_per_second`` is recomputed from it.
-    ``num_shards`` is the number of workers; ``workers`` lists the per-worker summaries as given.
+    summed; per-worker rates (``*_per_second``) and times are left out; any other field is kept
+    when every worker reports the same value (the options, the dimensions, the projector) and
+    left out otherwise. ``seconds``, when given, is the driver's wall time, and the rates
+    ``rows_per_second`` and ``gb_per_second_read`` are recomputed from it. ``num_shards`` is the
+    number of workers; ``workers`` lists the per-worker summaries as given.
     """
     workers = [dict(s) for s in summaries]
     merged: Dict[str, Any] = {}
@@ -213,13 +216,16 @@ def merge_summaries(
         values = [s[key] for s in workers if key in s]
         if _is_summed(key) and all(_is_number(v) for v in values):
             merged[key] = sum(values)
+        elif key == "seconds" or key.endswith("_per_second"):
+            continue
         elif len(values) == len(workers) and all(v == values[0] for v in values):
             merged[key] = values[0]
     merged["num_shards"] = len(workers)
     if seconds is not None:
         merged["seconds"] = seconds
-        if "rows_processed" in merged:
-            merged["rows_per_second"] = merged["rows_processed"] / seconds if seconds > 0 else 0.0
+        for rate, (count, unit) in _RATES.items():
+            if count in merged:
+                merged[rate] = merged[count] / unit / seconds if seconds > 0 else 0.0
     merged["workers"] = workers
     return merged
 
