@@ -6,8 +6,8 @@
 #   - clippy on the extension crate (-D warnings);
 #   - the abi3 wheel, built by maturin with the dev profile into target/wheels (it reuses the
 #     root build's artifacts: same workspace, same target/), checked to be abi3, and installed;
-#   - pytest over bindings/python/tests with ISOCLIP_BIN=target/debug/isoclip (built if missing)
-#     for the byte-parity tests against the CLI.
+#   - pytest over bindings/python/tests with ISOCLIP_BIN=target/debug/isoclip (built first; or
+#     the caller's ISOCLIP_BIN) for the byte-parity tests against the CLI.
 # Every step prints its wall time. Run from anywhere.
 set -euo pipefail
 cd "$(dirname "$0")/.."
@@ -57,10 +57,15 @@ echo "   $wheel"
 step_done
 
 step "the CLI the parity tests compare with"
-[ -x target/debug/isoclip ] || cargo build -q --bin isoclip
+# Built (a no-op when fresh) unless the caller names one: a stale binary would compare with old
+# behaviour.
+if [ -z "${ISOCLIP_BIN:-}" ]; then
+  cargo build -q --bin isoclip
+  ISOCLIP_BIN=$ROOT/target/debug/isoclip
+fi
 step_done
 
 step "pytest bindings/python/tests"
 # Run from outside the source tree so that `import isoclip` is the installed wheel.
-(cd "$ROOT/target" && ISOCLIP_BIN="$ROOT/target/debug/isoclip" "$PY" -m pytest -q "$ROOT/bindings/python/tests")
+(cd "$ROOT/target" && ISOCLIP_BIN="$ISOCLIP_BIN" "$PY" -m pytest -q "$ROOT/bindings/python/tests")
 step_done

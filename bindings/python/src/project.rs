@@ -50,6 +50,17 @@ struct RawOut {
     elem: ElemType,
 }
 
+/// A shape as Python spells it: `(768,)`, `(8, 262)`.
+fn shape_text(shape: &[usize]) -> String {
+    match shape {
+        [one] => format!("({one},)"),
+        _ => format!(
+            "({})",
+            shape.iter().map(|d| d.to_string()).collect::<Vec<_>>().join(", ")
+        ),
+    }
+}
+
 fn type_name(x: &Bound<'_, PyAny>) -> String {
     x.get_type()
         .name()
@@ -74,8 +85,8 @@ fn input_array<'py>(x: &Bound<'py, PyAny>) -> PyResult<(Bound<'py, PyUntypedArra
     })?;
     if array.ndim() != 2 {
         return Err(PyValueError::new_err(format!(
-            "x must be 2-D (rows x columns), got an array of shape {:?}",
-            array.shape()
+            "x must be 2-D (rows x columns), got an array of shape {}",
+            shape_text(array.shape())
         )));
     }
     Ok((array.clone(), elem))
@@ -142,8 +153,8 @@ fn check_out<'py>(
     }
     if array.shape() != [rows, cols] {
         return Err(PyValueError::new_err(format!(
-            "out has shape {:?} but the result is ({rows}, {cols})",
-            array.shape()
+            "out has shape {} but the result is ({rows}, {cols})",
+            shape_text(array.shape())
         )));
     }
     if !array.is_c_contiguous() {
