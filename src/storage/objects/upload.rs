@@ -50,7 +50,7 @@ pub struct ObjectUpload {
 
 impl ObjectUpload {
     /// Appends bytes; parts go out as they fill, a bounded number in flight (this call waits
-    /// while [`PARTS_IN_FLIGHT`] are).
+    /// while `PARTS_IN_FLIGHT` are).
     pub fn write_all(&mut self, bytes: &[u8]) -> Result<()> {
         let url = self.store.url_of(&self.name);
         let Some(writer) = self.writer.as_mut() else {
