@@ -30,7 +30,7 @@ if [ ! -x "$PY" ]; then
   python3 -m venv "$VENV" || { apt-get update -qq && apt-get install -y -qq python3-venv && python3 -m venv "$VENV"; }
 fi
 "$PY" -m pip install -q --disable-pip-version-check \
-  "maturin==1.9.6" "numpy==2.2.6" "pytest==8.4.2" "tqdm==4.67.1"
+  "maturin==1.9.6" "numpy==2.2.6" "pytest==8.4.2" "pytest-timeout==2.4.0" "tqdm==4.67.1"
 if [ -f bindings/python/requirements-engines.txt ]; then
   "$PY" -m pip install -q --disable-pip-version-check -r bindings/python/requirements-engines.txt
 fi
@@ -68,5 +68,5 @@ step_done
 
 step "pytest bindings/python/tests"
 # Run from outside the source tree so that `import isoclip` is the installed wheel.
-(cd "$ROOT/target" && ISOCLIP_BIN="$ISOCLIP_BIN" "$PY" -m pytest -q "$ROOT/bindings/python/tests")
+(cd "$ROOT/target" && ISOCLIP_BIN="$ISOCLIP_BIN" "$PY" -m pytest -q --timeout=600 "$ROOT/bindings/python/tests")
 step_done

@@ -58,16 +58,16 @@ pub enum ModalityArg {
 )]
 pub struct ProjectArgs {
     /// Projector file from `isoclip fit` (a path or a URL).
-    #[arg(long, value_name = "FILE|URL")]
-    pub projector: String,
+    #[arg(long, value_name = "FILE|URL", value_parser = parse_location)]
+    pub projector: Location,
     /// A .npy shard (fp16/fp32, 2-D, C order), a directory or prefix of shards, or a local text
     /// file listing shards. Paths, file://, s3://, gs://, az:// and http(s):// URLs.
-    #[arg(long, value_name = "PATH|URL")]
-    pub input: String,
+    #[arg(long, value_name = "PATH|URL", value_parser = parse_location)]
+    pub input: Location,
     /// Output directory or prefix: one .npy per input shard, same name, plus the resume records
     /// (isoclip-manifest.json for one worker on local paths; _isoclip/ otherwise).
-    #[arg(long, short, value_name = "DIR|URL")]
-    pub output: String,
+    #[arg(long, short, value_name = "DIR|URL", value_parser = parse_location)]
+    pub output: Location,
     /// Number of workers sharing the gallery: worker I takes shards k with k mod N = I of the
     /// sorted listing (default: from SLURM_ARRAY_TASK_COUNT, or ISOCLIP_NUM_SHARDS; else 1).
     #[arg(long, value_name = "N")]
@@ -266,6 +266,12 @@ impl ProjectArgs {
     }
 }
 
+/// A path or URL argument, checked by the command line (an empty one or a malformed URL is a
+/// usage error, exit 2).
+pub fn parse_location(s: &str) -> std::result::Result<Location, String> {
+    Location::parse(s).map_err(|e| e.to_string())
+}
+
 /// `KEY=VALUE` for `--storage-option` (the key non-empty; the value may hold `=`).
 pub fn parse_key_value(s: &str) -> std::result::Result<(String, String), String> {
     match s.split_once('=') {
@@ -275,20 +281,20 @@ pub fn parse_key_value(s: &str) -> std::result::Result<(String, String), String>
 }
 
 pub fn run(a: ProjectArgs) -> Result<()> {
-    let input = Location::parse(&a.input)?;
-    let output = Location::parse(&a.output)?;
+    let input = a.input.clone();
+    let output = a.output.clone();
     if let Some(dir) = output.as_plain_path() {
         check_output_dir(dir)?;
     }
     let shards = ShardSelection::resolve(a.num_shards, a.shard_index, |k| std::env::var(k).ok())?;
-    let projector = storage::load_projector(&Location::parse(&a.projector)?, &a.storage_options)?;
+    let projector = storage::load_projector(&a.projector, &a.storage_options)?;
     let modality = a.modality.map(|m| match m {
         ModalityArg::Image => Modality::Image,
         ModalityArg::Text => Modality::Text,
     });
     projector
         .only_modality(modality)
-        .map_err(|e| e.in_file(&a.projector))?;
+        .map_err(|e| e.in_file(a.projector.to_string()))?;
     let device = DeviceChoice::parse(&a.device).expect("clap checked the value");
     let (backend, notice) = select_backend(device, a.threads)?;
     let mut spec = JobSpec::new(input, output);

@@ -3,7 +3,7 @@
 use clap::Args;
 
 use super::output::count;
-use super::project::parse_key_value;
+use super::project::{parse_key_value, parse_location};
 use crate::engine::status::{gallery_status, ShardState, StatusSpec};
 use crate::error::Result;
 use crate::storage::Location;
@@ -17,11 +17,11 @@ pub const EXIT_INCOMPLETE: i32 = 3;
 )]
 pub struct StatusArgs {
     /// The output directory or prefix of a run (`isoclip project --output`).
-    #[arg(long, short, value_name = "DIR|URL")]
-    pub output: String,
+    #[arg(long, short, value_name = "DIR|URL", value_parser = parse_location)]
+    pub output: Location,
     /// The gallery (default: the input recorded by the latest run in <output>/_isoclip/job.json).
-    #[arg(long, value_name = "PATH|URL")]
-    pub input: Option<String>,
+    #[arg(long, value_name = "PATH|URL", value_parser = parse_location)]
+    pub input: Option<Location>,
     /// An object-store option, as for `isoclip project`; repeatable.
     #[arg(long = "storage-option", value_name = "KEY=VALUE", value_parser = parse_key_value)]
     pub storage_options: Vec<(String, String)>,
@@ -40,8 +40,8 @@ pub struct StatusArgs {
 /// Runs the command; `Ok(true)` when every shard is done.
 pub fn run(a: StatusArgs) -> Result<bool> {
     let spec = StatusSpec {
-        output: Location::parse(&a.output)?,
-        input: a.input.as_deref().map(Location::parse).transpose()?,
+        output: a.output,
+        input: a.input,
         storage_options: a.storage_options.clone(),
         trust_outputs: a.trust_outputs,
         write_manifest: a.write_manifest,

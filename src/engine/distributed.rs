@@ -434,10 +434,7 @@ pub fn run_job(
     // 2. The output.
     check_output_location(&spec.input, &spec.output, &gallery.local_paths(&positions))?;
     let local_dir = spec.output.local_path();
-    if let Some(dir) = &local_dir {
-        std::fs::create_dir_all(dir).map_err(|e| Error::io(dir, e))?;
-    }
-    let out = context.open(&spec.output)?;
+    let out = context.open_output(&spec.output)?;
     let mut fault = FaultPlan::from_env()?;
     let job = JobDescription::new(input_string(&spec.input), run.clone());
     let job_url = out.url_of(JOB_NAME);

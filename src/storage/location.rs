@@ -19,6 +19,9 @@ pub enum Location {
 impl Location {
     /// Parses what a user typed. A URL that does not parse is an error naming it.
     pub fn parse(s: &str) -> Result<Location> {
+        if s.is_empty() {
+            return Err(Error::invalid("an empty path names nothing"));
+        }
         match s.split_once("://") {
             Some((scheme, _)) if is_scheme(scheme) => url::Url::parse(s)
                 .map(Location::Url)

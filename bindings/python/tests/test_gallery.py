@@ -55,12 +55,7 @@ def test_projector_by_path_and_progress_lines(gallery, cli_output, core_projecto
 
 def test_two_workers_cover_the_gallery(gallery, cli_output, core_projector, tmp_path):
     out = tmp_path / "out"
-    try:
-        first = isoclip.project_gallery(gallery, out, core_projector, num_shards=2, shard_index=0, progress=False)
-    except BaseException as e:  # pyo3's PanicException derives from BaseException
-        if "not yet implemented: distributed" in str(e):
-            pytest.skip("this build's engine has no multi-worker runs yet (src/engine/distributed.rs)")
-        raise
+    first = isoclip.project_gallery(gallery, out, core_projector, num_shards=2, shard_index=0, progress=False)
     second = isoclip.project_gallery(gallery, out, core_projector, num_shards=2, shard_index=1, progress=False)
     assert first["shards_processed"] == 2 and second["shards_processed"] == 2
     assert npy_files(out) == cli_output
