@@ -31,11 +31,17 @@ step_done() {
   STEP_NAME=""
 }
 
+SUITE_START=$(date +%s)
+
+# Built before the servers' environment (AWS_*, the venv's PATH) is set: some build scripts
+# (aws-lc-sys) rerun when their environment changes, which would rebuild the TLS stack.
+step "cargo build --bin isoclip; cargo test --test scale_out --no-run"
+cargo build --bin isoclip
+cargo test --test scale_out --no-run
+
 # shellcheck source=tests/s3/servers.sh
 source tests/s3/servers.sh
 trap s3_cleanup EXIT
-
-SUITE_START=$(date +%s)
 
 step "python venv with $S3_MOTO_PIN, $S3_PYYAML_PIN ($S3_VENV)"
 s3_venv
@@ -67,9 +73,6 @@ fi
 
 step "the server honours create-only writes (If-None-Match: *)"
 "$S3_VENV/bin/python" tests/s3/check_conditional_writes.py
-
-step "cargo build --bin isoclip"
-cargo build --bin isoclip
 
 step "cargo test --test scale_out (against the servers above)"
 cargo test --test scale_out -- --include-ignored --test-threads=1 "${SKIP[@]}" "$@"
