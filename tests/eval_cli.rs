@@ -628,3 +628,52 @@ fn sweep_writes_no_projector_when_no_band_beats_clip_unless_forced() {
     assert_eq!(v["beats_clip"], true);
     assert!(best.is_file());
 }
+
+/// Data files and the projector named by `file://` URLs (the object-store path of `eval`: each
+/// file is streamed into an unnamed temporary file) give exactly the numbers of plain paths, and
+/// a missing object is an error naming its URL.
+#[test]
+fn eval_reads_data_files_and_projector_from_urls() {
+    let d = Data::new();
+    let (f, l) = d.write("url", 0, ROWS, NpyDtype::F32);
+    let url = |p: &Path| format!("file://{}", std::fs::canonicalize(p).unwrap().display());
+    let by_path = ok_json(&[
+        "eval",
+        "--projector",
+        s(&d.projector),
+        "--features",
+        s(&f),
+        "--labels",
+        s(&l),
+        "--json",
+    ]);
+    let by_url = ok_json(&[
+        "eval",
+        "--projector",
+        &url(&d.projector),
+        "--features",
+        &url(&f),
+        "--labels",
+        &url(&l),
+        "--json",
+    ]);
+    for side in ["clip", "isoclip", "delta"] {
+        assert_eq!(by_path[side], by_url[side], "{side}");
+    }
+    assert!(
+        by_url["data"].as_str().unwrap().contains("file://"),
+        "{}",
+        by_url["data"]
+    );
+    let missing = format!("{}-missing.npy", url(&f));
+    let err = fails(&[
+        "eval",
+        "--projector",
+        &url(&d.projector),
+        "--features",
+        &missing,
+        "--labels",
+        &url(&l),
+    ]);
+    assert!(err.contains(&missing), "{err}");
+}

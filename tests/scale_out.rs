@@ -857,6 +857,59 @@ fn three_workers_on_s3_write_byte_identical_outputs_to_the_local_run() {
     assert_complete(&ep, &bucket, &g);
 }
 
+/// `isoclip eval` with its projector, features and labels in the bucket gives exactly the
+/// numbers of the same files on disk; an object that is not there is an error naming its URL.
+#[test]
+#[ignore = "needs the S3 server started by scripts/test-s3.sh"]
+fn eval_reads_its_data_files_from_the_bucket_like_local_files() {
+    let g = Gallery::new();
+    let ep = endpoint();
+    let bucket = Bucket::create(&ep, "eval");
+    g.upload(&bucket);
+    let d = g.dir.path();
+    // Labels for the 129-row shard: 6 classes.
+    let shard = shard_name(3);
+    let rows = SHARDS[3].0;
+    let labels: Vec<u8> = (0..rows)
+        .flat_map(|i| ((i % 6) as i64).to_le_bytes())
+        .collect();
+    write_npy_raw(&d.join("y.npy"), "<i8", &[rows], false, &labels);
+    bucket.put("y.npy", std::fs::read(d.join("y.npy")).unwrap());
+    let eval = |projector: &str, features: &str, labels: &str| {
+        let mut c = isoclip_cmd(&ep);
+        c.current_dir(d).args([
+            "eval",
+            "--projector",
+            projector,
+            "--features",
+            features,
+            "--labels",
+            labels,
+            "--json",
+        ]);
+        run(&mut c, "eval")
+    };
+    let local = eval("p.st", &format!("g/{shard}"), "y.npy");
+    assert_success(&local, "local eval");
+    let remote = eval(
+        &bucket.url("p.st"),
+        &bucket.url(&format!("gallery/{shard}")),
+        &bucket.url("y.npy"),
+    );
+    assert_success(&remote, "eval from the bucket");
+    let (local, remote): (Value, Value) = (
+        serde_json::from_slice(&local.stdout).unwrap(),
+        serde_json::from_slice(&remote.stdout).unwrap(),
+    );
+    for side in ["clip", "isoclip", "delta"] {
+        assert_eq!(local[side], remote[side], "{side}");
+    }
+    let missing = bucket.url("nope.npy");
+    let o = eval(&bucket.url("p.st"), &missing, &bucket.url("y.npy"));
+    assert_eq!(o.status.code(), Some(1), "{}", stderr(&o));
+    assert!(stderr(&o).contains(&missing), "{}", stderr(&o));
+}
+
 #[test]
 #[ignore = "needs the S3 server started by scripts/test-s3.sh"]
 fn the_server_killed_mid_upload_and_restarted_fails_cleanly_and_a_rerun_completes() {

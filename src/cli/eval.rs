@@ -7,6 +7,7 @@ use std::time::Instant;
 use clap::Args;
 use serde_json::{json, Value};
 
+use super::project::{parse_key_value, parse_location};
 use super::signals::atomic_output;
 use super::targets::check_output_file;
 use crate::align::synthetic::{SyntheticModel, SYNTHETIC_IMAGE_BAND};
@@ -14,11 +15,11 @@ use crate::align::{self, AlignedProjector, BandSpec, Modality, ModalityMaps};
 use crate::error::{Error, Result};
 use crate::eval::ncm::{ncm, ClassMeans, NcmResult};
 use crate::eval::{
-    self, load_labels, open_rows, plots, InputKind, Projection, RetrievalOptions, RetrievalOutcome,
-    RetrievalSummary, Rows, Sets,
+    self, labels_from_file, open_rows_from, plots, InputKind, Projection, RetrievalOptions,
+    RetrievalOutcome, RetrievalSummary, Rows, Sets,
 };
 use crate::formats::npy::NpyMatrix;
-use crate::formats::projector_file;
+use crate::storage::{self, Location};
 
 /// Rows of the built-in synthetic evaluation set, its classes and its seed.
 pub const SYNTHETIC_ROWS: usize = 3000;
@@ -32,25 +33,29 @@ pub const HISTOGRAM_BINS: usize = 200;
 pub struct SetArgs {
     /// One labelled set (.npy, f16/f32, rows x dims): every row queries all the others, its
     /// own entry excluded (the reference's query split == gallery split case).
-    #[arg(long, value_name = "F.npy", requires = "labels",
+    #[arg(long, value_name = "F.npy|URL", value_parser = parse_location, requires = "labels",
           conflicts_with_all = ["query_features", "gallery_features"])]
-    pub features: Option<PathBuf>,
+    pub features: Option<Location>,
     /// Integer labels of --features (.npy, any integer dtype, shape (n,) or (n, 1)).
-    #[arg(long, value_name = "L.npy", requires = "features")]
-    pub labels: Option<PathBuf>,
+    #[arg(long, value_name = "L.npy|URL", value_parser = parse_location, requires = "features")]
+    pub labels: Option<Location>,
     /// Query rows, searched against --gallery-features (nothing is excluded).
-    #[arg(long, value_name = "Q.npy",
+    #[arg(long, value_name = "Q.npy|URL", value_parser = parse_location,
           requires_all = ["query_labels", "gallery_features", "gallery_labels"])]
-    pub query_features: Option<PathBuf>,
+    pub query_features: Option<Location>,
     /// Integer labels of --query-features.
-    #[arg(long, value_name = "QL.npy", requires = "query_features")]
-    pub query_labels: Option<PathBuf>,
+    #[arg(long, value_name = "QL.npy|URL", value_parser = parse_location, requires = "query_features")]
+    pub query_labels: Option<Location>,
     /// Gallery rows that every query is ranked against.
-    #[arg(long, value_name = "G.npy", requires = "query_features")]
-    pub gallery_features: Option<PathBuf>,
+    #[arg(long, value_name = "G.npy|URL", value_parser = parse_location, requires = "query_features")]
+    pub gallery_features: Option<Location>,
     /// Integer labels of --gallery-features (relevant = same label as the query).
-    #[arg(long, value_name = "GL.npy", requires = "query_features")]
-    pub gallery_labels: Option<PathBuf>,
+    #[arg(long, value_name = "GL.npy|URL", value_parser = parse_location, requires = "query_features")]
+    pub gallery_labels: Option<Location>,
+    /// An object-store option for data files and projectors given as URLs (as for `isoclip
+    /// project`); repeatable.
+    #[arg(long = "storage-option", value_name = "KEY=VALUE", value_parser = parse_key_value)]
+    pub storage_options: Vec<(String, String)>,
     /// What the rows are: pre-projection encoder features, or already-projected CLIP
     /// embeddings (IsoCLIP then goes through the exact embedding route).
     #[arg(long, value_enum, default_value = "features")]
@@ -71,16 +76,21 @@ pub enum LoadedSets {
     },
 }
 
-/// Opens a row file and its labels; the error names both files when the counts differ.
-pub fn open_labelled(rows: &Path, labels: &Path) -> Result<(NpyMatrix, Vec<i64>)> {
-    let m = open_rows(rows)?;
-    let l = load_labels(labels)?;
+/// Opens a row file and its labels (paths or URLs: objects are downloaded to unnamed temporary
+/// files); the error names both when the counts differ.
+pub fn open_labelled(
+    rows: &Location,
+    labels: &Location,
+    options: &[(String, String)],
+) -> Result<(NpyMatrix, Vec<i64>)> {
+    let (file, len, rows_name) = storage::open_whole(rows, options)?;
+    let m = open_rows_from(file, len, &rows_name)?;
+    let (file, len, labels_name) = storage::open_whole(labels, options)?;
+    let l = labels_from_file(file, len, &labels_name)?;
     if l.len() != m.rows {
         return Err(Error::Shape(format!(
-            "{}: holds {} labels, but {} has {} rows; they must match one to one",
-            labels.display(),
+            "{labels}: holds {} labels, but {rows} has {} rows; they must match one to one",
             l.len(),
-            rows.display(),
             m.rows
         )));
     }
@@ -94,7 +104,7 @@ impl SetArgs {
 
     pub fn load(&self) -> Result<LoadedSets> {
         if let (Some(f), Some(l)) = (&self.features, &self.labels) {
-            let (rows, labels) = open_labelled(f, l)?;
+            let (rows, labels) = open_labelled(f, l, &self.storage_options)?;
             return Ok(LoadedSets::One { rows, labels });
         }
         match (
@@ -104,14 +114,12 @@ impl SetArgs {
             &self.gallery_labels,
         ) {
             (Some(q), Some(ql), Some(g), Some(gl)) => {
-                let (queries, query_labels) = open_labelled(q, ql)?;
-                let (gallery, gallery_labels) = open_labelled(g, gl)?;
+                let (queries, query_labels) = open_labelled(q, ql, &self.storage_options)?;
+                let (gallery, gallery_labels) = open_labelled(g, gl, &self.storage_options)?;
                 if queries.cols != gallery.cols {
                     return Err(Error::Shape(format!(
-                        "{} has {} dims per row but {} has {}; queries and gallery must come from the same encoder",
-                        q.display(),
+                        "{q} has {} dims per row but {g} has {}; queries and gallery must come from the same encoder",
                         queries.cols,
-                        g.display(),
                         gallery.cols
                     )));
                 }
@@ -251,8 +259,8 @@ pub fn describe_sets(sets: &Sets<'_>) -> String {
 pub struct EvalArgs {
     /// Projector file from `isoclip fit`. Without it and without data, the built-in SYNTHETIC
     /// model and data are evaluated.
-    #[arg(long, value_name = "FILE")]
-    pub projector: Option<PathBuf>,
+    #[arg(long, value_name = "FILE|URL", value_parser = parse_location)]
+    pub projector: Option<Location>,
     /// Which maps to use when the projector file holds both modalities.
     #[arg(long, value_parser = ["image", "text"])]
     pub modality: Option<String>,
@@ -263,17 +271,17 @@ pub struct EvalArgs {
     #[arg(long)]
     pub ncm: bool,
     /// NCM training rows: their class means are the prototypes.
-    #[arg(long, value_name = "F.npy", requires_all = ["ncm", "train_labels", "test_features", "test_labels"])]
-    pub train_features: Option<PathBuf>,
+    #[arg(long, value_name = "F.npy|URL", value_parser = parse_location, requires_all = ["ncm", "train_labels", "test_features", "test_labels"])]
+    pub train_features: Option<Location>,
     /// Integer labels of --train-features.
-    #[arg(long, value_name = "L.npy", requires = "train_features")]
-    pub train_labels: Option<PathBuf>,
+    #[arg(long, value_name = "L.npy|URL", value_parser = parse_location, requires = "train_features")]
+    pub train_labels: Option<Location>,
     /// NCM test rows, each classified by its nearest class mean.
-    #[arg(long, value_name = "F.npy", requires = "train_features")]
-    pub test_features: Option<PathBuf>,
+    #[arg(long, value_name = "F.npy|URL", value_parser = parse_location, requires = "train_features")]
+    pub test_features: Option<Location>,
     /// Integer labels of --test-features.
-    #[arg(long, value_name = "L.npy", requires = "train_features")]
-    pub test_labels: Option<PathBuf>,
+    #[arg(long, value_name = "L.npy|URL", value_parser = parse_location, requires = "train_features")]
+    pub test_labels: Option<Location>,
     /// Precision@K is computed for K = 1..=this.
     #[arg(long, value_name = "K", default_value_t = 100, value_parser = clap::value_parser!(u32).range(1..=100_000))]
     pub curve_k: u32,
@@ -325,8 +333,8 @@ pub fn run(a: EvalArgs) -> Result<()> {
             }
         }
         (Some(p), true) => Source::Files {
-            projector: projector_file::load(p)?,
-            path: p.clone(),
+            projector: storage::load_projector(p, &a.sets.storage_options)?,
+            path: PathBuf::from(p.to_string()),
         },
         (None, true) => {
             return Err(Error::invalid(
@@ -596,15 +604,12 @@ fn run_ncm(
                         "--ncm needs --train-features, --train-labels, --test-features and --test-labels",
                     ));
                 };
-                let tr = open_labelled(trf, trl)?;
-                let te = open_labelled(tef, tel)?;
+                let tr = open_labelled(trf, trl, &a.sets.storage_options)?;
+                let te = open_labelled(tef, tel, &a.sets.storage_options)?;
                 if tr.0.cols != te.0.cols {
                     return Err(Error::Shape(format!(
-                        "{} has {} dims per row but {} has {}",
-                        trf.display(),
-                        tr.0.cols,
-                        tef.display(),
-                        te.0.cols
+                        "{trf} has {} dims per row but {tef} has {}",
+                        tr.0.cols, te.0.cols
                     )));
                 }
                 files = (tr, te);

@@ -153,7 +153,13 @@ impl Rows<'_> {
 
 /// Opens a feature/embedding matrix for evaluation: f16/f32, 2-D, at least one row.
 pub fn open_rows(path: &Path) -> Result<NpyMatrix> {
-    let m = NpyMatrix::open(path, Accept::Embeddings)?;
+    let (file, len) = crate::formats::read::open_regular(path)?;
+    open_rows_from(file, len, path)
+}
+
+/// [`open_rows`] on a file already opened (of `len` bytes); `path` is the name errors give.
+pub fn open_rows_from(file: std::fs::File, len: u64, path: &Path) -> Result<NpyMatrix> {
+    let m = NpyMatrix::from_file(file, len, path, Accept::Embeddings)?;
     if m.rows == 0 {
         return Err(Error::format(
             path,

@@ -16,6 +16,12 @@ use crate::formats::read::open_regular;
 /// header promises are read.
 pub fn load_labels(path: &Path) -> Result<Vec<i64>> {
     let (file, len) = open_regular(path)?;
+    labels_from_file(file, len, path)
+}
+
+/// [`load_labels`] on a file already opened (a regular file of `len` bytes); `path` is the name
+/// errors give (a path or a URL).
+pub fn labels_from_file(file: std::fs::File, len: u64, path: &Path) -> Result<Vec<i64>> {
     if len == 0 {
         return Err(Error::format(path, "file is empty, not a .npy array"));
     }

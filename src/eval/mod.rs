@@ -14,8 +14,8 @@ pub mod ncm;
 pub mod plots;
 pub mod retrieval;
 
-pub use embed::{embed, open_rows, InputKind, Projection, Rows};
-pub use labels::load_labels;
+pub use embed::{embed, open_rows, open_rows_from, InputKind, Projection, Rows};
+pub use labels::{labels_from_file, load_labels};
 pub use metrics::{QueryMetrics, RetrievalSummary};
 pub use retrieval::{
     evaluate, Embeddings, Layout, PairHistogram, RetrievalOptions, RetrievalOutcome,

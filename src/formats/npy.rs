@@ -551,6 +551,12 @@ impl NpyMatrix {
     /// the shape its header promises. Nothing but the header is read.
     pub fn open(path: &Path, accept: Accept) -> Result<Self> {
         let (file, len) = crate::formats::read::open_regular(path)?;
+        Self::from_file(file, len, path, accept)
+    }
+
+    /// [`NpyMatrix::open`] on a file already opened (a regular file of `len` bytes); `path` is
+    /// the name errors give (a path or a URL).
+    pub fn from_file(file: std::fs::File, len: u64, path: &Path, accept: Accept) -> Result<Self> {
         let header = read_header(&file, len, path)?;
         let (rows, cols, dtype) = check_matrix(&header, path, len, accept)?;
         // SAFETY: the file is opened read-only; we never write through the map. A concurrent

@@ -47,3 +47,63 @@ pub fn load_projector(
         .ok_or_else(|| Error::format(&url, "no such object"))?;
     projector_file::from_bytes(&bytes, Path::new(&url))
 }
+
+/// A file to read whole, wherever it lives (`isoclip eval`'s data files): a plain path is opened
+/// as it is (through [`crate::formats::read::open_regular`]); an object is downloaded into an
+/// unnamed temporary file (gone when closed, never visible to others), because evaluation reads
+/// its rows many times and in any order. Returns the open file, its size and the name errors
+/// should give (the path or the URL).
+pub fn open_whole(
+    location: &Location,
+    options: &[(String, String)],
+) -> Result<(std::fs::File, u64, std::path::PathBuf)> {
+    use std::io::{Seek, SeekFrom};
+    if let Some(path) = location.as_plain_path() {
+        let (file, len) = crate::formats::read::open_regular(path)?;
+        return Ok((file, len, path.to_path_buf()));
+    }
+    let name = std::path::PathBuf::from(location.to_string());
+    let context = StorageContext::new(options.to_vec())?;
+    let (store, object) = context.open_object(location)?;
+    let mut file = unnamed_temporary_file()?;
+    let len = store.download_to(&object, &mut file)?;
+    file.seek(SeekFrom::Start(0))
+        .map_err(|e| Error::io(&name, e))?;
+    Ok((file, len, name))
+}
+
+/// A read-write file with no name in the temporary directory (`O_TMPFILE`; where the file
+/// system lacks it, a fresh exclusive name removed at once).
+fn unnamed_temporary_file() -> Result<std::fs::File> {
+    use std::os::unix::fs::OpenOptionsExt;
+    let dir = std::env::temp_dir();
+    let unnamed = std::fs::OpenOptions::new()
+        .read(true)
+        .write(true)
+        .mode(0o600)
+        .custom_flags(libc::O_TMPFILE | libc::O_CLOEXEC)
+        .open(&dir);
+    match unnamed {
+        Ok(file) => Ok(file),
+        Err(_) => {
+            let path = dir.join(format!(
+                ".isoclip-download-{}-{:x}",
+                std::process::id(),
+                std::time::SystemTime::now()
+                    .duration_since(std::time::UNIX_EPOCH)
+                    .map(|d| d.as_nanos())
+                    .unwrap_or(0)
+            ));
+            let file = std::fs::OpenOptions::new()
+                .read(true)
+                .write(true)
+                .create_new(true)
+                .mode(0o600)
+                .custom_flags(libc::O_NOFOLLOW | libc::O_CLOEXEC)
+                .open(&path)
+                .map_err(|e| Error::io(&path, e))?;
+            std::fs::remove_file(&path).map_err(|e| Error::io(&path, e))?;
+            Ok(file)
+        }
+    }
+}

@@ -251,6 +251,39 @@ impl Store {
         })
     }
 
+    /// Streams the object `name` into `file` (from its current position) and returns its size;
+    /// an object that changes while it is read (another entity tag) is an error. Memory stays
+    /// bounded: the body is written piece by piece as it arrives.
+    pub fn download_to(&self, name: &str, file: &mut std::fs::File) -> Result<u64> {
+        use std::io::Write;
+        let path = self.path_of(name)?;
+        let url = self.url_of(name);
+        self.block_on(async {
+            let response = match self.inner.get(&path).await {
+                Ok(response) => response,
+                Err(object_store::Error::NotFound { .. }) => {
+                    return Err(Error::format(&url, "no such object"))
+                }
+                Err(e) => return Err(Error::storage(&url, e)),
+            };
+            let expected = response.meta.size;
+            let mut body = response.into_stream();
+            let mut written = 0u64;
+            while let Some(piece) = body.try_next().await.map_err(|e| Error::storage(&url, e))? {
+                file.write_all(&piece)
+                    .map_err(|e| Error::io(std::path::Path::new(&url), e))?;
+                written += piece.len() as u64;
+            }
+            if written != expected {
+                return Err(Error::format(
+                    &url,
+                    format!("the store announced {expected} bytes but sent {written}"),
+                ));
+            }
+            Ok(written)
+        })
+    }
+
     /// PUT that replaces whatever is there (small objects: job descriptions, manifests).
     pub fn put(&self, name: &str, bytes: Vec<u8>) -> Result<ObjectInfo> {
         let path = self.path_of(name)?;
