@@ -47,6 +47,9 @@ pub struct Cli {
     pub command: Command,
 }
 
+// One value per process, parsed once: the size of its largest variant (arguments holding URLs)
+// costs nothing worth an indirection.
+#[allow(clippy::large_enum_variant)]
 #[derive(Subcommand, Debug)]
 pub enum Command {
     /// Run the main job end to end on built-in defaults (a SYNTHETIC model): fit, project, report.
