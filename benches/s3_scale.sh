@@ -77,6 +77,24 @@ PROJECT=("$ISOCLIP" project --projector "$WORK/p.st" --device cpu --quiet)
 echo "1. gallery: $SHARDS shards x $ROWS rows x 768 fp16" >&2
 "$ISOCLIP" gallery --out "$WORK/g" --shards "$SHARDS" --rows "$ROWS" --dim 768 --dtype f16 >/dev/null
 upload "$WORK/g" g
+# The server's own ceiling: GET every object of g/ with boto3 (16 MiB ranges, 3 in flight per
+# object as isoclip reads them, 4 objects at a time) into a sink that keeps nothing.
+MOTO_GET_S=$("$PY" - "$BUCKET" <<'PY'
+import concurrent.futures, io, os, sys, time, boto3
+from boto3.s3.transfer import TransferConfig
+bucket = sys.argv[1]
+s3 = boto3.client("s3", endpoint_url=os.environ["AWS_ENDPOINT_URL"])
+keys = [o["Key"] for o in s3.list_objects_v2(Bucket=bucket, Prefix="g/")["Contents"]]
+config = TransferConfig(multipart_threshold=16 << 20, multipart_chunksize=16 << 20, max_concurrency=3)
+class Sink(io.RawIOBase):
+    def writable(self): return True
+    def write(self, b): return len(b)
+t = time.time()
+with concurrent.futures.ThreadPoolExecutor(4) as pool:
+    list(pool.map(lambda k: s3.download_fileobj(bucket, k, Sink(), Config=config), keys))
+print(f"{time.time() - t:.2f}")
+PY
+)
 read -r LOCAL_S LOCAL_RSS < <(timed "${PROJECT[@]}" --input "$WORK/g" --output "$WORK/g_out")
 read -r S3_S S3_RSS < <(timed "${PROJECT[@]}" --input "s3://$BUCKET/g/" --output "s3://$BUCKET/g_out/")
 TOTAL=$((SHARDS * ROWS))
@@ -110,6 +128,7 @@ machine: $(nproc) cores, $(awk '/MemTotal/ { printf "%.0f GiB", $2 / 1048576 }' 
 | measure | local files | S3 (loopback moto) | S3 / local |
 | --- | --- | --- | --- |
 | rows/s, $SHARDS x $ROWS x 768 fp16 | $(rate $TOTAL "$LOCAL_S") ($LOCAL_S s) | $(rate $TOTAL "$S3_S") ($S3_S s) | $(awk -v a="$LOCAL_S" -v b="$S3_S" 'BEGIN { printf "%.0f%%", 100 * a / b }') |
+| the server alone: GET every input object (boto3, no compute) | | $(rate $TOTAL "$MOTO_GET_S") rows/s ($MOTO_GET_S s) | isoclip S3 = $(awk -v a="$MOTO_GET_S" -v b="$S3_S" 'BEGIN { printf "%.0f%%", 100 * a / b }') of it |
 | peak RSS, that gallery | $((LOCAL_RSS / 1024)) MiB | $((S3_RSS / 1024)) MiB | |
 | peak RSS, one $((BIG_BYTES / 1000000)) MB shard | $((BIG_LOCAL_RSS / 1024)) MiB ($BIG_LOCAL_S s) | $((BIG_S3_RSS / 1024)) MiB ($BIG_S3_S s) | |
 | list + read $HEADERS headers (isoclip status) | | $STATUS_S s | |

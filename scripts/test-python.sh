@@ -34,6 +34,10 @@ fi
 if [ -f bindings/python/requirements-engines.txt ]; then
   "$PY" -m pip install -q --disable-pip-version-check -r bindings/python/requirements-engines.txt
 fi
+if ! command -v java >/dev/null && [ -z "${JAVA_HOME:-}" ]; then
+  # PySpark's JVM (Java 17 or 21).
+  apt-get update -qq && DEBIAN_FRONTEND=noninteractive apt-get install -y -qq openjdk-17-jre-headless
+fi
 step_done
 
 step "clippy on the extension crate"
