@@ -2,12 +2,12 @@
 # Fuzzes every parser of files isoclip reads (fuzz/: cargo-fuzz targets) for a bounded time each,
 # starting from the committed seed corpora. Installs the nightly toolchain and a pinned cargo-fuzz
 # when missing. Fails on any crash, leak or timeout; prints executions per target.
-#   ISOCLIP_FUZZ_SECONDS   seconds per target (default 20)
+#   ISOCLIP_FUZZ_SECONDS   seconds per target (default 10)
 set -euo pipefail
 cd "$(dirname "$0")/../fuzz"
 
 CARGO_FUZZ_VERSION=0.13.1
-SECONDS_PER_TARGET="${ISOCLIP_FUZZ_SECONDS:-20}"
+SECONDS_PER_TARGET="${ISOCLIP_FUZZ_SECONDS:-10}"
 
 if ! rustup toolchain list | grep -q '^nightly'; then
   rustup toolchain install nightly --profile minimal

@@ -1,11 +1,13 @@
 #!/usr/bin/env bash
 # The whole test suite. Installs what it needs on a fresh machine. Run from anywhere:
 #
-#   ./scripts/test.sh          # what CI runs: fmt, clippy, docs, the no-CUDA build, Rust tests
-#                              # (unit, integration, parity, faults), C/C++/Go, CUDA kernel checks,
-#                              # fuzz smoke runs, numpy differential tests
-#   ./scripts/test.sh --full   # also the slow nets: the MSRV toolchain, Miri on the parsers and
-#                              # the FFI, and long fuzz runs (ISOCLIP_FUZZ_SECONDS, default 600)
+#   ./scripts/test.sh          # what CI runs: fmt, clippy, docs, Rust tests (unit, integration,
+#                              # parity, faults), C/C++/Go, CUDA kernel checks, fuzz smoke runs
+#                              # (which also build the crate without default features), numpy
+#                              # differential tests, the S3 and Python suites
+#   ./scripts/test.sh --full   # also the slow nets: the MSRV toolchain, clippy and tests without
+#                              # default features (no CUDA, no cloud stores), Miri on the parsers
+#                              # and the FFI, and long fuzz runs (ISOCLIP_FUZZ_SECONDS, default 600)
 #
 # Every step prints its name and, when done, its wall time, so a slow step is visible in CI logs.
 set -euo pipefail
@@ -52,9 +54,6 @@ cargo fmt --all -- --check
 step "cargo clippy --all-targets -- -D warnings"
 cargo clippy --all-targets -- -D warnings
 
-step "cargo clippy --no-default-features (the build without the CUDA backend)"
-cargo clippy --lib --bins --no-default-features -- -D warnings
-
 step "cargo doc --no-deps with warnings denied"
 RUSTDOCFLAGS="-D warnings" cargo doc --no-deps --quiet
 
@@ -72,6 +71,9 @@ if [ "$FULL" = 1 ]; then
   step "MSRV: cargo +$MSRV test (the declared rust-version)"
   rustup toolchain install "$MSRV" --profile minimal >/dev/null
   cargo "+$MSRV" test --quiet
+
+  step "cargo clippy --no-default-features (the build without CUDA and cloud stores)"
+  cargo clippy --lib --bins --no-default-features -- -D warnings
 
   step "cargo test --no-default-features"
   cargo test --quiet --no-default-features
