@@ -10,9 +10,11 @@
 # writes, builds the CLI and runs the tests. The servers are stopped on exit, whatever happens.
 # Offline once the venv exists; every step prints its wall time.
 #
-#   ISOCLIP_TEST_SLURM=1 ./scripts/test-s3.sh   # also submits examples/slurm/project-array.sh
-#                                               # to a single-node Slurm cluster started here
-#                                               # (installs Debian's slurm-wlm when missing)
+# It also submits examples/slurm/project-array.sh to a single-node Slurm cluster started here
+# (Debian's slurm-wlm: munge, slurmctld, slurmd; installed with apt when missing, a few MB of packages;
+# the cluster starts in seconds and is stopped on exit):
+#
+#   ISOCLIP_TEST_SLURM=0 ./scripts/test-s3.sh   # everything but the real Slurm cluster
 set -euo pipefail
 cd "$(dirname "$0")/.."
 
@@ -54,7 +56,7 @@ export ISOCLIP_TEST_MOTO_SERVER="$S3_VENV/bin/moto_server"
 export ISOCLIP_TEST_PYTHON="$S3_VENV/bin/python"
 
 SKIP=()
-if [ "${ISOCLIP_TEST_SLURM:-0}" = 1 ]; then
+if [ "${ISOCLIP_TEST_SLURM:-1}" = 1 ]; then
   step "single-node Slurm cluster (Debian's slurm-wlm: munge, slurmctld, slurmd)"
   if ! command -v slurmctld >/dev/null || ! command -v munged >/dev/null; then
     apt-get update -qq
@@ -67,7 +69,7 @@ if [ "${ISOCLIP_TEST_SLURM:-0}" = 1 ]; then
   S3_PIDS+=($(cat "$S3_LOGS/slurm/pids"))
   export ISOCLIP_TEST_SLURM_CONF="$S3_LOGS/slurm/slurm.conf"
 else
-  echo "(the test that submits the Slurm example to a real cluster is skipped: ISOCLIP_TEST_SLURM=1 runs it)"
+  echo "(the test that submits the Slurm example to a real cluster is skipped: ISOCLIP_TEST_SLURM=0)"
   SKIP=(--skip slurm_cluster)
 fi
 

@@ -1134,11 +1134,11 @@ fn the_slurm_array_example_run_as_slurm_runs_it_matches_the_local_run() {
 }
 
 /// Submitted for real: `sbatch --wait` of the unchanged script to the single-node cluster that
-/// `ISOCLIP_TEST_SLURM=1 scripts/test-s3.sh` starts (the script skips this test otherwise).
+/// `scripts/test-s3.sh` starts (unless ISOCLIP_TEST_SLURM=0, which skips this test).
 /// Only the site-specific sizes are overridden on the command line, as a user would on a
 /// smaller machine: this node has 2 CPUs and no 16 GB to give.
 #[test]
-#[ignore = "needs the S3 server and the Slurm cluster started by ISOCLIP_TEST_SLURM=1 scripts/test-s3.sh"]
+#[ignore = "needs the S3 server and the Slurm cluster started by scripts/test-s3.sh"]
 fn the_slurm_array_example_submitted_to_a_real_slurm_cluster_matches_the_local_run() {
     let slurm_conf = required_env("ISOCLIP_TEST_SLURM_CONF");
     let g = Gallery::new();

@@ -1,7 +1,7 @@
 #!/usr/bin/env bash
 # Starts a single-node Slurm cluster in DIR (Debian's slurm-wlm: munged, slurmctld, slurmd as
 # root, no systemd, no cgroups: proctrack/linuxproc, task/none), for the optional test that
-# submits examples/slurm/project-array.sh with sbatch (ISOCLIP_TEST_SLURM=1 scripts/test-s3.sh).
+# submits examples/slurm/project-array.sh with sbatch (scripts/test-s3.sh; ISOCLIP_TEST_SLURM=0 skips it).
 #
 #   tests/s3/slurm_cluster.sh DIR      # prints SLURM_CONF=DIR/slurm.conf once the node is idle
 #
