@@ -27,8 +27,8 @@ use std::time::Instant;
 
 use super::commit::{file_has_content, CommitStep, FaultPlan};
 use super::job::{
-    check_columns, project_shard, JobSpec, JobSummary, ProgressSink, RowSource, ShardShape,
-    ShardSink, ShardWork, DEFAULT_CHUNK_BYTES, MAX_CHUNK_ROWS,
+    check_columns, chunk_rows, project_shard, JobSpec, JobSummary, ProgressSink, RowSource,
+    ShardShape, ShardSink, ShardWork,
 };
 use super::manifest::FileIdentity;
 use super::reader::{InputMatrix, ShardReader};
@@ -38,7 +38,6 @@ use super::records::{
 };
 use super::shards;
 use crate::align::AlignedProjector;
-use crate::backend::cpu::BLOCK_ROWS;
 use crate::backend::{Backend, NonFinitePolicy, PreparedMap, ProjectionOptions};
 use crate::error::{Error, Result};
 use crate::formats::projector_file;
@@ -512,15 +511,7 @@ pub fn run_job(
     );
 
     // 4. Work.
-    let chunk_bytes = if spec.chunk_bytes == 0 {
-        DEFAULT_CHUNK_BYTES
-    } else {
-        spec.chunk_bytes
-    };
-    let out_row_bytes = map.d_out() * opts.output.size();
-    let chunk_rows = ((chunk_bytes / out_row_bytes.max(1)).clamp(BLOCK_ROWS, MAX_CHUNK_ROWS)
-        / BLOCK_ROWS)
-        * BLOCK_ROWS;
+    let chunk_rows = chunk_rows(spec.chunk_bytes, map.d_out() * opts.output.size());
     let work = ShardWork {
         map: &map,
         opts: &opts,

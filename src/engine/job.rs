@@ -83,8 +83,20 @@ impl JobSpec {
     }
 }
 
-pub(crate) const DEFAULT_CHUNK_BYTES: usize = 16 << 20;
-pub(crate) const MAX_CHUNK_ROWS: usize = 1 << 16;
+const DEFAULT_CHUNK_BYTES: usize = 16 << 20;
+const MAX_CHUNK_ROWS: usize = 1 << 16;
+
+/// Rows per compute chunk: about `chunk_bytes` of output (the default when 0), a multiple of
+/// [`BLOCK_ROWS`] between one block and [`MAX_CHUNK_ROWS`].
+pub(crate) fn chunk_rows(chunk_bytes: usize, out_row_bytes: usize) -> usize {
+    let chunk_bytes = if chunk_bytes == 0 {
+        DEFAULT_CHUNK_BYTES
+    } else {
+        chunk_bytes
+    };
+    ((chunk_bytes / out_row_bytes.max(1)).clamp(BLOCK_ROWS, MAX_CHUNK_ROWS) / BLOCK_ROWS)
+        * BLOCK_ROWS
+}
 /// Output chunk buffers circulating between compute and the writer thread: enough slack that a
 /// writer blocked in a periodic sync does not stall the compute side.
 const WRITE_BUFFERS: usize = 4;
@@ -278,15 +290,7 @@ fn run_local_job(
     );
 
     // 4. Work.
-    let chunk_bytes = if spec.chunk_bytes == 0 {
-        DEFAULT_CHUNK_BYTES
-    } else {
-        spec.chunk_bytes
-    };
-    let out_row_bytes = map.d_out() * out_elem.size();
-    let chunk_rows = ((chunk_bytes / out_row_bytes.max(1)).clamp(BLOCK_ROWS, MAX_CHUNK_ROWS)
-        / BLOCK_ROWS)
-        * BLOCK_ROWS;
+    let chunk_rows = chunk_rows(spec.chunk_bytes, map.d_out() * out_elem.size());
     for i in todo {
         let s = &open[i];
         if cancel.load(Ordering::Relaxed) {
