@@ -318,8 +318,11 @@ private:
 class Backend {
 public:
     /// `threads` 0: every core. Device::Cuda throws Error(ISOCLIP_ERR_DEVICE_UNAVAILABLE) without
-    /// a usable GPU; Device::Auto falls back to the CPU.
-    explicit Backend(Device device = Device::Cpu, std::size_t threads = 0) {
+    /// a usable GPU; Device::Auto falls back to the CPU. `device_index`: ISOCLIP_DEVICE_INDEX_ALL
+    /// (every visible GPU; the CPU) or one device (a CUDA ordinal; the CPU is 0), see
+    /// isoclip_backend_options_set_device_index.
+    explicit Backend(Device device = Device::Cpu, std::size_t threads = 0,
+                     std::int32_t device_index = ISOCLIP_DEVICE_INDEX_ALL) {
         detail::check_abi();
         isoclip_backend_options* o = nullptr;
         detail::check(isoclip_backend_options_new(&o));
@@ -328,6 +331,7 @@ public:
             options(o);
         detail::check(isoclip_backend_options_set_device(o, static_cast<isoclip_device>(device)));
         detail::check(isoclip_backend_options_set_threads(o, threads));
+        detail::check(isoclip_backend_options_set_device_index(o, device_index));
         const isoclip_backend* b = nullptr;
         detail::check(isoclip_backend_new(o, &b));
         handle_.reset(b);
@@ -622,6 +626,7 @@ public:
             detail::check(isoclip_job_options_set_shards_from_env(o));
         else
             detail::check(isoclip_job_options_set_shards(o, options.num_shards, options.shard_index));
+        detail::check(isoclip_job_options_shards(o, &num_shards_, &shard_index_));
         detail::add_storage_options(o, options.storage_options);
         detail::check(
             isoclip_job_options_set_output_dtype(o, static_cast<isoclip_dtype>(options.output_dtype)));
@@ -648,6 +653,12 @@ public:
         }
         detail::check(s);
     }
+    /// This worker's place among the workers sharing the output (from JobOptions or, with
+    /// shards_from_env, from the environment when the job was made): it takes shard k of the
+    /// sorted listing when k % num_shards() == shard_index().
+    std::uint32_t num_shards() const noexcept { return num_shards_; }
+    std::uint32_t shard_index() const noexcept { return shard_index_; }
+
     /// Asks the run to stop at the next chunk; permanent for this job. Any thread.
     void cancel() noexcept { isoclip_job_cancel(handle_.get()); }
 
@@ -687,6 +698,8 @@ private:
 
     std::unique_ptr<State> state_;
     std::unique_ptr<isoclip_job, detail::Deleter<isoclip_job, isoclip_job_free>> handle_;
+    std::uint32_t num_shards_ = 1;
+    std::uint32_t shard_index_ = 0;
 };
 
 }  // namespace isoclip

@@ -183,6 +183,9 @@ func TestJobScaleOutArguments(t *testing.T) {
 	if err != nil {
 		t.Fatal(err)
 	}
+	if n, i := job.Shards(); n != 2 || i != 1 {
+		t.Fatalf("shards: %d %d", n, i)
+	}
 	job.Close()
 
 	// From the environment: a Kubernetes Indexed Job needs its count.
@@ -200,6 +203,9 @@ func TestJobScaleOutArguments(t *testing.T) {
 	job, err = p.NewJob("s3://bucket/emb/", "s3://bucket/out/", fromEnv)
 	if err != nil {
 		t.Fatal(err)
+	}
+	if n, i := job.Shards(); n != 2 || i != 1 { // from the environment
+		t.Fatalf("shards from the environment: %d %d", n, i)
 	}
 	job.Close()
 }

@@ -23,6 +23,7 @@ import "C"
 import (
 	"errors"
 	"fmt"
+	"math"
 	"runtime"
 	"sort"
 	"sync"
@@ -237,6 +238,9 @@ const (
 	DeviceCUDA Device = C.ISOCLIP_DEVICE_CUDA
 )
 
+// DeviceIndexAll lets a backend use every device of its kind (every visible GPU; the CPU).
+const DeviceIndexAll = C.ISOCLIP_DEVICE_INDEX_ALL
+
 // DType is the element type of job output shards. The zero value means DTypeF16.
 type DType int32
 
@@ -255,18 +259,30 @@ type Backend struct {
 	b  *C.isoclip_backend
 }
 
-// NewBackend opens a backend. threads 0 uses every core. DeviceCUDA fails with
-// ErrDeviceUnavailable when no GPU is usable; DeviceAuto falls back to the CPU.
+// NewBackend opens a backend on every device of its kind. threads 0 uses every core.
+// DeviceCUDA fails with ErrDeviceUnavailable when no GPU is usable; DeviceAuto falls back to
+// the CPU.
 func NewBackend(device Device, threads int) (*Backend, error) {
+	return NewBackendOnDevice(device, DeviceIndexAll, threads)
+}
+
+// NewBackendOnDevice opens a backend on one device of its kind: index is a CUDA device ordinal
+// (as nvidia-smi numbers them under CUDA_VISIBLE_DEVICES), 0 for the CPU, or DeviceIndexAll.
+// An index the device kind does not have fails (ErrInvalidArgument for the CPU,
+// ErrDeviceUnavailable for a GPU).
+func NewBackendOnDevice(device Device, index int, threads int) (*Backend, error) {
 	if err := checkABI(); err != nil {
 		return nil, err
 	}
 	if threads < 0 {
 		return nil, invalid("threads must be >= 0, got %d", threads)
 	}
+	if index < DeviceIndexAll || int64(index) > math.MaxInt32 {
+		return nil, invalid("device index %d is out of range (DeviceIndexAll or 0 to %d)", index, math.MaxInt32)
+	}
 	var b *C.isoclip_backend
 	var msg C.isoclip_go_failure
-	s := C.isoclip_go_backend_new(C.int32_t(device), C.size_t(threads), &b, &msg)
+	s := C.isoclip_go_backend_new(C.int32_t(device), C.int32_t(index), C.size_t(threads), &b, &msg)
 	if err := failure(s, &msg); err != nil {
 		return nil, err
 	}
@@ -631,6 +647,22 @@ func formOrDefault(f Form) Form {
 		return FormCompact
 	}
 	return f
+}
+
+// EmbeddingDim is the model's embedding dimension d (the input columns of the embedding route).
+func (p *Projector) EmbeddingDim() (int, error) {
+	h, unlock, err := p.handle()
+	if err != nil {
+		return 0, err
+	}
+	defer unlock()
+	var out C.size_t
+	var msg C.isoclip_go_failure
+	s := C.isoclip_go_projector_embedding_dim(h, &out, &msg)
+	if err := failure(s, &msg); err != nil {
+		return 0, err
+	}
+	return int(out), nil
 }
 
 // InputDim is the number of columns input rows of modality m and kind k must have.

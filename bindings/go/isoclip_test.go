@@ -111,6 +111,9 @@ func TestVersion(t *testing.T) {
 func TestFitProjectsLikeTheReference(t *testing.T) {
 	p, pi := fitModel(t)
 	defer p.Close()
+	if d, err := p.EmbeddingDim(); err != nil || d != 8 { // the projectors are 12 x 8 and 8 x 8
+		t.Fatalf("EmbeddingDim: %d %v", d, err)
+	}
 	if d, _ := p.InputDim(ModalityImage, InputFeatures); d != 12 {
 		t.Fatalf("input dim %d", d)
 	}
@@ -225,6 +228,19 @@ func TestErrorsCarryStatusAndMessage(t *testing.T) {
 	}
 	if _, err := NewBackend(DeviceCUDA, 0); err != nil && !errors.Is(err, ErrDeviceUnavailable) {
 		t.Fatalf("cuda: %v", err)
+	}
+	// One device by index: the CPU is device 0 and has no other.
+	if b, err := NewBackendOnDevice(DeviceCPU, 0, 1); err != nil {
+		t.Fatalf("cpu 0: %v", err)
+	} else {
+		b.Close()
+	}
+	if _, err := NewBackendOnDevice(DeviceCPU, 1, 1); !errors.Is(err, ErrInvalidArgument) ||
+		!strings.Contains(err.Error(), "device index 1 with the CPU: the CPU is device 0") {
+		t.Fatalf("cpu 1: %v", err)
+	}
+	if _, err := NewBackendOnDevice(DeviceCPU, -2, 1); !errors.Is(err, ErrInvalidArgument) {
+		t.Fatalf("index -2: %v", err)
 	}
 	if err := p.Close(); err != nil {
 		t.Fatal(err)

@@ -104,6 +104,15 @@ type Job struct {
 	handle cgo.Handle
 	// cancelled records that Cancel reached the library (tests wait on it).
 	cancelled atomic.Bool
+	// numShards and shardIndex: this worker's place, resolved when the job was made.
+	numShards, shardIndex C.uint32_t
+}
+
+// Shards returns this worker's place among the workers sharing the output, as resolved when the
+// job was made (from JobOptions or, with ShardsFromEnv, from the environment): it takes shard k
+// of the sorted listing when k % numShards == shardIndex.
+func (j *Job) Shards() (numShards, shardIndex int) {
+	return int(j.numShards), int(j.shardIndex)
 }
 
 type jobState struct {
@@ -172,7 +181,7 @@ func (p *Projector) NewJob(input, outputDir string, opts JobOptions) (*Job, erro
 		C.int32_t(formOrDefault(opts.Form)), C.bool(!opts.NoNormalize), C.int32_t(nonFiniteOrDefault(opts.NonFinite)),
 		C.int32_t(dtype), C.bool(opts.Overwrite), C.size_t(opts.ChunkBytes), handle,
 		C.uint32_t(numShards), C.uint32_t(opts.ShardIndex), C.bool(opts.ShardsFromEnv), keys, values, nOptions,
-		cin, cout, &job.j, &msg)
+		cin, cout, &job.j, &job.numShards, &job.shardIndex, &msg)
 	if err := failure(s, &msg); err != nil {
 		if job.state != nil {
 			job.handle.Delete()

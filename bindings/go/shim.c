@@ -130,6 +130,11 @@ isoclip_status isoclip_go_projector_input_dim(const isoclip_projector *p, int32_
     return done(isoclip_projector_input_dim(p, modality, kind, out), msg);
 }
 
+isoclip_status isoclip_go_projector_embedding_dim(const isoclip_projector *p, size_t *out,
+                                                  isoclip_go_failure *msg) {
+    return done(isoclip_projector_embedding_dim(p, out), msg);
+}
+
 isoclip_status isoclip_go_projector_output_dim(const isoclip_projector *p, int32_t modality,
                                                int32_t form, size_t *out, isoclip_go_failure *msg) {
     return done(isoclip_projector_output_dim(p, modality, form, out), msg);
@@ -145,11 +150,12 @@ isoclip_status isoclip_go_projector_fingerprint(const isoclip_projector *p, bool
     return done(get_string(content_digest ? digest_of : fingerprint_of, p, out), msg);
 }
 
-isoclip_status isoclip_go_backend_new(int32_t device, size_t threads, const isoclip_backend **out,
-                                      isoclip_go_failure *msg) {
+isoclip_status isoclip_go_backend_new(int32_t device, int32_t device_index, size_t threads,
+                                      const isoclip_backend **out, isoclip_go_failure *msg) {
     isoclip_backend_options *o = NULL;
     isoclip_status s = isoclip_backend_options_new(&o);
     if (s == ISOCLIP_OK) s = isoclip_backend_options_set_device(o, device);
+    if (s == ISOCLIP_OK) s = isoclip_backend_options_set_device_index(o, device_index);
     if (s == ISOCLIP_OK) s = isoclip_backend_options_set_threads(o, threads);
     if (s == ISOCLIP_OK) s = isoclip_backend_new(o, out);
     s = done(s, msg);
@@ -210,7 +216,8 @@ isoclip_status isoclip_go_job_new(const isoclip_projector *p, const isoclip_back
                                   size_t chunk_bytes, uintptr_t progress_handle, uint32_t num_shards,
                                   uint32_t shard_index, bool shards_from_env, char *const *keys,
                                   char *const *values, size_t n_options, const char *input,
-                                  const char *output_dir, isoclip_job **out, isoclip_go_failure *msg) {
+                                  const char *output_dir, isoclip_job **out, uint32_t *num_shards_out,
+                                  uint32_t *shard_index_out, isoclip_go_failure *msg) {
     isoclip_projection_options *po = NULL;
     isoclip_job_options *jo = NULL;
     isoclip_status s = projection_options(&po, modality, kind, form, normalize, nonfinite);
@@ -221,6 +228,7 @@ isoclip_status isoclip_go_job_new(const isoclip_projector *p, const isoclip_back
     if (s == ISOCLIP_OK)
         s = shards_from_env ? isoclip_job_options_set_shards_from_env(jo)
                             : isoclip_job_options_set_shards(jo, num_shards, shard_index);
+    if (s == ISOCLIP_OK) s = isoclip_job_options_shards(jo, num_shards_out, shard_index_out);
     if (s == ISOCLIP_OK) s = add_storage_options(jo, keys, values, n_options);
     if (s == ISOCLIP_OK && progress_handle != 0)
         s = isoclip_job_options_set_progress(jo, progress_trampoline, (void *)progress_handle);

@@ -49,8 +49,10 @@ isoclip_status isoclip_go_projector_band(const isoclip_projector *p, int32_t mod
                                          size_t *k_top, size_t *k_bottom, isoclip_go_failure *msg);
 isoclip_status isoclip_go_projector_fingerprint(const isoclip_projector *p, bool content_digest,
                                                 char **out, isoclip_go_failure *msg);
-isoclip_status isoclip_go_backend_new(int32_t device, size_t threads, const isoclip_backend **out,
-                                      isoclip_go_failure *msg);
+isoclip_status isoclip_go_projector_embedding_dim(const isoclip_projector *p, size_t *out,
+                                                  isoclip_go_failure *msg);
+isoclip_status isoclip_go_backend_new(int32_t device, int32_t device_index, size_t threads,
+                                      const isoclip_backend **out, isoclip_go_failure *msg);
 isoclip_status isoclip_go_backend_describe(const isoclip_backend *b, char **out, int32_t *device,
                                            isoclip_go_failure *msg);
 isoclip_status isoclip_go_project(const isoclip_projector *p, const isoclip_backend *b,
@@ -66,7 +68,8 @@ isoclip_status isoclip_go_job_new(const isoclip_projector *p, const isoclip_back
                                   size_t chunk_bytes, uintptr_t progress_handle, uint32_t num_shards,
                                   uint32_t shard_index, bool shards_from_env, char *const *keys,
                                   char *const *values, size_t n_options, const char *input,
-                                  const char *output_dir, isoclip_job **out, isoclip_go_failure *msg);
+                                  const char *output_dir, isoclip_job **out, uint32_t *num_shards_out,
+                                  uint32_t *shard_index_out, isoclip_go_failure *msg);
 isoclip_status isoclip_go_job_run(isoclip_job *job, isoclip_go_failure *msg);
 isoclip_status isoclip_go_job_stat(const isoclip_job *job, int32_t which, uint64_t *out, isoclip_go_failure *msg);
 isoclip_status isoclip_go_job_summary(const isoclip_job *job, char **out, isoclip_go_failure *msg);

@@ -232,6 +232,15 @@ void test_errors(const isoclip::Projector& p) {
     EXPECT_ERROR(ISOCLIP_ERR_BAND, "empty band",
                  (fo.band(isoclip::Modality::Image, 6, 6),
                   isoclip::Projector::fit(pi, DI, D, pi, DI, D, fo)));
+    // One device by index: the CPU is device 0 and has no other.
+    isoclip::Backend cpu0(isoclip::Device::Cpu, 1, 0);
+    CHECK(cpu0.device() == isoclip::Device::Cpu);
+    EXPECT_ERROR(ISOCLIP_ERR_INVALID_ARGUMENT,
+                 "isoclip_backend_new: device index 1 with the CPU: the CPU is device 0",
+                 isoclip::Backend(isoclip::Device::Cpu, 1, 1));
+    EXPECT_ERROR(ISOCLIP_ERR_INVALID_ARGUMENT,
+                 "isoclip_backend_options_set_device_index: device index -2 is negative",
+                 isoclip::Backend(isoclip::Device::Cpu, 1, -2));
     try {
         isoclip::Backend gpu(isoclip::Device::Cuda);
         CHECK(gpu.device() == isoclip::Device::Cuda);
@@ -417,6 +426,7 @@ void test_job_scale_out_arguments(const isoclip::Projector& p) {
                  isoclip::Job(p, "s3://bad host/emb/", "s3://bucket/out/", &o, jo));
     isoclip::Job ok(p, "s3://bucket/emb/", "gs://bucket/out/", &o, jo);
     CHECK(ok.get() != nullptr);
+    CHECK(ok.num_shards() == 2 && ok.shard_index() == 1);
     // From the environment: a Kubernetes Indexed Job without its count is refused by name.
     unsetenv("SLURM_ARRAY_TASK_ID");
     setenv("JOB_COMPLETION_INDEX", "1", 1);
@@ -427,6 +437,7 @@ void test_job_scale_out_arguments(const isoclip::Projector& p) {
     setenv("ISOCLIP_NUM_SHARDS", "2", 1);
     isoclip::Job from_env(p, "s3://bucket/emb/", "s3://bucket/out/", &o, jo);
     CHECK(from_env.get() != nullptr);
+    CHECK(from_env.num_shards() == 2 && from_env.shard_index() == 1);  // from the environment
     unsetenv("JOB_COMPLETION_INDEX");
     unsetenv("ISOCLIP_NUM_SHARDS");
 }
