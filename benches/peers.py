@@ -25,7 +25,8 @@ Rules, the same for every pipeline:
 - `--load N` starts N busy processes (a Python spin loop each, pinned nowhere) for the whole
   measurement, ceiling included;
 - every peer's output is checked against isoclip's of the same width (max difference in fp16
-  ulps, min cosine per row), so a fast wrong pipeline cannot win.
+  ulps on elements of magnitude >= 2^-8, absolute difference below that, min cosine per row),
+  so a fast wrong pipeline cannot win.
 
 Needs a release build, numpy, faiss-cpu and torch (benches/peers.sh sets up a venv).
 """
@@ -188,28 +189,36 @@ def run_peer(a, peer, proj, map_name, shard, out_path):
     return json.loads(out.strip().splitlines()[-1])
 
 
+SMALL = 2.0**-8  # below this magnitude an element's fp16 ulp is far finer than f32 GEMM rounding
+
+
 def compare(ref_path, got_path, chunk=65536):
-    """(max |difference| in fp16 ulps, min cosine per row) of two fp16 .npy files."""
+    """(max |difference| in fp16 ulps over elements of magnitude >= 2^-8, max absolute difference
+    over the smaller ones, min cosine per row) of two fp16 .npy files. Tiny elements are judged in
+    absolute terms: an f32 GEMM's rounding (~1e-7 of the row norm) spans several fp16 ulps there."""
     a = np.load(ref_path, mmap_mode="r")
     b = np.load(got_path, mmap_mode="r")
     if a.shape != b.shape:
-        return None, None
-    max_ulps = 0
-    min_cos = 1.0
+        raise SystemExit(f"{got_path}: shape {b.shape}, isoclip's is {a.shape}")
+    max_ulps, max_small, min_cos = 0, 0.0, 1.0
     for s in range(0, a.shape[0], chunk):
         x = np.asarray(a[s : s + chunk])
         y = np.asarray(b[s : s + chunk])
-        # fp16 bit patterns as integers that are ordered like the values (sign-magnitude -> two's complement)
+        # fp16 bit patterns as integers ordered like the values (sign-magnitude -> two's complement)
         ix = x.view(np.int16).astype(np.int32)
         iy = y.view(np.int16).astype(np.int32)
         ix = np.where(ix < 0, -(ix & 0x7FFF), ix)
         iy = np.where(iy < 0, -(iy & 0x7FFF), iy)
-        max_ulps = max(max_ulps, int(np.abs(ix - iy).max()))
         xf = x.astype(np.float32)
         yf = y.astype(np.float32)
+        big = np.maximum(np.abs(xf), np.abs(yf)) >= SMALL
+        if big.any():
+            max_ulps = max(max_ulps, int(np.abs(ix - iy)[big].max()))
+        if (~big).any():
+            max_small = max(max_small, float(np.abs(xf - yf)[~big].max()))
         cos = (xf * yf).sum(1) / np.maximum(np.linalg.norm(xf, axis=1) * np.linalg.norm(yf, axis=1), 1e-30)
         min_cos = min(min_cos, float(cos.min()))
-    return max_ulps, min_cos
+    return max_ulps, max_small, min_cos
 
 
 def main():
@@ -279,7 +288,7 @@ def main():
                 u = run_isoclip(a, proj, gal, out_dir, w)
                 best = u if best is None or u["seconds"] < best["seconds"] else best
             iso_out[w] = os.path.join(out_dir, "img_emb_0000.npy")
-            results.append((f"isoclip {w}", w, dims[w][1], best, (0, 1.0)))
+            results.append((f"isoclip {w}", w, dims[w][1], best, (0, 0.0, 1.0)))
         for w in widths:
             for peer in PEERS:
                 if peer not in only:
@@ -290,7 +299,7 @@ def main():
                     prepare_cache(shard, a.cache)
                     u = run_peer(a, peer, proj, maps[w], shard, out_path)
                     best = u if best is None or u["seconds"] < best["seconds"] else best
-                check = compare(iso_out[w], out_path) if w in iso_out else (None, None)
+                check = compare(iso_out[w], out_path) if w in iso_out else (None, None, None)
                 os.remove(out_path)
                 results.append((f"{peer} ({w} map)", w, dims[w][1], best, check))
 
@@ -300,14 +309,14 @@ def main():
         if not name.startswith("isoclip"):
             best_peer[w] = min(best_peer.get(w, 1e9), u["seconds"])
     print("| pipeline | width | seconds | rows/s | GFLOP/s | vs best peer, same width | of numpy sgemm | "
-          "CPU s (user+sys) | invol. ctx switches | max Δ (fp16 ulps) | min cosine |")
-    print("|---|---:|---:|---:|---:|---:|---:|---:|---:|---:|---:|")
-    for name, w, d_out, u, (ulps, cos) in results:
+          "CPU s (user+sys) | invol. ctx switches | max Δ, fp16 ulps (\\|x\\| ≥ 2^-8) | max \\|Δ\\| (\\|x\\| < 2^-8) | min cosine |")
+    print("|---|---:|---:|---:|---:|---:|---:|---:|---:|---:|---:|---:|")
+    for name, w, d_out, u, (ulps, small, cos) in results:
         sec = u["seconds"]
         rps = a.rows / sec
         gf = rps * 2 * d_in * d_out / 1e9
         ratio = f"{best_peer[w] / sec:.2f}x" if w in best_peer else "-"
-        check = f"{ulps} | {cos:.6f}" if ulps is not None else "- | -"
+        check = f"{ulps} | {small:.1e} | {cos:.6f}" if ulps is not None else "- | - | -"
         print(f"| {name} | {d_out} | {sec:.3f} | {rps:,.0f} | {gf:.1f} | {ratio} | {gf / ceiling[w]:.0%} | "
               f"{u['user'] + u['sys']:.2f} | {u['ivcsw']} | {check} |")
     for w in widths:
@@ -317,9 +326,10 @@ def main():
         iso_c = next(r[3]["seconds"] for r in results if r[0] == "isoclip compact")
         print(f"isoclip compact (262 wide) vs the best peer producing the full 512-wide output: "
               f"{best_peer['full'] / iso_c:.2f}x the rows/s")
-    bad = [r[0] for r in results if r[4][0] is not None and (r[4][0] > 2 or r[4][1] < 0.9999)]
+    bad = [r[0] for r in results if r[4][0] is not None and (r[4][0] > 2 or r[4][1] > 2.0**-17 or r[4][2] < 0.9999)]
     if bad:
-        print(f"WARNING: outputs differ from isoclip's by more than 2 fp16 ulps or cosine < 0.9999: {', '.join(bad)}")
+        print(f"WARNING: outputs differ from isoclip's (> 2 fp16 ulps, or > 2^-17 on elements below 2^-8, "
+              f"or a cosine < 0.9999): {', '.join(bad)}")
     if not a.keep and not a.workdir:
         shutil.rmtree(work, ignore_errors=True)
 
