@@ -26,7 +26,7 @@ RSS (the process's max resident set). Threads: both cores everywhere.
 import argparse
 import json
 import os
-import resource
+import shutil
 import subprocess
 import sys
 import tempfile
@@ -231,6 +231,8 @@ def main():
         ratio = f"{sec / base[n]:.1f}x" if name != "isoclip eval" else "1x"
         print(f"| {n:,} | {name} | {sec:.2f} | {rss:,.0f} | {ratio} | {diff:.4f} |")
     print("\nmetric set: mAP, mAP@R (reference's R), P@R, R@1/5/10 for plain CLIP and IsoCLIP (FAISS: and P@K, K = 1..100)")
+    if not a.workdir:
+        shutil.rmtree(work, ignore_errors=True)
 
 
 if __name__ == "__main__":
