@@ -4,7 +4,7 @@ user would pick instead (numpy, PyTorch CPU, FAISS `LinearTransform` + `normaliz
 through isoclip (full and compact), plus numpy's sgemm on the same shapes as the ceiling, all in
 one run. Prints a markdown table.
 
-    python3 benches/peers.py [--rows 524288] [--load N] [--cache warm|cold] [--repeats 3]
+    python3 benches/peers.py [--rows 524288] [--load N|0,1] [--cache warm|cold] [--repeats 3]
 
 Rules, the same for every pipeline:
 - input: one `.npy` shard of ROWS x 768 fp16 (`isoclip gallery`), the map: the built-in
@@ -22,8 +22,11 @@ Rules, the same for every pipeline:
   another works); its time runs from opening the shard (after imports) to the fsync; isoclip's
   is the wall time of the whole `isoclip project` process (start, projector load and checksum
   included);
-- `--load N` starts N busy processes (a Python spin loop each, pinned nowhere) for the whole
-  measurement, ceiling included;
+- `--load N` starts N busy processes (a Python spin loop each, pinned nowhere) around every
+  measurement, ceiling included; `--load 0,1` measures at both, interleaved, and prints each
+  pipeline's slowdown;
+- runs are interleaved: each of --repeats rounds runs every (load, pipeline, width) once, and the
+  best round is kept, so drift in the machine's other work touches every pipeline alike;
 - every peer's output is checked against isoclip's of the same width (max difference in fp16
   ulps on elements of magnitude >= 2^-8, absolute difference below that, min cosine per row),
   so a fast wrong pipeline cannot win.
@@ -225,7 +228,8 @@ def main():
     ap = argparse.ArgumentParser(description=__doc__.split("\n\n")[0])
     ap.add_argument("--rows", type=int, default=524_288)
     ap.add_argument("--repeats", type=int, default=3)
-    ap.add_argument("--load", type=int, default=0, help="busy background processes during every measurement")
+    ap.add_argument("--load", default="0", help="busy background processes during every measurement; a list "
+                    "(0,1) measures every pipeline at each, interleaved, and prints the slowdown")
     ap.add_argument("--cache", choices=("warm", "cold"), default="warm")
     ap.add_argument("--chunk-rows", type=int, default=16384, help="rows per chunk in the peers' loops")
     ap.add_argument("--only", default="", help="comma-separated subset: isoclip,numpy,torch,faiss")
@@ -245,6 +249,7 @@ def main():
         return worker(a)
 
     only = set(a.only.split(",")) if a.only else {"isoclip", *PEERS}
+    loads = [int(v) for v in a.load.split(",")]
     widths = [w for w in ("full", "compact") if w in a.widths.split(",")]
     work = a.workdir or tempfile.mkdtemp(prefix="isoclip-peers-", dir=os.path.join(os.path.dirname(BIN), ".."))
     os.makedirs(work, exist_ok=True)
@@ -272,64 +277,78 @@ def main():
         run(["gallery", "--out", gal, "--shards", "1", "--rows", str(a.rows), "--dim", str(d_in), "--dtype", "f16"])
     gb = os.path.getsize(shard) / 1e9
     print(f"shard: {a.rows} x {d_in} fp16 ({gb:.2f} GB); projector: SYNTHETIC ViT-B/16 image, band 200/50; "
-          f"cache: {a.cache}; load: {a.load} busy process(es); best of {a.repeats}; peers' chunk: {a.chunk_rows} rows")
+          f"cache: {a.cache}; load: {a.load} busy process(es); best of {a.repeats} interleaved rounds; "
+          f"peers' chunk: {a.chunk_rows} rows")
 
-    results = []  # (pipeline, width name, d_out, best usage, check)
-    with BackgroundLoad(a.load):
-        ceiling = {w: sgemm_gflops(min(a.rows, 65536), d_in, dims[w][1], repeats=5) for w in widths}
-        iso_out = {}
-        for w in widths:
-            if "isoclip" not in only:
-                break
-            out_dir = os.path.join(work, f"isoclip_{w}")
-            best = None
-            for _ in range(a.repeats):
-                prepare_cache(shard, a.cache)
-                u = run_isoclip(a, proj, gal, out_dir, w)
-                best = u if best is None or u["seconds"] < best["seconds"] else best
-            iso_out[w] = os.path.join(out_dir, "img_emb_0000.npy")
-            results.append((f"isoclip {w}", w, dims[w][1], best, (0, 0.0, 1.0)))
-        for w in widths:
-            for peer in PEERS:
-                if peer not in only:
-                    continue
-                out_path = os.path.join(work, f"{peer}_{w}.npy")
-                best = None
-                for _ in range(a.repeats):
+    # Rounds: every (load, pipeline, width) once per round, so that drift in what else the machine
+    # does spreads over all of them alike; the best of the rounds is kept.
+    pipelines = [(p, w) for w in widths for p in ("isoclip", *PEERS) if p in only]
+    best = {}
+    ceiling = {}
+    for rnd in range(a.repeats):
+        for load in loads:
+            with BackgroundLoad(load):
+                if rnd == 0:
+                    ceiling[load] = {w: sgemm_gflops(min(a.rows, 65536), d_in, dims[w][1], repeats=5) for w in widths}
+                for p, w in pipelines:
                     prepare_cache(shard, a.cache)
-                    u = run_peer(a, peer, proj, maps[w], shard, out_path)
-                    best = u if best is None or u["seconds"] < best["seconds"] else best
-                check = compare(iso_out[w], out_path) if w in iso_out else (None, None, None)
-                os.remove(out_path)
-                results.append((f"{peer} ({w} map)", w, dims[w][1], best, check))
-
+                    if p == "isoclip":
+                        u = run_isoclip(a, proj, gal, os.path.join(work, f"isoclip_{w}"), w)
+                    else:
+                        u = run_peer(a, p, proj, maps[w], shard, os.path.join(work, f"{p}_{w}.npy"))
+                    key = (load, p, w)
+                    if key not in best or u["seconds"] < best[key]["seconds"]:
+                        best[key] = u
     print(f"load average after: {loadavg()}\n")
-    best_peer = {}
-    for name, w, _, u, _ in results:
-        if not name.startswith("isoclip"):
-            best_peer[w] = min(best_peer.get(w, 1e9), u["seconds"])
-    print("| pipeline | width | seconds | rows/s | GFLOP/s | vs best peer, same width | of numpy sgemm | "
+    checks = {}
+    for p, w in pipelines:
+        iso = os.path.join(work, f"isoclip_{w}", "img_emb_0000.npy")
+        if p == "isoclip":
+            checks[(p, w)] = (0, 0.0, 1.0)
+        elif os.path.exists(iso):
+            checks[(p, w)] = compare(iso, os.path.join(work, f"{p}_{w}.npy"))
+        else:
+            checks[(p, w)] = (None, None, None)
+
+    print("| load | pipeline | width | seconds | rows/s | GFLOP/s | vs best peer, same width | of numpy sgemm | "
           "CPU s (user+sys) | invol. ctx switches | max Δ, fp16 ulps (\\|x\\| ≥ 2^-8) | max \\|Δ\\| (\\|x\\| < 2^-8) | min cosine |")
-    print("|---|---:|---:|---:|---:|---:|---:|---:|---:|---:|---:|---:|")
-    for name, w, d_out, u, (ulps, small, cos) in results:
-        sec = u["seconds"]
-        rps = a.rows / sec
-        gf = rps * 2 * d_in * d_out / 1e9
-        ratio = f"{best_peer[w] / sec:.2f}x" if w in best_peer else "-"
-        check = f"{ulps} | {small:.1e} | {cos:.6f}" if ulps is not None else "- | - | -"
-        print(f"| {name} | {d_out} | {sec:.3f} | {rps:,.0f} | {gf:.1f} | {ratio} | {gf / ceiling[w]:.0%} | "
-              f"{u['user'] + u['sys']:.2f} | {u['ivcsw']} | {check} |")
-    for w in widths:
-        print(f"numpy sgemm ceiling, {min(a.rows, 65536)} x {d_in} @ {d_in} x {dims[w][1]} f32 in memory "
-              f"({THREADS} threads): {ceiling[w]:.1f} GFLOP/s")
-    if "full" in best_peer and "compact" in dict((r[1], 1) for r in results if r[0] == "isoclip compact"):
-        iso_c = next(r[3]["seconds"] for r in results if r[0] == "isoclip compact")
-        print(f"isoclip compact (262 wide) vs the best peer producing the full 512-wide output: "
-              f"{best_peer['full'] / iso_c:.2f}x the rows/s")
-    bad = [r[0] for r in results if r[4][0] is not None and (r[4][0] > 2 or r[4][1] > 2.0**-17 or r[4][2] < 0.9999)]
+    print("|---:|---|---:|---:|---:|---:|---:|---:|---:|---:|---:|---:|---:|")
+    for load in loads:
+        best_peer = {}
+        for p, w in pipelines:
+            if p != "isoclip":
+                best_peer[w] = min(best_peer.get(w, 1e9), best[(load, p, w)]["seconds"])
+        for p, w in pipelines:
+            u = best[(load, p, w)]
+            d_out = dims[w][1]
+            sec = u["seconds"]
+            rps = a.rows / sec
+            gf = rps * 2 * d_in * d_out / 1e9
+            ratio = f"{best_peer[w] / sec:.2f}x" if w in best_peer else "-"
+            ulps, small, cos = checks[(p, w)]
+            check = f"{ulps} | {small:.1e} | {cos:.6f}" if ulps is not None else "- | - | -"
+            name = f"isoclip {w}" if p == "isoclip" else f"{p} ({w} map)"
+            print(f"| {load} | {name} | {d_out} | {sec:.3f} | {rps:,.0f} | {gf:.1f} | {ratio} | {gf / ceiling[load][w]:.0%} | "
+                  f"{u['user'] + u['sys']:.2f} | {u['ivcsw']} | {check} |")
+        if "full" in best_peer and ("isoclip", "compact") in pipelines:
+            print(f"| {load} | isoclip compact vs the best peer's full 512-wide output | | | | | "
+                  f"{best_peer['full'] / best[(load, 'isoclip', 'compact')]['seconds']:.2f}x | | | | | | |")
+    for load in loads:
+        for w in widths:
+            print(f"load {load}: numpy sgemm ceiling, {min(a.rows, 65536)} x {d_in} @ {d_in} x {dims[w][1]} f32 in memory "
+                  f"({THREADS} threads): {ceiling[load][w]:.1f} GFLOP/s")
+    if len(loads) > 1:
+        l0, l1 = loads[0], loads[-1]
+        print(f"\nslowdown with {l1} busy process(es) (seconds at load {l1} / seconds at load {l0}; CPU seconds likewise):")
+        for p, w in pipelines:
+            u0, u1 = best[(l0, p, w)], best[(l1, p, w)]
+            name = f"isoclip {w}" if p == "isoclip" else f"{p} ({w} map)"
+            print(f"  {name:<22} wall {u1['seconds'] / u0['seconds']:.2f}x   CPU {(u1['user'] + u1['sys']) / (u0['user'] + u0['sys']):.2f}x"
+                  f"   involuntary switches {u0['ivcsw']} -> {u1['ivcsw']}")
+    bad = [k for k, c in checks.items() if c[0] is not None and (c[0] > 2 or c[1] > 2.0**-17 or c[2] < 0.9999)]
     if bad:
         print(f"WARNING: outputs differ from isoclip's (> 2 fp16 ulps, or > 2^-17 on elements below 2^-8, "
-              f"or a cosine < 0.9999): {', '.join(bad)}")
+              f"or a cosine < 0.9999): {', '.join(f'{p} {w}' for p, w in bad)}")
     if not a.keep and not a.workdir:
         shutil.rmtree(work, ignore_errors=True)
 
