@@ -10,41 +10,19 @@ OPENBLAS_CORETYPE/OPENBLAS_L2_SIZE unset (they force an older, slower kernel on 
 the kernel it then uses is printed.
 """
 import argparse
-import json
 import os
 import shutil
-import struct
 import subprocess
 import sys
 import tempfile
-import threading
 import time
 
-REPO = os.path.dirname(os.path.dirname(os.path.abspath(__file__)))
-BIN = os.path.join(REPO, "target", "release", "isoclip")
+sys.path.insert(0, os.path.dirname(os.path.abspath(__file__)))
+from _common import BIN, blas_description, clean_openblas_env, load_projector_map, run, sgemm_gflops  # noqa: E402,F401
 
-for var in ("OPENBLAS_CORETYPE", "OPENBLAS_L2_SIZE"):
-    if var in os.environ:
-        # Must be unset before numpy loads OpenBLAS: re-exec once without them.
-        env = {k: v for k, v in os.environ.items() if k not in ("OPENBLAS_CORETYPE", "OPENBLAS_L2_SIZE")}
-        os.execve(sys.executable, [sys.executable] + sys.argv, env)
+clean_openblas_env()  # before numpy loads OpenBLAS
 
 import numpy as np  # noqa: E402
-
-
-def run(args, **kw):
-    return subprocess.run([BIN] + args, check=True, capture_output=True, text=True, **kw)
-
-
-def load_projector_map(path, name):
-    """Reads one tensor from an isoclip projector file (safetensors) without the safetensors package."""
-    with open(path, "rb") as f:
-        n = struct.unpack("<Q", f.read(8))[0]
-        header = json.loads(f.read(n))
-        info = header[name]
-        a, b = info["data_offsets"]
-        f.seek(8 + n + a)
-        return np.frombuffer(f.read(b - a), dtype=np.float32).reshape(info["shape"])
 
 
 def peak_anon_kib(cmd):
@@ -76,18 +54,6 @@ def numpy_pipeline(shard, A, out_path):
     np.save(out_path, y.astype(np.float16))
 
 
-def sgemm_gflops(rows, d_in, d_out, repeats=3):
-    rng = np.random.default_rng(0)
-    x = rng.standard_normal((rows, d_in), dtype=np.float32)
-    w = rng.standard_normal((d_in, d_out), dtype=np.float32)
-    best = 1e9
-    for _ in range(repeats):
-        t = time.perf_counter()
-        x @ w
-        best = min(best, time.perf_counter() - t)
-    return 2.0 * rows * d_in * d_out / best / 1e9
-
-
 def main():
     ap = argparse.ArgumentParser()
     ap.add_argument("--rows", type=int, default=1_000_000)
@@ -97,13 +63,7 @@ def main():
     a = ap.parse_args()
     work = a.workdir or tempfile.mkdtemp(prefix="isoclip-bench-")
     os.makedirs(work, exist_ok=True)
-    try:
-        import threadpoolctl
-
-        info = threadpoolctl.threadpool_info()
-        kernel = ", ".join(f"{i.get('internal_api')} {i.get('version')} {i.get('architecture')} x{i.get('num_threads')}" for i in info)
-    except ImportError:
-        kernel = "(pip install threadpoolctl to see the OpenBLAS kernel)"
+    kernel = blas_description()
     print(f"machine: {os.cpu_count()} cores; numpy {np.__version__}; BLAS: {kernel}")
 
     proj = os.path.join(work, "p.safetensors")

@@ -26,22 +26,7 @@ trap cleanup EXIT
 cargo build --release --quiet
 BIN=target/release/isoclip
 
-if [ ! -f "$WORK/emb_$N.npy" ]; then
-python3 - "$WORK" "$N" "$D" "$CLASSES" <<'PY'
-import sys
-import numpy as np
-work, n, d, classes = sys.argv[1], int(sys.argv[2]), int(sys.argv[3]), int(sys.argv[4])
-rng = np.random.default_rng(12345)
-centres = rng.normal(size=(classes, d)).astype(np.float32)
-labels = rng.integers(0, classes, size=n).astype(np.int64)
-x = np.empty((n, d), dtype=np.float16)
-for a in range(0, n, 10000):
-    b = min(a + 10000, n)
-    x[a:b] = (centres[labels[a:b]] + 4.0 * rng.normal(size=(b - a, d))).astype(np.float16)
-np.save(f"{work}/emb_{n}.npy", x)
-np.save(f"{work}/labels_{n}.npy", labels)
-PY
-fi
+python3 benches/_common.py make-eval-data "$WORK" "$N" "$D" "$CLASSES"  # also used by eval_peers.py
 $BIN fit -o "$WORK/synthetic.safetensors" >/dev/null 2>&1
 
 echo "machine: $(grep -m1 'model name' /proc/cpuinfo | cut -d: -f2 | sed 's/^ //'), $(nproc) cores"

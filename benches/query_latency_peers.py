@@ -11,7 +11,7 @@ import time
 import numpy as np
 from threadpoolctl import threadpool_limits
 
-from e2e_vs_numpy import load_projector_map  # benches/ is on sys.path: this script lives there
+from _common import load_projector_map  # benches/ is on sys.path: this script lives there
 
 
 def percentiles(fn, calls):
