@@ -37,7 +37,11 @@ pub(super) struct Metadata {
     #[serde(with = "text::integer")]
     pub format_version: u32,
     /// Written always, never required: see [`TOOL_VERSION`].
-    #[serde(default, skip_serializing_if = "Option::is_none")]
+    #[serde(
+        default,
+        skip_serializing_if = "Option::is_none",
+        deserialize_with = "text::some"
+    )]
     pub tool_version: Option<String>,
     /// The content checksum (`content_digest`), hex.
     pub content_sha256: String,
@@ -163,7 +167,7 @@ impl Metadata {
             })
         };
         let mut meta: Metadata = read(entries.iter().filter(|(key, _)| owner(key).is_none()), "")?;
-        for modality in present {
+        for &modality in &present {
             let prefix = format!("{}.", modality.name());
             let maps = read(
                 entries
@@ -380,6 +384,11 @@ mod text {
         }
     }
 
+    /// An optional string that is there (a missing one is the field's default).
+    pub fn some<'de, D: Deserializer<'de>>(d: D) -> Result<Option<String>, D::Error> {
+        String::deserialize(d).map(Some)
+    }
+
     /// A name, or `none` for no name.
     pub mod or_none {
         use super::*;
@@ -487,7 +496,7 @@ mod tests {
         let mut p = fit(
             &w,
             &[
-                (Modality::Image, BandSpec::new(2, 2)),
+                (Modality::Image, BandSpec::new(2, 3)),
                 (Modality::Text, BandSpec::new(0, 3)),
             ],
             None,

@@ -3,7 +3,7 @@
 //!
 //! The checks and their wording are the local reader's (`engine::reader`), through the same
 //! functions: the header is sized from its length field and capped at
-//! [`rows::MAX_HEADER_BYTES`], parsed by `npy::parse_header` and checked by `npy::check_matrix`
+//! [`MAX_HEADER_BYTES`](crate::formats::rows::MAX_HEADER_BYTES), parsed by `npy::parse_header` and checked by `npy::check_matrix`
 //! against the object's size, with the URL where the reader puts the path. Every GET names the
 //! ETag seen at listing (`If-Match`) and its response's size and ETag are compared with it: an
 //! object replaced or rewritten since is an error, never mixed data.
@@ -22,9 +22,7 @@ use tokio::sync::{mpsc, OwnedSemaphorePermit, Semaphore};
 use super::{ObjectInfo, RemoteMatrix, Store};
 use crate::error::{Error, Result};
 use crate::formats::npy;
-use crate::formats::rows::{
-    self, announced_header_end, check_header_size, AlignedBuffer, RowChunk,
-};
+use crate::formats::rows::{announced_header_end, check_header_size, AlignedBuffer, RowChunk};
 
 /// Bytes of the first GET of a header: enough for any header numpy writes.
 const HEADER_PROBE_BYTES: u64 = 4096;
@@ -85,7 +83,7 @@ impl Store {
 }
 
 /// Reads the `.npy` header at the start of the object: a first GET of [`HEADER_PROBE_BYTES`],
-/// and a second one when its length field announces more (at most [`rows::MAX_HEADER_BYTES`]).
+/// and a second one when its length field announces more (at most [`MAX_HEADER_BYTES`](crate::formats::rows::MAX_HEADER_BYTES)).
 async fn read_header(object: &ObjectRef) -> Result<npy::NpyHeader> {
     let shown = Path::new(&object.url);
     let len = object.expected.size;
