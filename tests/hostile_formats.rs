@@ -460,7 +460,10 @@ fn a_projector_file_written_by_an_earlier_isoclip_reads_and_is_written_again_byt
     .unwrap();
     let p = projector_file::from_bytes(&seed, Path::new("seed.safetensors")).unwrap();
     assert_eq!(p.source, "unit");
-    assert_eq!((p.r(), p.d, p.preset.as_deref(), p.synthetic), (10, 8, None, false));
+    assert_eq!(
+        (p.r(), p.d, p.preset.as_deref(), p.synthetic),
+        (10, 8, None, false)
+    );
     let maps = p.image.as_ref().unwrap();
     assert_eq!((maps.band, maps.m, maps.d_in), (BandSpec::new(2, 2), 6, 12));
     assert_eq!(maps.gap_top, Some(6.61179621304126));
