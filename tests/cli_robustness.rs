@@ -6,13 +6,9 @@ mod common;
 
 use std::io::{BufRead, BufReader, Read};
 use std::path::{Path, PathBuf};
-use std::process::{Child, Command, Output, Stdio};
+use std::process::{Child, Output, Stdio};
 
-use common::{isoclip, stderr, stdout};
-
-fn bin() -> Command {
-    Command::new(env!("CARGO_BIN_EXE_isoclip"))
-}
+use common::{gallery, isoclip, isoclip_command, stderr, stdout};
 
 fn ok(args: &[&str], dir: &Path) -> Output {
     let o = isoclip(args, dir);
@@ -43,28 +39,11 @@ fn temporaries(dir: &Path) -> Vec<PathBuf> {
     out
 }
 
-fn gallery(dir: &Path, name: &str, shards: usize, rows: usize) {
-    ok(
-        &[
-            "gallery",
-            "--out",
-            name,
-            "--shards",
-            &shards.to_string(),
-            "--rows",
-            &rows.to_string(),
-            "--dim",
-            "768",
-        ],
-        dir,
-    );
-}
-
 // ---- 6b: a closed stdout is a quiet success ----
 
 /// Runs `args` with stdout a pipe whose read end is closed before the command writes.
 fn with_closed_stdout(args: &[&str], dir: &Path) -> Output {
-    let mut child = bin()
+    let mut child = isoclip_command()
         .args(args)
         .current_dir(dir)
         .stdout(Stdio::piped())
@@ -141,7 +120,7 @@ fn interrupt_after(
     marker: &str,
     signal: i32,
 ) -> (std::process::ExitStatus, String) {
-    let mut child: Child = bin()
+    let mut child: Child = isoclip_command()
         .args(args)
         .current_dir(dir)
         .stdout(Stdio::null())

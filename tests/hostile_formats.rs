@@ -441,6 +441,59 @@ fn projector_files_round_trip_through_disk() {
     assert!(e.contains("header describes"), "{e}");
 }
 
+/// The header and the data of a safetensors file.
+fn split_safetensors(bytes: &[u8]) -> (&str, &[u8]) {
+    let n = u64::from_le_bytes(bytes[..8].try_into().unwrap()) as usize;
+    (
+        std::str::from_utf8(&bytes[8..8 + n]).unwrap(),
+        &bytes[8 + n..],
+    )
+}
+
+#[test]
+fn a_projector_file_written_by_an_earlier_isoclip_reads_and_is_written_again_byte_for_byte() {
+    // Written by isoclip 0.1.0's writer (commit 853c8b6) from `small_projector()`.
+    let seed = std::fs::read(
+        Path::new(env!("CARGO_MANIFEST_DIR"))
+            .join("fuzz/corpus/projector_file/seed-image-12x8.safetensors"),
+    )
+    .unwrap();
+    let p = projector_file::from_bytes(&seed, Path::new("seed.safetensors")).unwrap();
+    assert_eq!(p.source, "unit");
+    assert_eq!(
+        (p.r(), p.d, p.preset.as_deref(), p.synthetic),
+        (10, 8, None, false)
+    );
+    let maps = p.image.as_ref().unwrap();
+    assert_eq!((maps.band, maps.m, maps.d_in), (BandSpec::new(2, 2), 6, 12));
+    assert_eq!(maps.gap_top, Some(6.61179621304126));
+    assert_eq!(maps.gap_bottom, Some(1.1140775055861596));
+    assert!(maps.embedding_compact.is_ok() && maps.full.bias.is_none());
+    assert_eq!(
+        projector_file::content_digest(&p),
+        "d70b7bbe6614dd82c1919c502fbe9ebfc5c517aa0f127a423c3c266c316fe8a1"
+    );
+
+    // Fitting the same weights, and writing what was read, give the same bytes; only the
+    // informational tool version may differ, and the header's padding with its length.
+    let (seed_header, seed_data) = split_safetensors(&seed);
+    let seed_header = seed_header.trim_end_matches(' ').replace(
+        r#""tool_version":"0.1.0""#,
+        &format!(r#""tool_version":"{}""#, env!("CARGO_PKG_VERSION")),
+    );
+    for bytes in [
+        projector_file::to_bytes(&small_projector()),
+        projector_file::to_bytes(&p),
+    ] {
+        let (header, data) = split_safetensors(&bytes);
+        assert_eq!(header.trim_end_matches(' '), seed_header);
+        assert!(data == seed_data, "the tensor data differ");
+        if env!("CARGO_PKG_VERSION") == "0.1.0" {
+            assert!(bytes == seed, "the files differ");
+        }
+    }
+}
+
 /// Writes the fuzz seed corpora for the checkpoint and projector targets with the crate's own
 /// writers (`cargo test --test hostile_formats -- --ignored write_fuzz_seed_corpus`); the
 /// `.npy` seeds come from numpy (`fuzz/make_npy_seeds.py`).

@@ -8,7 +8,7 @@ mod common;
 
 use std::os::unix::fs::FileTypeExt;
 use std::path::{Path, PathBuf};
-use std::process::{Command, Output};
+use std::process::Output;
 use std::sync::atomic::{AtomicBool, AtomicUsize, Ordering};
 use std::sync::Mutex;
 
@@ -17,48 +17,6 @@ use isoclip::backend::{select_backend, DeviceChoice};
 use isoclip::engine::commit::{CommitStep, FAULT_ENV};
 use isoclip::engine::{run_job, JobSpec, ProgressSink, SilentProgress};
 use isoclip::formats::projector_file;
-
-/// A work directory with the synthetic projector `p.st` and a gallery `g/` of `shards` shards.
-fn setup(shards: usize, rows: usize) -> tempfile::TempDir {
-    let dir = tempfile::tempdir().unwrap();
-    let o = isoclip(&["fit", "-o", "p.st"], dir.path());
-    assert!(o.status.success(), "{}", stderr(&o));
-    let o = isoclip(
-        &[
-            "gallery",
-            "--out",
-            "g",
-            "--shards",
-            &shards.to_string(),
-            "--rows",
-            &rows.to_string(),
-        ],
-        dir.path(),
-    );
-    assert!(o.status.success(), "{}", stderr(&o));
-    dir
-}
-
-fn project_cmd(dir: &Path, input: &str, output: &str, extra: &[&str]) -> Command {
-    let mut c = Command::new(env!("CARGO_BIN_EXE_isoclip"));
-    c.args([
-        "project",
-        "--projector",
-        "p.st",
-        "--input",
-        input,
-        "--output",
-        output,
-        "--quiet",
-    ])
-    .args(extra)
-    .current_dir(dir);
-    c
-}
-
-fn project(dir: &Path, input: &str, output: &str, extra: &[&str]) -> Output {
-    project_cmd(dir, input, output, extra).output().unwrap()
-}
 
 /// Runs the projection with `--json` and returns (shards processed, shards skipped).
 fn counts(dir: &Path, output: &str, extra: &[&str]) -> (u64, u64) {

@@ -385,8 +385,7 @@ impl Gallery {
     fn new() -> Gallery {
         let dir = tempfile::tempdir().unwrap();
         let d = dir.path();
-        let o = isoclip(&["fit", "-o", "p.st"], d);
-        assert!(o.status.success(), "{}", stderr(&o));
+        fit_projector(d);
         std::fs::create_dir(d.join("g")).unwrap();
         for (i, (rows, dtype)) in SHARDS.iter().enumerate() {
             let tmp = format!("tmp{i}");
@@ -414,20 +413,7 @@ impl Gallery {
             assert_eq!(made.len(), 1, "{made:?}");
             std::fs::rename(&made[0], d.join("g").join(shard_name(i))).unwrap();
         }
-        let o = Command::new(env!("CARGO_BIN_EXE_isoclip"))
-            .args([
-                "project",
-                "--projector",
-                "p.st",
-                "--input",
-                "g",
-                "--output",
-                "ref",
-            ])
-            .args(["--device", "cpu", "--quiet"])
-            .current_dir(d)
-            .output()
-            .unwrap();
+        let o = common::project(d, "g", "ref", &["--device", "cpu"]);
         assert!(o.status.success(), "local reference run: {}", stderr(&o));
         let reference: BTreeMap<String, Vec<u8>> = (0..SHARDS.len())
             .map(|i| {
@@ -476,23 +462,15 @@ fn shards_of(index: usize, count: usize) -> Vec<String> {
 /// A command with the S3 environment for `endpoint` and none of the schedulers' variables
 /// (the test itself may run inside a Slurm job).
 fn isoclip_cmd(endpoint: &str) -> Command {
-    let mut c = Command::new(env!("CARGO_BIN_EXE_isoclip"));
+    let mut c = isoclip_command();
     s3_env(&mut c, endpoint);
     c
 }
 
+/// The S3 environment for `endpoint`, without the schedulers' variables (for any command that
+/// runs isoclip: the binary, a job script, `sbatch`).
 fn s3_env(c: &mut Command, endpoint: &str) {
-    for var in [
-        "SLURM_ARRAY_TASK_ID",
-        "SLURM_ARRAY_TASK_MIN",
-        "SLURM_ARRAY_TASK_MAX",
-        "SLURM_ARRAY_TASK_COUNT",
-        "SLURM_ARRAY_TASK_STEP",
-        "SLURM_ARRAY_JOB_ID",
-        "JOB_COMPLETION_INDEX",
-        "ISOCLIP_NUM_SHARDS",
-        "ISOCLIP_SHARD_INDEX",
-    ] {
+    for var in SCHEDULER_VARIABLES {
         c.env_remove(var);
     }
     c.env("AWS_ENDPOINT_URL", endpoint)

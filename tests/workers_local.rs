@@ -8,80 +8,15 @@
 mod common;
 
 use std::path::Path;
-use std::process::{Command, Output};
 
 use common::*;
 use isoclip::engine::commit::{CommitStep, FAULT_ENV};
-
-/// A work directory with the synthetic projector `p.st` and a gallery `g/` of `shards` shards
-/// of `rows` rows.
-fn setup(shards: usize, rows: usize) -> tempfile::TempDir {
-    let dir = tempfile::tempdir().unwrap();
-    let o = isoclip(&["fit", "-o", "p.st"], dir.path());
-    assert!(o.status.success(), "{}", stderr(&o));
-    let o = isoclip(
-        &[
-            "gallery",
-            "--out",
-            "g",
-            "--shards",
-            &shards.to_string(),
-            "--rows",
-            &rows.to_string(),
-        ],
-        dir.path(),
-    );
-    assert!(o.status.success(), "{}", stderr(&o));
-    dir
-}
-
-fn project_cmd(dir: &Path, output: &str, extra: &[&str]) -> Command {
-    let mut c = Command::new(env!("CARGO_BIN_EXE_isoclip"));
-    c.args([
-        "project",
-        "--projector",
-        "p.st",
-        "--input",
-        "g",
-        "--output",
-        output,
-        "--quiet",
-    ])
-    .args(extra)
-    .current_dir(dir)
-    .env_remove("SLURM_ARRAY_TASK_ID")
-    .env_remove("JOB_COMPLETION_INDEX")
-    .env_remove("ISOCLIP_NUM_SHARDS")
-    .env_remove("ISOCLIP_SHARD_INDEX");
-    c
-}
-
-fn project(dir: &Path, output: &str, extra: &[&str]) -> Output {
-    project_cmd(dir, output, extra).output().unwrap()
-}
 
 fn status(dir: &Path, output: &str) -> (i32, serde_json::Value) {
     let o = isoclip(&["status", "--output", output, "--json"], dir);
     let code = o.status.code().unwrap();
     assert!(code == 0 || code == 3, "status failed: {}", stderr(&o));
     (code, serde_json::from_str(&stdout(&o)).unwrap())
-}
-
-/// The `.npy` files of `dir` (name, bytes), sorted; records and manifests excluded.
-fn outputs(dir: &Path) -> Vec<(String, Vec<u8>)> {
-    let mut v: Vec<(String, Vec<u8>)> = std::fs::read_dir(dir)
-        .unwrap()
-        .map(|e| e.unwrap().path())
-        .filter(|p| p.extension().is_some_and(|x| x == "npy"))
-        .map(|p| {
-            (
-                p.file_name().unwrap().to_string_lossy().into_owned(),
-                std::fs::read(&p).unwrap(),
-            )
-        })
-        .collect();
-    v.sort();
-    v
 }
 
 /// Everything under `dir` that is not an output, a record or the job description: what a
@@ -102,9 +37,9 @@ fn three_workers_cover_the_gallery_once_and_match_one_worker() {
     let dir = setup(7, 150);
     let d = dir.path();
     // The reference: one worker, plain paths (the local engine, with its manifest).
-    let o = project(d, "one", &[]);
+    let o = project(d, "g", "one", &[]);
     assert!(o.status.success(), "{}", stderr(&o));
-    let reference = outputs(&d.join("one"));
+    let reference = npy_files(&d.join("one"));
     assert_eq!(reference.len(), 7);
 
     let mut children = Vec::new();
@@ -112,6 +47,7 @@ fn three_workers_cover_the_gallery_once_and_match_one_worker() {
         children.push(
             project_cmd(
                 d,
+                "g",
                 "many",
                 &[
                     "--num-shards",
@@ -136,7 +72,7 @@ fn three_workers_cover_the_gallery_once_and_match_one_worker() {
     }
     // Shards 0..7 by k mod 3: worker 0 takes 0, 3, 6; worker 1 takes 1, 4; worker 2 takes 2, 5.
     assert_eq!(processed, vec![3, 2, 2]);
-    assert_eq!(outputs(&d.join("many")), reference);
+    assert_eq!(npy_files(&d.join("many")), reference);
     assert!(
         leftovers(&d.join("many")).is_empty(),
         "{:?}",
@@ -151,6 +87,7 @@ fn three_workers_cover_the_gallery_once_and_match_one_worker() {
     // kept by records, skips everything too.
     let o = project(
         d,
+        "g",
         "many",
         &["--num-shards", "3", "--shard-index", "1", "--json"],
     );
@@ -159,7 +96,7 @@ fn three_workers_cover_the_gallery_once_and_match_one_worker() {
         (s["shards_processed"].as_u64(), s["shards_skipped"].as_u64()),
         (Some(0), Some(2))
     );
-    let o = project(d, "many", &["--json"]);
+    let o = project(d, "g", "many", &["--json"]);
     assert!(o.status.success(), "{}", stderr(&o));
     let s: serde_json::Value = serde_json::from_str(&stdout(&o)).unwrap();
     assert_eq!(s["shards_skipped"], 7, "{s}");
@@ -169,12 +106,12 @@ fn three_workers_cover_the_gallery_once_and_match_one_worker() {
 fn placement_comes_from_slurm_and_kubernetes_variables() {
     let dir = setup(5, 40);
     let d = dir.path();
-    let o = project(d, "one", &[]);
+    let o = project(d, "g", "one", &[]);
     assert!(o.status.success(), "{}", stderr(&o));
-    let reference = outputs(&d.join("one"));
+    let reference = npy_files(&d.join("one"));
     for id in 1..=2 {
         // `sbatch --array=1-2`: ids 1 and 2, min 1, count 2.
-        let o = project_cmd(d, "slurm", &[])
+        let o = project_cmd(d, "g", "slurm", &[])
             .env("SLURM_ARRAY_TASK_ID", id.to_string())
             .env("SLURM_ARRAY_TASK_MIN", "1")
             .env("SLURM_ARRAY_TASK_MAX", "2")
@@ -184,18 +121,18 @@ fn placement_comes_from_slurm_and_kubernetes_variables() {
             .unwrap();
         assert!(o.status.success(), "{}", stderr(&o));
     }
-    assert_eq!(outputs(&d.join("slurm")), reference);
+    assert_eq!(npy_files(&d.join("slurm")), reference);
     for index in 0..3 {
-        let o = project_cmd(d, "k8s", &[])
+        let o = project_cmd(d, "g", "k8s", &[])
             .env("JOB_COMPLETION_INDEX", index.to_string())
             .env("ISOCLIP_NUM_SHARDS", "3")
             .output()
             .unwrap();
         assert!(o.status.success(), "{}", stderr(&o));
     }
-    assert_eq!(outputs(&d.join("k8s")), reference);
+    assert_eq!(npy_files(&d.join("k8s")), reference);
     // An index without a count is refused before any work.
-    let o = project_cmd(d, "k8s_bad", &[])
+    let o = project_cmd(d, "g", "k8s_bad", &[])
         .env("JOB_COMPLETION_INDEX", "1")
         .output()
         .unwrap();
@@ -217,23 +154,28 @@ fn a_fault_at_every_record_step_then_a_rerun_is_byte_identical() {
     let run = |out: &str, extra: &[&str]| {
         let mut args = workers.to_vec();
         args.extend_from_slice(extra);
-        project(d, out, &args)
+        project(d, "g", out, &args)
     };
     let o = run("clean_a", &[]);
     assert!(o.status.success(), "{}", stderr(&o));
     let o = run("clean_b", &["--no-normalize"]);
     assert!(o.status.success(), "{}", stderr(&o));
-    let (clean_a, clean_b) = (outputs(&d.join("clean_a")), outputs(&d.join("clean_b")));
+    let (clean_a, clean_b) = (npy_files(&d.join("clean_a")), npy_files(&d.join("clean_b")));
     assert_ne!(clean_a, clean_b);
     for step in CommitStep::RECORDED_RUN {
         for mode in ["fail", "abort"] {
             let out = format!("o_{}_{mode}", step.name());
             // Half the output kept by a finished run, then a run with other options faults.
-            let o = project(d, &format!("file://{}", d.join(&out).display()), &workers);
+            let o = project(
+                d,
+                "g",
+                &format!("file://{}", d.join(&out).display()),
+                &workers,
+            );
             assert!(o.status.success(), "{}", stderr(&o));
             let mut args = workers.to_vec();
             args.push("--no-normalize");
-            let faulted = project_cmd(d, &out, &args)
+            let faulted = project_cmd(d, "g", &out, &args)
                 .env(FAULT_ENV, format!("{}:{mode}", step.name()))
                 .output()
                 .unwrap();
@@ -253,12 +195,12 @@ fn a_fault_at_every_record_step_then_a_rerun_is_byte_identical() {
             assert_eq!(code, 3, "{what}: {report}");
             let o = run(&out, &["--no-normalize"]);
             assert!(o.status.success(), "{what}");
-            assert_eq!(outputs(&d.join(&out)), clean_b, "{what}");
+            assert_eq!(npy_files(&d.join(&out)), clean_b, "{what}");
             let (code, report) = status(d, &out);
             assert_eq!(code, 0, "{what}: {report}");
             let o = run(&out, &[]);
             assert!(o.status.success(), "{what}");
-            assert_eq!(outputs(&d.join(&out)), clean_a, "{what}");
+            assert_eq!(npy_files(&d.join(&out)), clean_a, "{what}");
         }
     }
 }
@@ -272,7 +214,7 @@ fn status_tells_missing_and_stale_shards_as_a_rerun_would_judge_them() {
         &o,
         &["out: no run has recorded its job here", "give the input"],
     );
-    let o = project(d, "out", &["--num-shards", "2", "--shard-index", "0"]);
+    let o = project(d, "g", "out", &["--num-shards", "2", "--shard-index", "0"]);
     assert!(o.status.success(), "{}", stderr(&o));
     let (code, report) = status(d, "out");
     assert_eq!(code, 3);
@@ -293,7 +235,7 @@ fn status_tells_missing_and_stale_shards_as_a_rerun_would_judge_them() {
         stdout(&human)
     );
 
-    let o = project(d, "out", &["--num-shards", "2", "--shard-index", "1"]);
+    let o = project(d, "g", "out", &["--num-shards", "2", "--shard-index", "1"]);
     assert!(o.status.success(), "{}", stderr(&o));
     assert_eq!(status(d, "out").0, 0);
 
@@ -335,6 +277,7 @@ fn status_tells_missing_and_stale_shards_as_a_rerun_would_judge_them() {
     );
     let o = project(
         d,
+        "g",
         "out",
         &["--num-shards", "1", "--shard-index", "0", "--json"],
     );
@@ -356,12 +299,12 @@ fn status_tells_missing_and_stale_shards_as_a_rerun_would_judge_them() {
 fn an_output_that_is_the_input_is_refused_by_path_and_by_url() {
     let dir = setup(2, 16);
     let d = dir.path();
-    let before = outputs(&d.join("g"));
-    let o = project(d, "g", &["--num-shards", "2", "--shard-index", "0"]);
+    let before = npy_files(&d.join("g"));
+    let o = project(d, "g", "g", &["--num-shards", "2", "--shard-index", "0"]);
     assert!(!o.status.success());
     let url = format!("file://{}", d.join("g").display());
-    let o = project(d, &url, &[]);
+    let o = project(d, "g", &url, &[]);
     assert!(!o.status.success(), "{}", stderr(&o));
-    assert_eq!(outputs(&d.join("g")), before, "the inputs are untouched");
+    assert_eq!(npy_files(&d.join("g")), before, "the inputs are untouched");
     assert!(!d.join("g/_isoclip").exists());
 }

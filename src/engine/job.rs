@@ -30,7 +30,7 @@ use xxhash_rust::xxh3::Xxh3;
 use super::commit::{output_is_intact, Committer, FaultPlan};
 use super::manifest::{FileIdentity, OutputManifest, ShardRecord};
 use super::outdir::{check_output_dir, OutputDirLock};
-use super::reader::{InputMatrix, RowChunk, ShardReader, READ_CHUNK_BYTES};
+use super::reader::{InputMatrix, ShardReader, READ_CHUNK_BYTES};
 use super::selection::ShardSelection;
 use super::shards;
 use crate::align::{AlignedProjector, Modality};
@@ -40,6 +40,7 @@ use crate::backend::{
 };
 use crate::error::{Error, Result};
 use crate::formats::npy::{self, NpyDtype};
+use crate::formats::rows::RowChunk;
 use crate::formats::{create_temporary, projector_file, temporary_path};
 use crate::storage::{Location, RemoteShardReader};
 

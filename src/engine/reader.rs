@@ -25,6 +25,7 @@ use super::manifest::FileIdentity;
 use crate::error::{Error, Result};
 use crate::formats::npy::{self, NpyDtype, NpyHeader};
 use crate::formats::read::open_regular;
+use crate::formats::rows::{announced_header_end, check_header_size, AlignedBuffer, RowChunk};
 
 /// Buffers in the ring: one being projected, one being filled, one spare so that a slow read
 /// (cold cache) and a slow chunk (a busy core) can overlap.
@@ -32,11 +33,6 @@ pub const READ_BUFFERS: usize = 3;
 /// Input bytes per chunk at most (unless one row alone is larger): with [`READ_BUFFERS`], the
 /// reader never holds more than 48 MiB.
 pub const READ_CHUNK_BYTES: usize = 16 << 20;
-/// Largest `.npy` header read (numpy writes a few hundred bytes; version 1 allows 64 KiB).
-pub const MAX_HEADER_BYTES: usize = 1 << 20;
-/// Buffers are aligned to a cache line, as the rows of a memory map were (headers we write, and
-/// numpy's, are padded to 64 bytes).
-const BUFFER_ALIGN: usize = 64;
 /// The page size page-cache advice is rounded to (4 KiB, or a multiple of it).
 const PAGE_BYTES: u64 = 4096;
 
@@ -93,13 +89,6 @@ pub struct ShardReader {
     path: PathBuf,
     file: File,
     matrix: InputMatrix,
-}
-
-/// Rows `[start, start + rows)` of a shard, as raw little-endian bytes.
-pub struct RowChunk<'a> {
-    pub start: usize,
-    pub rows: usize,
-    pub bytes: &'a [u8],
 }
 
 impl ShardReader {
@@ -308,49 +297,8 @@ struct FilledBuffer {
     buffer: AlignedBuffer,
 }
 
-/// One cache line; a `Vec` of them is a byte buffer aligned to [`BUFFER_ALIGN`].
-#[derive(Clone, Copy)]
-#[repr(C, align(64))]
-struct CacheLine([u8; BUFFER_ALIGN]);
-
-// SAFETY: `CacheLine` is `repr(C)` over a byte array whose size equals its alignment: no padding,
-// every bit pattern valid, all-zero valid.
-unsafe impl bytemuck::Zeroable for CacheLine {}
-// SAFETY: as above; it is also `Copy` and `'static`.
-unsafe impl bytemuck::Pod for CacheLine {}
-
-/// A reusable read buffer of `len` bytes, aligned to [`BUFFER_ALIGN`].
-pub(crate) struct AlignedBuffer {
-    lines: Vec<CacheLine>,
-    len: usize,
-}
-
-impl AlignedBuffer {
-    /// Allocates without aborting: a buffer that does not fit in memory is an error.
-    pub(crate) fn new(len: usize, path: &Path) -> Result<Self> {
-        let count = len.div_ceil(BUFFER_ALIGN);
-        let mut lines = Vec::new();
-        lines.try_reserve_exact(count).map_err(|_| {
-            Error::ResourceExhausted(format!(
-                "{}: cannot allocate a {len}-byte read buffer",
-                path.display()
-            ))
-        })?;
-        lines.resize(count, CacheLine([0; BUFFER_ALIGN]));
-        Ok(AlignedBuffer { lines, len })
-    }
-
-    pub(crate) fn bytes(&self) -> &[u8] {
-        &bytemuck::cast_slice(&self.lines)[..self.len]
-    }
-
-    pub(crate) fn bytes_mut(&mut self) -> &mut [u8] {
-        &mut bytemuck::cast_slice_mut(&mut self.lines)[..self.len]
-    }
-}
-
 /// Reads the `.npy` header at the start of `file` (`len` bytes long): only the bytes its length
-/// field announces, at most [`MAX_HEADER_BYTES`].
+/// field announces, at most [`MAX_HEADER_BYTES`](crate::formats::rows::MAX_HEADER_BYTES).
 fn read_header(file: &File, path: &Path, len: u64) -> Result<NpyHeader> {
     if len == 0 {
         return Err(Error::format(path, "file is empty, not a .npy array"));
@@ -360,26 +308,11 @@ fn read_header(file: &File, path: &Path, len: u64) -> Result<NpyHeader> {
     let prefix_len = (len as usize).min(prefix.len());
     file.read_exact_at(&mut prefix[..prefix_len], 0)
         .map_err(|e| Error::io(path, e))?;
-    let announced = match (prefix_len, prefix[6]) {
-        (10.., 1) => Some(10 + u16::from_le_bytes([prefix[8], prefix[9]]) as usize),
-        (12, 2 | 3) => {
-            let field = u32::from_le_bytes([prefix[8], prefix[9], prefix[10], prefix[11]]);
-            Some(12 + field as usize)
-        }
-        _ => None,
-    };
-    let Some(header_end) = announced else {
+    let Some(header_end) = announced_header_end(&prefix[..prefix_len]) else {
         // Not a header we can size: parse_header says why (magic, version, truncation).
         return npy::parse_header(&prefix[..prefix_len], path);
     };
-    if header_end > MAX_HEADER_BYTES {
-        return Err(Error::format(
-            path,
-            format!(
-                "not a valid .npy file: its header claims {header_end} bytes, more than the {MAX_HEADER_BYTES} a shard header can be"
-            ),
-        ));
-    }
+    check_header_size(header_end, path)?;
     let mut bytes = vec![0u8; header_end.min(len as usize)];
     file.read_exact_at(&mut bytes, 0)
         .map_err(|e| Error::io(path, e))?;
@@ -407,6 +340,7 @@ fn validate_header(
 mod tests {
     use super::*;
     use crate::formats::npy::header_bytes;
+    use crate::formats::rows::BUFFER_ALIGN;
 
     /// A shard of `rows` x `cols` f16 whose element i is the f16 with bits `i % 65536`, so every
     /// byte read can be checked against its position.
@@ -562,5 +496,83 @@ mod tests {
             err.ends_with("empty.npy: file is empty, not a .npy array"),
             "{err}"
         );
+    }
+
+    /// The local reader's message for `path`, with the URL in place of the path.
+    fn local_reader_error(path: &Path, url: &str) -> String {
+        let err = ShardReader::inspect(path).err().unwrap().to_string();
+        err.replace(&path.display().to_string(), url)
+    }
+
+    #[test]
+    fn a_store_checks_headers_as_this_reader_does() {
+        use crate::storage::objects::{RemoteMatrix, StorageContext};
+        use crate::storage::Location;
+
+        let dir = tempfile::tempdir().unwrap();
+        let d = dir.path();
+        let (numbered, _) = numbered_shard(d, 10, 8);
+        std::fs::rename(numbered, d.join("good.npy")).unwrap();
+        let bytes = std::fs::read(d.join("good.npy")).unwrap();
+        std::fs::write(d.join("truncated.npy"), &bytes[..bytes.len() - 1]).unwrap();
+        std::fs::write(d.join("garbage.npy"), b"not numpy at all").unwrap();
+        let mut huge = b"\x93NUMPY\x02\x00".to_vec();
+        huge.extend_from_slice(&(2u32 << 30).to_le_bytes());
+        std::fs::write(d.join("huge_header.npy"), &huge).unwrap();
+        std::fs::write(d.join("empty.npy"), b"").unwrap();
+        let mut f64_shard = header_bytes(NpyDtype::F64, &[2, 2]);
+        f64_shard.extend_from_slice(&[0; 32]);
+        std::fs::write(d.join("f64.npy"), &f64_shard).unwrap();
+        let mut three_d = header_bytes(NpyDtype::F32, &[2, 2, 2]);
+        three_d.extend_from_slice(&[0; 32]);
+        std::fs::write(d.join("three_d.npy"), &three_d).unwrap();
+
+        let location = Location::Url(url::Url::from_file_path(d).unwrap());
+        let store = StorageContext::new(Vec::new())
+            .unwrap()
+            .open(&location)
+            .unwrap();
+        let listed = store.list_npy().unwrap();
+        let by_name = |n: &str| listed.iter().find(|o| o.name == n).unwrap().clone();
+        let good = store.inspect_shards(&[by_name("good.npy")]).unwrap();
+        let header_len = header_bytes(NpyDtype::F16, &[10, 8]).len() as u64;
+        assert_eq!(
+            good,
+            [RemoteMatrix {
+                object: by_name("good.npy"),
+                rows: 10,
+                cols: 8,
+                dtype: NpyDtype::F16,
+                data_offset: header_len,
+            }]
+        );
+        let url = |n: &str| format!("file://{}/{n}", d.display());
+        let truncated = store
+            .inspect_shards(&[by_name("good.npy"), by_name("truncated.npy")])
+            .unwrap_err()
+            .to_string();
+        assert_eq!(
+            truncated,
+            format!(
+                "{}: file is truncated: header promises 10 x 8 <f2 ({} bytes) but the file has {} bytes",
+                url("truncated.npy"),
+                header_len + 160,
+                header_len + 159
+            )
+        );
+        for bad in [
+            "truncated.npy",
+            "garbage.npy",
+            "huge_header.npy",
+            "empty.npy",
+            "f64.npy",
+            "three_d.npy",
+        ] {
+            let err = store
+                .inspect_shards(&[by_name("good.npy"), by_name(bad)])
+                .unwrap_err()
+                .to_string();
+            assert_eq!(err, local_reader_error(&d.join(bad), &url(bad)), "{bad}");
+        }
     }
 }

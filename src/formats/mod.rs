@@ -1,5 +1,6 @@
-//! File formats: `.npy` arrays, safetensors checkpoints, and the projector file; and how every
-//! file we produce is written ([`atomic_write`], [`create_temporary`]).
+//! File formats: `.npy` arrays, safetensors checkpoints, and the projector file; the rows of an
+//! input shard in memory, as both shard readers yield them (`rows`); and how every file we
+//! produce is written ([`atomic_write`], [`create_temporary`]).
 //!
 //! Writing rules, shared by every writer in the crate:
 //! - bytes go to a temporary name next to the destination ([`temporary_path`]), created with
@@ -14,6 +15,7 @@ pub mod checkpoint;
 pub mod npy;
 pub mod projector_file;
 pub mod read;
+pub mod rows;
 
 use std::fs::File;
 use std::io::Write;

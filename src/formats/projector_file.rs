@@ -16,6 +16,8 @@
 //!   M.plain.weight / .bias       F32 [d_in, d]   the original projector (baseline)
 //! ```
 
+mod metadata;
+
 use std::collections::BTreeMap;
 use std::os::unix::fs::FileExt;
 use std::path::Path;
@@ -29,16 +31,12 @@ use crate::error::{Error, Result};
 use crate::formats::read::{
     check_safetensors_bytes, open_regular, read_safetensors_header, SafetensorsLimits,
 };
+use metadata::{Metadata, TOOL_VERSION};
 
 pub const FORMAT_NAME: &str = "isoclip-projector";
 /// Version 2: the content checksum covers the metadata as well as the tensors. Version 1 files
 /// (checksum over tensors only) are refused with a request to refit.
 pub const FORMAT_VERSION: u32 = 2;
-
-/// The one metadata entry besides the checksum itself that the checksum does not cover: the
-/// version of the tool that wrote the file (informational; isoclip never reads it, and leaving
-/// it out keeps the projector's identity the same across tool versions).
-const UNCHECKED_TOOL_VERSION: &str = "tool_version";
 
 /// Caps on a projector file's safetensors header: it holds at most 17 tensors and a metadata
 /// block of a few kB (the normalized spectrum is the longest entry).
@@ -117,8 +115,9 @@ fn entry_bytes(e: &Entry) -> Vec<u8> {
 }
 
 /// SHA-256 over every tensor's name, shape and bytes, in name order, then every metadata entry
-/// (key and value, in key order) except the checksum and `UNCHECKED_TOOL_VERSION`: identifies the projector (weights,
-/// band, provenance) in output manifests, and detects corruption or rewriting on load.
+/// (key and value, in key order) except the checksum and the tool version: identifies the
+/// projector (weights, band, provenance) in output manifests, and detects corruption or
+/// rewriting on load.
 pub fn content_digest(p: &AlignedProjector) -> String {
     let mut h = Sha256::new();
     for (name, e) in collect_tensors(p) {
@@ -130,7 +129,8 @@ pub fn content_digest(p: &AlignedProjector) -> String {
         h.update(entry_bytes(&e));
     }
     h.update(b"\0metadata\0");
-    for (key, value) in checked_metadata(p) {
+    // The checksum is not among the entries it covers: any placeholder for it will do.
+    for (key, value) in Metadata::of(p, String::new()).checked_entries() {
         for part in [key.as_bytes(), value.as_bytes()] {
             h.update((part.len() as u64).to_le_bytes());
             h.update(part);
@@ -139,70 +139,9 @@ pub fn content_digest(p: &AlignedProjector) -> String {
     hex(&h.finalize())
 }
 
-fn opt_f64(v: Option<f64>) -> String {
-    v.map(|x| format!("{x:e}")).unwrap_or_else(|| "none".into())
-}
-
 /// Every metadata entry, as written.
 fn metadata(p: &AlignedProjector, digest: &str) -> BTreeMap<String, String> {
-    let mut md = checked_metadata(p);
-    md.insert(
-        UNCHECKED_TOOL_VERSION.into(),
-        env!("CARGO_PKG_VERSION").into(),
-    );
-    md.insert("content_sha256".into(), digest.into());
-    md
-}
-
-/// The metadata entries the checksum covers (all but the checksum and the tool version).
-fn checked_metadata(p: &AlignedProjector) -> BTreeMap<String, String> {
-    let mut md = BTreeMap::new();
-    md.insert("format".into(), FORMAT_NAME.into());
-    md.insert("format_version".into(), FORMAT_VERSION.to_string());
-    md.insert("fingerprint".into(), p.fingerprint.clone());
-    md.insert("source".into(), p.source.clone());
-    md.insert(
-        "preset".into(),
-        p.preset.clone().unwrap_or_else(|| "none".into()),
-    );
-    md.insert("synthetic".into(), p.synthetic.to_string());
-    let mods: Vec<&str> = p.modalities().iter().map(|m| m.name()).collect();
-    md.insert(
-        "modality".into(),
-        if mods.len() == 2 {
-            "both".into()
-        } else {
-            mods.join(",")
-        },
-    );
-    md.insert("r".into(), p.r().to_string());
-    md.insert("d".into(), p.d.to_string());
-    let s1 = p.sigma.first().copied().unwrap_or(1.0);
-    let norm: Vec<Value> = p
-        .sigma
-        .iter()
-        .map(|s| json!((s / s1 * 1e6).round() / 1e6))
-        .collect();
-    md.insert("spectrum_normalized".into(), Value::Array(norm).to_string());
-    for maps in [&p.image, &p.text].into_iter().flatten() {
-        let m = maps.modality.name();
-        md.insert(format!("{m}.k_top"), maps.band.k_top.to_string());
-        md.insert(format!("{m}.k_bottom"), maps.band.k_bottom.to_string());
-        md.insert(format!("{m}.m"), maps.m.to_string());
-        md.insert(format!("{m}.d_in"), maps.d_in.to_string());
-        md.insert(format!("{m}.compact_dim"), maps.compact_dim().to_string());
-        md.insert(format!("{m}.bias"), maps.full.bias.is_some().to_string());
-        md.insert(format!("{m}.gap_top"), opt_f64(maps.gap_top));
-        md.insert(format!("{m}.gap_bottom"), opt_f64(maps.gap_bottom));
-        md.insert(
-            format!("{m}.embedding_route"),
-            match &maps.embedding_compact {
-                Ok(_) => "exact".into(),
-                Err(reason) => reason.clone(),
-            },
-        );
-    }
-    md
+    Metadata::of(p, digest.into()).to_entries()
 }
 
 /// Serialises the projector to bytes (deterministic).
@@ -278,28 +217,21 @@ pub fn from_bytes(bytes: &[u8], path: &Path) -> Result<AlignedProjector> {
         .map_err(|e| bad(format!("not a readable projector file (safetensors): {e}")))?;
     let (_, meta) = SafeTensors::read_metadata(bytes)
         .map_err(|e| bad(format!("not a readable projector file (safetensors): {e}")))?;
-    let md = meta
+    let entries: BTreeMap<String, String> = meta
         .metadata()
         .clone()
-        .ok_or_else(|| bad("no isoclip metadata: this is a safetensors file but not an isoclip projector file (make one with `isoclip fit`)".into()))?;
-    let get = |k: &str| -> Result<&String> {
-        md.get(k)
-            .ok_or_else(|| bad(format!("projector metadata lacks '{k}'")))
-    };
-    let get_usize = |k: &str| -> Result<usize> {
-        get(k)?
-            .parse::<usize>()
-            .map_err(|_| bad(format!("projector metadata '{k}' is not an integer")))
-    };
-    if get("format")? != FORMAT_NAME {
+        .ok_or_else(|| bad("no isoclip metadata: this is a safetensors file but not an isoclip projector file (make one with `isoclip fit`)".into()))?
+        .into_iter()
+        .collect();
+    // What the file is, before anything else: another kind of file, or another version, is
+    // refused as such rather than for the entries it lacks.
+    let format = metadata::read_format(&entries).map_err(bad)?;
+    if format != FORMAT_NAME {
         return Err(bad(format!(
-            "not an isoclip projector file (format '{}')",
-            get("format")?
+            "not an isoclip projector file (format '{format}')"
         )));
     }
-    let version: u32 = get("format_version")?
-        .parse()
-        .map_err(|_| bad("format_version is not an integer".into()))?;
+    let version = metadata::read_format_version(&entries).map_err(bad)?;
     if version == 1 {
         return Err(Error::unsupported(
             path,
@@ -315,8 +247,8 @@ pub fn from_bytes(bytes: &[u8], path: &Path) -> Result<AlignedProjector> {
             ),
         ));
     }
-    let r = get_usize("r")?;
-    let d = get_usize("d")?;
+    let md = Metadata::from_entries(&entries).map_err(bad)?;
+    let (r, d) = (md.r, md.d);
 
     let read_f32 = |name: &str, shape: &[usize]| -> Result<Vec<f32>> {
         let v = st
@@ -364,24 +296,18 @@ pub fn from_bytes(bytes: &[u8], path: &Path) -> Result<AlignedProjector> {
     }
 
     let mut out = AlignedProjector {
-        fingerprint: get("fingerprint")?.clone(),
-        source: get("source")?.clone(),
-        preset: Some(get("preset")?.clone()).filter(|p| p != "none"),
+        fingerprint: md.fingerprint.clone(),
+        source: md.source.clone(),
+        preset: md.preset.clone(),
         sigma,
         d,
         image: None,
         text: None,
-        synthetic: get("synthetic")? == "true",
+        synthetic: md.synthetic,
     };
-    for modality in [Modality::Image, Modality::Text] {
+    for (modality, entries) in md.modalities() {
         let m = modality.name();
-        if !md.contains_key(&format!("{m}.k_top")) {
-            continue;
-        }
-        let (k_top, k_bottom) = (
-            get_usize(&format!("{m}.k_top"))?,
-            get_usize(&format!("{m}.k_bottom"))?,
-        );
+        let (k_top, k_bottom) = (entries.k_top, entries.k_bottom);
         if k_top > r || k_bottom > r {
             return Err(bad(format!(
                 "{m}.k_top {k_top} or {m}.k_bottom {k_bottom} exceeds r = {r}"
@@ -389,18 +315,17 @@ pub fn from_bytes(bytes: &[u8], path: &Path) -> Result<AlignedProjector> {
         }
         let band = BandSpec::new(k_top, k_bottom);
         let kept = band.kept(r).map_err(|e| bad(e.to_string()))?;
-        if get_usize(&format!("{m}.m"))? != kept {
+        if entries.m != kept {
             return Err(bad(format!("{m}.m disagrees with r, k_top and k_bottom")));
         }
-        let d_in = get_usize(&format!("{m}.d_in"))?;
-        let k = get_usize(&format!("{m}.compact_dim"))?;
+        let (d_in, k) = (entries.d_in, entries.compact_dim);
         if k != kept.min(d) {
             return Err(bad(format!(
                 "{m}.compact_dim {k} is not min(m, d) = {}",
                 kept.min(d)
             )));
         }
-        let has_bias = get(&format!("{m}.bias"))? == "true";
+        let has_bias = entries.bias;
         let read_map = |kind: &str, cols: usize| -> Result<LinearMap> {
             let w = read_f32(&format!("{m}.{kind}.weight"), &[d_in, cols])?;
             let bias = if has_bias {
@@ -417,8 +342,9 @@ pub fn from_bytes(bytes: &[u8], path: &Path) -> Result<AlignedProjector> {
                 bias,
             })
         };
-        let route = get(&format!("{m}.embedding_route"))?.clone();
-        let (embedding_compact, embedding_full) = if route == "exact" {
+        let (embedding_compact, embedding_full) = if let Err(reason) = &entries.embedding_route {
+            (Err(reason.clone()), Err(reason.clone()))
+        } else {
             (
                 Ok(MatrixF32 {
                     rows: d,
@@ -431,20 +357,6 @@ pub fn from_bytes(bytes: &[u8], path: &Path) -> Result<AlignedProjector> {
                     data: read_f32(&format!("{m}.embedding.full"), &[d, d])?,
                 }),
             )
-        } else {
-            (Err(route.clone()), Err(route))
-        };
-        let parse_gap = |k: &str| -> Result<Option<f64>> {
-            let s = get(k)?;
-            if s == "none" {
-                Ok(None)
-            } else {
-                s.parse::<f64>()
-                    .ok()
-                    .filter(|g| g.is_finite())
-                    .map(Some)
-                    .ok_or_else(|| bad(format!("'{k}' is not a finite number")))
-            }
         };
         let maps = ModalityMaps {
             modality,
@@ -457,8 +369,8 @@ pub fn from_bytes(bytes: &[u8], path: &Path) -> Result<AlignedProjector> {
             embedding_compact,
             embedding_full,
             plain: read_map("plain", d)?,
-            gap_top: parse_gap(&format!("{m}.gap_top"))?,
-            gap_bottom: parse_gap(&format!("{m}.gap_bottom"))?,
+            gap_top: entries.gap_top,
+            gap_bottom: entries.gap_bottom,
         };
         check_compact_matches_full(&maps).map_err(bad)?;
         match modality {
@@ -470,26 +382,26 @@ pub fn from_bytes(bytes: &[u8], path: &Path) -> Result<AlignedProjector> {
         return Err(bad("projector file holds no modality".into()));
     }
     let digest = content_digest(&out);
-    if &digest != get("content_sha256")? {
+    if digest != md.content_sha256 {
         return Err(bad(
             "content checksum mismatch: the file was modified or corrupted after it was written; refit it".into(),
         ));
     }
-    check_metadata_is_exactly(&md, &metadata(&out, &digest)).map_err(bad)?;
+    check_metadata_is_exactly(&entries, &metadata(&out, &digest)).map_err(bad)?;
     Ok(out)
 }
 
 /// The metadata must be exactly what this projector's writer produces: no unknown entries, and
 /// no entry (derived ones such as `spectrum_normalized` included) differing from it.
 fn check_metadata_is_exactly(
-    found: &std::collections::HashMap<String, String>,
+    found: &BTreeMap<String, String>,
     expected: &BTreeMap<String, String>,
 ) -> std::result::Result<(), String> {
     let mut keys: Vec<&String> = found.keys().chain(expected.keys()).collect();
     keys.sort();
     keys.dedup();
     for key in keys {
-        if key == UNCHECKED_TOOL_VERSION {
+        if key == TOOL_VERSION {
             continue;
         }
         match (found.get(key), expected.get(key)) {

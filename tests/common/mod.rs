@@ -1,4 +1,6 @@
-//! Helpers shared by integration tests: deterministic weights, tiny safetensors/npy writers.
+//! Helpers shared by integration tests: deterministic weights, tiny safetensors/npy writers, and
+//! running the `isoclip` binary (a projector and a gallery to work on, `isoclip project`, its
+//! outputs).
 #![allow(dead_code)]
 
 use std::path::{Path, PathBuf};
@@ -129,12 +131,119 @@ pub fn write_npy_f32(path: &Path, rows: usize, cols: usize, data: &[f64]) {
     write_npy_raw(path, "<f4", &[rows, cols], false, &bytes);
 }
 
+/// The schedulers' variables that place a worker in a job (`isoclip project` reads them): a
+/// test removes them, as it may itself run inside a Slurm job or a Kubernetes pod.
+pub const SCHEDULER_VARIABLES: [&str; 9] = [
+    "SLURM_ARRAY_TASK_ID",
+    "SLURM_ARRAY_TASK_MIN",
+    "SLURM_ARRAY_TASK_MAX",
+    "SLURM_ARRAY_TASK_COUNT",
+    "SLURM_ARRAY_TASK_STEP",
+    "SLURM_ARRAY_JOB_ID",
+    "JOB_COMPLETION_INDEX",
+    "ISOCLIP_NUM_SHARDS",
+    "ISOCLIP_SHARD_INDEX",
+];
+
+/// The `isoclip` binary as a command to build on, without [`SCHEDULER_VARIABLES`].
+pub fn isoclip_command() -> Command {
+    let mut c = Command::new(env!("CARGO_BIN_EXE_isoclip"));
+    for var in SCHEDULER_VARIABLES {
+        c.env_remove(var);
+    }
+    c
+}
+
 pub fn isoclip(args: &[&str], cwd: &Path) -> Output {
-    Command::new(env!("CARGO_BIN_EXE_isoclip"))
+    isoclip_command()
         .args(args)
         .current_dir(cwd)
         .output()
         .expect("run isoclip")
+}
+
+/// Fits the synthetic projector into `dir/p.st` and returns its path.
+pub fn fit_projector(dir: &Path) -> PathBuf {
+    let o = isoclip(&["fit", "-o", "p.st"], dir);
+    assert!(o.status.success(), "{}", stderr(&o));
+    dir.join("p.st")
+}
+
+/// Generates the gallery `dir/NAME/` of `shards` shards of `rows` rows of 768-dimensional f16
+/// features (the synthetic model's) and returns its path.
+pub fn gallery(dir: &Path, name: &str, shards: usize, rows: usize) -> PathBuf {
+    let o = isoclip(
+        &[
+            "gallery",
+            "--out",
+            name,
+            "--shards",
+            &shards.to_string(),
+            "--rows",
+            &rows.to_string(),
+            "--dim",
+            "768",
+            "--dtype",
+            "f16",
+        ],
+        dir,
+    );
+    assert!(o.status.success(), "{}", stderr(&o));
+    dir.join(name)
+}
+
+/// A work directory with the synthetic projector `p.st` and a gallery `g/` of `shards` shards
+/// of `rows` rows.
+pub fn setup(shards: usize, rows: usize) -> tempfile::TempDir {
+    let dir = tempfile::tempdir().unwrap();
+    fit_projector(dir.path());
+    gallery(dir.path(), "g", shards, rows);
+    dir
+}
+
+/// `isoclip project --projector p.st --input INPUT --output OUTPUT --quiet EXTRA...` in `dir`.
+pub fn project_cmd(dir: &Path, input: &str, output: &str, extra: &[&str]) -> Command {
+    let mut c = isoclip_command();
+    c.args([
+        "project",
+        "--projector",
+        "p.st",
+        "--input",
+        input,
+        "--output",
+        output,
+        "--quiet",
+    ])
+    .args(extra)
+    .current_dir(dir);
+    c
+}
+
+/// Runs [`project_cmd`].
+pub fn project(dir: &Path, input: &str, output: &str, extra: &[&str]) -> Output {
+    project_cmd(dir, input, output, extra)
+        .output()
+        .expect("run isoclip project")
+}
+
+/// The `.npy` files of `dir` (name, bytes), sorted by name; none when `dir` does not exist.
+pub fn npy_files(dir: &Path) -> Vec<(String, Vec<u8>)> {
+    if !dir.exists() {
+        return Vec::new();
+    }
+    let mut v: Vec<(String, Vec<u8>)> = std::fs::read_dir(dir)
+        .unwrap()
+        .map(|e| e.unwrap().path())
+        .filter(|p| p.extension().is_some_and(|x| x == "npy"))
+        .map(|p| {
+            (
+                p.file_name().unwrap().to_string_lossy().into_owned(),
+                std::fs::read(&p).unwrap(),
+            )
+        })
+        .collect();
+    v.sort();
+    v
 }
 
 pub fn stderr(o: &Output) -> String {

@@ -1,12 +1,12 @@
 //! Shards in a store: their headers read and checked concurrently ([`Store::inspect_shards`]),
 //! and their rows streamed with ranged GETs ([`RemoteShardReader`]).
 //!
-//! The checks and their wording are the local reader's (`engine::reader`): the header is sized
-//! from its length field and capped at [`MAX_HEADER_BYTES`], parsed by `npy::parse_header` and
-//! checked by `npy::check_matrix` against the object's size, with the URL where the reader puts
-//! the path. Every GET names the ETag seen at listing (`If-Match`) and its response's size and
-//! ETag are compared with it: an object replaced or rewritten since is an error, never mixed
-//! data.
+//! The checks and their wording are the local reader's (`engine::reader`), through the same
+//! functions: the header is sized from its length field and capped at
+//! [`MAX_HEADER_BYTES`](crate::formats::rows::MAX_HEADER_BYTES), parsed by `npy::parse_header` and checked by `npy::check_matrix`
+//! against the object's size, with the URL where the reader puts the path. Every GET names the
+//! ETag seen at listing (`If-Match`) and its response's size and ETag are compared with it: an
+//! object replaced or rewritten since is an error, never mixed data.
 
 use std::collections::VecDeque;
 use std::ops::Range;
@@ -20,9 +20,9 @@ use object_store::{GetOptions, ObjectMeta, ObjectStore, ObjectStoreExt};
 use tokio::sync::{mpsc, OwnedSemaphorePermit, Semaphore};
 
 use super::{ObjectInfo, RemoteMatrix, Store};
-use crate::engine::reader::{AlignedBuffer, RowChunk, MAX_HEADER_BYTES};
 use crate::error::{Error, Result};
 use crate::formats::npy;
+use crate::formats::rows::{announced_header_end, check_header_size, AlignedBuffer, RowChunk};
 
 /// Bytes of the first GET of a header: enough for any header numpy writes.
 const HEADER_PROBE_BYTES: u64 = 4096;
@@ -83,7 +83,7 @@ impl Store {
 }
 
 /// Reads the `.npy` header at the start of the object: a first GET of [`HEADER_PROBE_BYTES`],
-/// and a second one when its length field announces more (at most [`MAX_HEADER_BYTES`]).
+/// and a second one when its length field announces more (at most [`MAX_HEADER_BYTES`](crate::formats::rows::MAX_HEADER_BYTES)).
 async fn read_header(object: &ObjectRef) -> Result<npy::NpyHeader> {
     let shown = Path::new(&object.url);
     let len = object.expected.size;
@@ -95,33 +95,13 @@ async fn read_header(object: &ObjectRef) -> Result<npy::NpyHeader> {
         // Not a header we can size: parse_header says why (magic, version, truncation).
         return npy::parse_header(&first[..first.len().min(npy::PREFIX_LEN_MAX)], shown);
     };
-    if header_end > MAX_HEADER_BYTES {
-        return Err(Error::format(
-            shown,
-            format!(
-                "not a valid .npy file: its header claims {header_end} bytes, more than the {MAX_HEADER_BYTES} a shard header can be"
-            ),
-        ));
-    }
+    check_header_size(header_end, shown)?;
     let want = (header_end as u64).min(len);
     if want <= first.len() as u64 {
         return npy::parse_header(&first[..want as usize], shown);
     }
     let bytes = object.fetch(0..want, None).await?;
     npy::parse_header(&bytes, shown)
-}
-
-/// Where the header ends, from its fixed prefix (magic, version, length field), as the local
-/// reader computes it; `None` when the prefix is too short or the version unknown.
-fn announced_header_end(prefix: &[u8]) -> Option<usize> {
-    match (prefix.len(), prefix.get(6)) {
-        (10.., Some(1)) => Some(10 + u16::from_le_bytes([prefix[8], prefix[9]]) as usize),
-        (12.., Some(2 | 3)) => {
-            let field = u32::from_le_bytes([prefix[8], prefix[9], prefix[10], prefix[11]]);
-            Some(12 + field as usize)
-        }
-        _ => None,
-    }
 }
 
 /// One object as inspected: where it is and what it was.

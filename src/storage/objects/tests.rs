@@ -1,12 +1,11 @@
 //! The store layer against `LocalFileSystem` in a temporary directory (plain paths and
-//! `file://` URLs): listings, bounded GETs, create-only PUTs, header inspection (parity with the
-//! local reader's checks and wording), streaming reads and atomic uploads; and the errors of
-//! opening cloud URLs, which need no network.
+//! `file://` URLs): listings, bounded GETs, create-only PUTs, header inspection, streaming reads
+//! and atomic uploads; and the errors of opening cloud URLs, which need no network. (That the
+//! store's header checks and wording are the local reader's is tested in `engine::reader`.)
 
 use std::path::{Path, PathBuf};
 
 use super::*;
-use crate::engine::reader::ShardReader;
 use crate::formats::npy::header_bytes;
 
 fn context() -> StorageContext {
@@ -179,76 +178,6 @@ fn create_only_puts_never_replace_and_puts_do() {
     store.delete(name).unwrap();
     assert_eq!(store.head(name).unwrap(), None);
     store.delete(name).unwrap();
-}
-
-/// The local reader's message for `path`, with the URL in place of the path.
-fn local_reader_error(path: &Path, url: &str) -> String {
-    let err = ShardReader::inspect(path).err().unwrap().to_string();
-    err.replace(&path.display().to_string(), url)
-}
-
-#[test]
-fn inspection_checks_headers_as_the_local_reader_does() {
-    let dir = tempfile::tempdir().unwrap();
-    let d = dir.path();
-    numbered_shard(&d.join("good.npy"), 10, 8);
-    let bytes = std::fs::read(d.join("good.npy")).unwrap();
-    std::fs::write(d.join("truncated.npy"), &bytes[..bytes.len() - 1]).unwrap();
-    std::fs::write(d.join("garbage.npy"), b"not numpy at all").unwrap();
-    let mut huge = b"\x93NUMPY\x02\x00".to_vec();
-    huge.extend_from_slice(&(2u32 << 30).to_le_bytes());
-    std::fs::write(d.join("huge_header.npy"), &huge).unwrap();
-    std::fs::write(d.join("empty.npy"), b"").unwrap();
-    let mut f64_shard = header_bytes(NpyDtype::F64, &[2, 2]);
-    f64_shard.extend_from_slice(&[0; 32]);
-    std::fs::write(d.join("f64.npy"), &f64_shard).unwrap();
-    let mut three_d = header_bytes(NpyDtype::F32, &[2, 2, 2]);
-    three_d.extend_from_slice(&[0; 32]);
-    std::fs::write(d.join("three_d.npy"), &three_d).unwrap();
-
-    let store = context().open(&file_url(d)).unwrap();
-    let listed = store.list_npy().unwrap();
-    let by_name = |n: &str| listed.iter().find(|o| o.name == n).unwrap().clone();
-    let good = store.inspect_shards(&[by_name("good.npy")]).unwrap();
-    let header_len = header_bytes(NpyDtype::F16, &[10, 8]).len() as u64;
-    assert_eq!(
-        good,
-        [RemoteMatrix {
-            object: by_name("good.npy"),
-            rows: 10,
-            cols: 8,
-            dtype: NpyDtype::F16,
-            data_offset: header_len,
-        }]
-    );
-    let url = |n: &str| format!("file://{}/{n}", d.display());
-    let truncated = store
-        .inspect_shards(&[by_name("good.npy"), by_name("truncated.npy")])
-        .unwrap_err()
-        .to_string();
-    assert_eq!(
-        truncated,
-        format!(
-            "{}: file is truncated: header promises 10 x 8 <f2 ({} bytes) but the file has {} bytes",
-            url("truncated.npy"),
-            header_len + 160,
-            header_len + 159
-        )
-    );
-    for bad in [
-        "truncated.npy",
-        "garbage.npy",
-        "huge_header.npy",
-        "empty.npy",
-        "f64.npy",
-        "three_d.npy",
-    ] {
-        let err = store
-            .inspect_shards(&[by_name("good.npy"), by_name(bad)])
-            .unwrap_err()
-            .to_string();
-        assert_eq!(err, local_reader_error(&d.join(bad), &url(bad)), "{bad}");
-    }
 }
 
 #[test]
