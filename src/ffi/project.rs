@@ -15,7 +15,7 @@ use super::status::{
     FfiResult,
 };
 use crate::align::Modality;
-use crate::backend::cpu::{CpuBackend, BLOCK_ROWS, MAX_THREADS};
+use crate::backend::cpu::{CpuBackend, MAX_THREADS};
 use crate::backend::{
     select_backend, Backend, BlockStats, DeviceChoice, ElemType, InputKind, NonFinitePolicy,
     OutputForm, PreparedMap, ProjectionOptions, RowsIn, RowsOut,
@@ -81,13 +81,17 @@ fn parse_nonfinite(v: isoclip_nonfinite) -> FfiResult<NonFinitePolicy> {
 /// `isoclip_set_default_threads`), created on first use, and created anew in the child of a
 /// `fork` (a backend handle made before a `fork` must not be used in the child).
 pub struct isoclip_backend {
-    backend: Box<dyn Backend>,
+    backend: Arc<dyn Backend>,
     device: isoclip_device,
 }
 
 impl isoclip_backend {
     pub(crate) fn backend(&self) -> &dyn Backend {
         self.backend.as_ref()
+    }
+    /// The backend as a shared reference (what prepared maps are cached for).
+    pub(crate) fn shared(&self) -> &Arc<dyn Backend> {
+        &self.backend
     }
 }
 
@@ -154,7 +158,7 @@ pub(crate) fn default_backend() -> FfiResult<Arc<isoclip_backend>> {
         let fresh = Box::into_raw(Box::new(DefaultBackend {
             generation,
             backend: Arc::new(isoclip_backend {
-                backend: Box::new(CpuBackend::new(Some(default_thread_count()))?),
+                backend: Arc::new(CpuBackend::new(Some(default_thread_count()))?),
                 device: ISOCLIP_DEVICE_CPU,
             }),
             superseded: seen,
@@ -358,40 +362,37 @@ pub unsafe extern "C" fn isoclip_backend_options_set_device_index(
     })
 }
 
-/// Checks a device index against the device kind that was opened: the CPU is device 0 alone;
-/// a single GPU cannot be chosen yet (the CUDA backend opens every visible GPU).
-fn check_device_index(resolved: isoclip_device, index: i32) -> FfiResult<()> {
-    match (resolved, index) {
-        (_, ISOCLIP_DEVICE_INDEX_ALL) | (ISOCLIP_DEVICE_CPU, 0) => Ok(()),
-        (ISOCLIP_DEVICE_CPU, _) => Err(Failure::InvalidArgument(format!(
+/// The library's device choice for a device kind and index (`ISOCLIP_DEVICE_INDEX_ALL` or an
+/// index from 0, as `isoclip_backend_options_set_device_index` accepts): the CPU is device 0
+/// alone; for a GPU the index is the CUDA ordinal.
+fn device_choice(device: isoclip_device, index: i32) -> FfiResult<DeviceChoice> {
+    let gpu = usize::try_from(index).ok(); // ISOCLIP_DEVICE_INDEX_ALL: every GPU
+    match device {
+        ISOCLIP_DEVICE_AUTO => Ok(DeviceChoice::Auto(gpu)),
+        ISOCLIP_DEVICE_CUDA => Ok(DeviceChoice::Cuda(gpu)),
+        ISOCLIP_DEVICE_CPU if matches!(index, ISOCLIP_DEVICE_INDEX_ALL | 0) => {
+            Ok(DeviceChoice::Cpu)
+        }
+        ISOCLIP_DEVICE_CPU => Err(Failure::InvalidArgument(format!(
             "device index {index} with the CPU: the CPU is device 0 (or use \
              ISOCLIP_DEVICE_INDEX_ALL)"
         ))),
-        _ => Err(Failure::Core(Error::DeviceUnavailable(format!(
-            "cuda:{index}: this build opens every visible GPU and cannot select one; restrict \
-             the process with CUDA_VISIBLE_DEVICES={index} and use ISOCLIP_DEVICE_INDEX_ALL"
-        )))),
+        other => Err(Failure::InvalidArgument(format!("unknown device {other}"))),
     }
 }
 
-/// Opens the backend for a device. Returns the backend and the device it actually runs on.
+/// Opens the backend for a device choice. Returns the backend and the device it actually runs on.
 fn open_backend(
-    device: isoclip_device,
+    choice: DeviceChoice,
     threads: Option<usize>,
 ) -> FfiResult<(Box<dyn Backend>, isoclip_device)> {
-    let choice = match device {
-        ISOCLIP_DEVICE_AUTO => DeviceChoice::Auto,
-        ISOCLIP_DEVICE_CPU => DeviceChoice::Cpu,
-        ISOCLIP_DEVICE_CUDA => DeviceChoice::Cuda,
-        other => return Err(Failure::InvalidArgument(format!("unknown device {other}"))),
-    };
     let (backend, fallback_notice) = select_backend(choice, threads)?;
     let resolved = match choice {
         DeviceChoice::Cpu => ISOCLIP_DEVICE_CPU,
-        DeviceChoice::Cuda => ISOCLIP_DEVICE_CUDA,
+        DeviceChoice::Cuda(_) => ISOCLIP_DEVICE_CUDA,
         // `select_backend` explains a fall back to the CPU with a notice, and only then.
-        DeviceChoice::Auto if fallback_notice.is_some() => ISOCLIP_DEVICE_CPU,
-        DeviceChoice::Auto => ISOCLIP_DEVICE_CUDA,
+        DeviceChoice::Auto(_) if fallback_notice.is_some() => ISOCLIP_DEVICE_CPU,
+        DeviceChoice::Auto(_) => ISOCLIP_DEVICE_CUDA,
     };
     Ok((backend, resolved))
 }
@@ -426,21 +427,19 @@ pub unsafe extern "C" fn isoclip_backend_new(
             let o = unsafe { &*options };
             (o.device, o.threads, o.device_index)
         };
-        if device == ISOCLIP_DEVICE_CPU {
-            check_device_index(ISOCLIP_DEVICE_CPU, index)?;
-        }
+        let choice = device_choice(device, index)?;
         // Never rayon's global pool: its threads do not exist in a forked child.
         let threads = if threads == 0 {
             default_thread_count()
         } else {
             threads
         };
-        let (backend, device) = open_backend(device, Some(threads))?;
-        // AUTO that fell back to the CPU ignores the index, which was meant for a GPU.
-        if device == ISOCLIP_DEVICE_CUDA {
-            check_device_index(device, index)?;
-        }
-        let b = Arc::new(isoclip_backend { backend, device });
+        // AUTO that falls back to the CPU ignores the index, which was meant for a GPU.
+        let (backend, device) = open_backend(choice, Some(threads))?;
+        let b = Arc::new(isoclip_backend {
+            backend: Arc::from(backend),
+            device,
+        });
         // SAFETY: per this function's contract.
         unsafe { write_out(out, "out", Arc::into_raw(b)) }
     })
@@ -942,7 +941,6 @@ struct ProjectionViews {
 /// Rows per slice of a cancellable projection: the token is checked between slices. A multiple
 /// of the CPU backend's block, so that slicing changes no byte.
 const CANCEL_SLICE_ROWS: usize = 64 * 1024;
-const _: () = assert!(CANCEL_SLICE_ROWS.is_multiple_of(BLOCK_ROWS));
 
 /// The body of `isoclip_project` and `isoclip_project_with_cancel`.
 ///
@@ -966,7 +964,7 @@ unsafe fn project_views(
     let stats = unsafe { StatsOut::new(stats) }?;
     let in_elem = parse_dtype(v.input_dtype, "input")?;
     let out_elem = parse_dtype(v.output_dtype, "output")?;
-    let (_, map) = p.prepared(o.modality, o.input_kind, o.form)?;
+    let map = p.prepared(b.shared(), o.modality, o.input_kind, o.form)?;
     let rows = v.rows;
     let in_len = view_bytes(rows, v.input_cols, v.input_row_stride, in_elem, "input")?;
     let out_len = view_bytes(rows, v.output_cols, v.output_row_stride, out_elem, "output")?;
@@ -1030,7 +1028,10 @@ fn project_in_slices(
 ) -> FfiResult<BlockStats> {
     // The shapes are checked on the whole call, so that a wrong shape is reported as such even
     // when the token is already cancelled.
-    crate::backend::check_shapes(map, &input, &output)?;
+    crate::backend::check_shapes(map.linear(), &input, &output)?;
+    // Slices start at multiples of the backend's row block, so they give the bytes of one call.
+    let block = backend.row_block().max(1);
+    let slice_rows = (CANCEL_SLICE_ROWS / block).max(1) * block;
     let mut counts = BlockStats::default();
     let mut start = 0;
     loop {
@@ -1040,7 +1041,7 @@ fn project_in_slices(
         if start >= input.rows {
             return Ok(counts);
         }
-        let n = CANCEL_SLICE_ROWS.min(input.rows - start);
+        let n = slice_rows.min(input.rows - start);
         let slice_in = RowsIn {
             bytes: &input.bytes[start * input.row_stride..],
             rows: n,

@@ -19,6 +19,7 @@
 use std::collections::BTreeMap;
 use std::os::unix::fs::FileExt;
 use std::path::Path;
+use std::sync::Arc;
 
 use safetensors::{Dtype, SafeTensors};
 use serde_json::{json, Value};
@@ -70,8 +71,8 @@ fn collect_tensors(p: &AlignedProjector) -> BTreeMap<String, Entry<'_>> {
     for maps in [&p.image, &p.text].into_iter().flatten() {
         let mname = maps.modality.name();
         for (kind, map) in [
-            ("full", &maps.full),
-            ("compact", &maps.compact),
+            ("full", &*maps.full),
+            ("compact", &*maps.compact),
             ("plain", &maps.plain),
         ] {
             t.insert(
@@ -99,8 +100,8 @@ fn collect_tensors(p: &AlignedProjector) -> BTreeMap<String, Entry<'_>> {
                 t.insert(
                     format!("{mname}.embedding.{kind}"),
                     Entry {
-                        shape: vec![m.rows, m.cols],
-                        data: TensorData::F32(&m.data),
+                        shape: vec![m.weight.rows, m.weight.cols],
+                        data: TensorData::F32(&m.weight.data),
                     },
                 );
             }
@@ -420,16 +421,16 @@ pub fn from_bytes(bytes: &[u8], path: &Path) -> Result<AlignedProjector> {
         let route = get(&format!("{m}.embedding_route"))?.clone();
         let (embedding_compact, embedding_full) = if route == "exact" {
             (
-                Ok(MatrixF32 {
+                Ok(Arc::new(LinearMap::unbiased(MatrixF32 {
                     rows: d,
                     cols: k,
                     data: read_f32(&format!("{m}.embedding.compact"), &[d, k])?,
-                }),
-                Ok(MatrixF32 {
+                }))),
+                Ok(Arc::new(LinearMap::unbiased(MatrixF32 {
                     rows: d,
                     cols: d,
                     data: read_f32(&format!("{m}.embedding.full"), &[d, d])?,
-                }),
+                }))),
             )
         } else {
             (Err(route.clone()), Err(route))
@@ -452,8 +453,8 @@ pub fn from_bytes(bytes: &[u8], path: &Path) -> Result<AlignedProjector> {
             m: kept,
             d_in,
             d,
-            full: read_map("full", d)?,
-            compact: read_map("compact", k)?,
+            full: Arc::new(read_map("full", d)?),
+            compact: Arc::new(read_map("compact", k)?),
             embedding_compact,
             embedding_full,
             plain: read_map("plain", d)?,
