@@ -94,3 +94,80 @@ impl std::fmt::Debug for PreparedMaps {
         f.debug_struct("PreparedMaps").finish_non_exhaustive()
     }
 }
+
+#[cfg(test)]
+mod tests {
+    use super::*;
+    use crate::align::synthetic::Rng;
+    use crate::align::{fit, AlignedProjector, BandSpec, ProjectorWeights};
+    use crate::backend::cpu::CpuBackend;
+    use crate::error::Error;
+
+    /// A small projector: image without bias (its embedding route is exact), text with one.
+    fn projector() -> AlignedProjector {
+        let mut rng = Rng::new(5);
+        let mut mat = |r: usize, c: usize| (r, c, (0..r * c).map(|_| rng.normal()).collect());
+        let (image, text) = (mat(12, 8), mat(10, 8));
+        let bias = Some((0..8).map(|i| 0.01 * i as f64).collect());
+        let w = ProjectorWeights::new(image, text, None, bias, "test".into()).unwrap();
+        let band = BandSpec::new(1, 3);
+        fit(&w, &[(Modality::Image, band), (Modality::Text, band)], None).unwrap()
+    }
+
+    fn cpu() -> Arc<dyn Backend> {
+        Arc::new(CpuBackend::new(Some(1)).unwrap())
+    }
+
+    #[test]
+    fn a_map_is_prepared_once_per_backend_and_shares_the_weights() {
+        let p = projector();
+        let image = p.maps(Modality::Image).unwrap();
+        let cache = PreparedMaps::new();
+        let (a, b) = (cpu(), cpu());
+        let (kind, form) = (InputKind::Features, OutputForm::Compact);
+        let first = cache.get(&a, image, kind, form).unwrap();
+        let again = cache.get(&a, image, kind, form).unwrap();
+        assert!(
+            Arc::ptr_eq(&first, &again),
+            "prepared twice for one backend"
+        );
+        assert!(
+            Arc::ptr_eq(first.shared(), &image.compact),
+            "the weights were copied"
+        );
+        assert_eq!(first.owner(), a.id());
+        let for_b = cache.get(&b, image, kind, form).unwrap();
+        assert_eq!(for_b.owner(), b.id());
+        assert!(!Arc::ptr_eq(&first, &for_b));
+        // Every (modality, kind, form) has its own map.
+        let full = cache.get(&a, image, kind, OutputForm::Full).unwrap();
+        assert!(Arc::ptr_eq(full.shared(), &image.full));
+        let emb = cache.get(&a, image, InputKind::Embeddings, form).unwrap();
+        assert!(Arc::ptr_eq(
+            emb.shared(),
+            image.embedding_compact.as_ref().unwrap()
+        ));
+        let text = p.maps(Modality::Text).unwrap();
+        let t = cache.get(&a, text, kind, form).unwrap();
+        assert!(Arc::ptr_eq(t.shared(), &text.compact));
+        assert_eq!(cache.backends(), 2);
+        // A dropped backend's maps go at the next call.
+        drop(b);
+        drop(for_b);
+        assert_eq!(cache.backends(), 1);
+    }
+
+    #[test]
+    fn an_inexact_embedding_route_is_refused_with_its_reason() {
+        let p = projector();
+        let text = p.maps(Modality::Text).unwrap();
+        let reason = text.embedding_compact.clone().unwrap_err();
+        let e = PreparedMaps::new()
+            .get(&cpu(), text, InputKind::Embeddings, OutputForm::Full)
+            .unwrap_err();
+        match e {
+            Error::InvalidArgument(m) => assert_eq!(m, reason),
+            other => panic!("{other:?}"),
+        }
+    }
+}

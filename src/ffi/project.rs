@@ -333,10 +333,11 @@ pub unsafe extern "C" fn isoclip_backend_options_set_threads(
 /// Chooses which device of the kind set with `isoclip_backend_options_set_device` the backend
 /// runs on: `ISOCLIP_DEVICE_INDEX_ALL` (-1, the default: every visible GPU; the CPU) or a
 /// 0-based index (a CUDA device ordinal, as `nvidia-smi` numbers them under the current
-/// `CUDA_VISIBLE_DEVICES`). The CPU is device 0. The index is checked by `isoclip_backend_new`:
-/// an index other than -1 or 0 with `ISOCLIP_DEVICE_CPU` is `ISOCLIP_ERR_INVALID_ARGUMENT`
-/// there; with `ISOCLIP_DEVICE_AUTO` the index applies to the GPU, and a fall back to the CPU
-/// ignores it.
+/// `CUDA_VISIBLE_DEVICES`): the backend then opens that GPU alone. The CPU is device 0. The index
+/// is checked by `isoclip_backend_new`: an index other than -1 or 0 with `ISOCLIP_DEVICE_CPU` is
+/// `ISOCLIP_ERR_INVALID_ARGUMENT` there, a GPU index that is missing or unusable with
+/// `ISOCLIP_DEVICE_CUDA` is `ISOCLIP_ERR_DEVICE_UNAVAILABLE` naming it; with
+/// `ISOCLIP_DEVICE_AUTO` the index applies to the GPU, and a fall back to the CPU ignores it.
 ///
 /// Returns `ISOCLIP_OK`, `ISOCLIP_ERR_NULL_POINTER`, `ISOCLIP_ERR_INVALID_ARGUMENT` (an index
 /// below -1), `ISOCLIP_ERR_PANIC`.
@@ -405,9 +406,9 @@ fn open_backend(
 /// backend (`isoclip_set_default_threads`, else one per available core).
 ///
 /// Returns `ISOCLIP_OK`, `ISOCLIP_ERR_NULL_POINTER` (`out`), `ISOCLIP_ERR_DEVICE_UNAVAILABLE`
-/// (`ISOCLIP_DEVICE_CUDA` without a usable GPU, or a single GPU chosen by index, which this
-/// build cannot do; the message says why), `ISOCLIP_ERR_INVALID_ARGUMENT` (a device index other
-/// than -1 or 0 with the CPU), `ISOCLIP_ERR_RESOURCE_EXHAUSTED` (the system refused to start the
+/// (`ISOCLIP_DEVICE_CUDA` without a usable GPU, or without the GPU of the index chosen; the
+/// message says why), `ISOCLIP_ERR_INVALID_ARGUMENT` (a device index other than -1 or 0 with the
+/// CPU), `ISOCLIP_ERR_RESOURCE_EXHAUSTED` (the system refused to start the
 /// threads; the message says why), `ISOCLIP_ERR_PANIC`.
 /// Thread-safety: any thread.
 ///
@@ -1123,4 +1124,115 @@ pub unsafe extern "C" fn isoclip_cancel_token_free(token: *mut isoclip_cancel_to
             drop(unsafe { Box::from_raw(token) });
         }
     })
+}
+
+#[cfg(test)]
+mod tests {
+    use super::*;
+    use crate::ffi::status::isoclip_status::{
+        ISOCLIP_ERR_DEVICE_UNAVAILABLE, ISOCLIP_ERR_INVALID_ARGUMENT, ISOCLIP_OK,
+    };
+    use crate::ffi::status::{isoclip_last_error_length, isoclip_last_error_message};
+
+    fn last_message() -> String {
+        let n = isoclip_last_error_length();
+        let mut buf = vec![0 as c_char; n];
+        // SAFETY: `buf` holds `n` bytes.
+        let s = unsafe { isoclip_last_error_message(buf.as_mut_ptr(), n, std::ptr::null_mut()) };
+        assert_eq!(s, ISOCLIP_OK);
+        // SAFETY: the library wrote a NUL-terminated string into `buf`.
+        unsafe { std::ffi::CStr::from_ptr(buf.as_ptr()) }
+            .to_string_lossy()
+            .into_owned()
+    }
+
+    #[test]
+    fn device_kinds_and_indexes_become_the_library_choice() {
+        let ok = |d, i| device_choice(d, i).ok().unwrap();
+        assert_eq!(ok(ISOCLIP_DEVICE_CPU, -1), DeviceChoice::Cpu);
+        assert_eq!(ok(ISOCLIP_DEVICE_CPU, 0), DeviceChoice::Cpu);
+        assert_eq!(ok(ISOCLIP_DEVICE_CUDA, -1), DeviceChoice::Cuda(None));
+        assert_eq!(ok(ISOCLIP_DEVICE_CUDA, 0), DeviceChoice::Cuda(Some(0)));
+        assert_eq!(ok(ISOCLIP_DEVICE_CUDA, 3), DeviceChoice::Cuda(Some(3)));
+        assert_eq!(ok(ISOCLIP_DEVICE_AUTO, -1), DeviceChoice::Auto(None));
+        assert_eq!(ok(ISOCLIP_DEVICE_AUTO, 2), DeviceChoice::Auto(Some(2)));
+        match device_choice(ISOCLIP_DEVICE_CPU, 1) {
+            Err(Failure::InvalidArgument(m)) => {
+                assert!(m.starts_with("device index 1 with the CPU"))
+            }
+            _ => panic!("the CPU took device index 1"),
+        }
+    }
+
+    /// Opens a backend for `device` and `index` with one thread; the status, the device it runs
+    /// on (when opened) and the error message (when not).
+    fn open(
+        device: isoclip_device,
+        index: i32,
+    ) -> (isoclip_status, Option<isoclip_device>, String) {
+        let mut o: *mut isoclip_backend_options = std::ptr::null_mut();
+        // SAFETY: `o` is valid for a write; then a live handle, freed once at the end.
+        unsafe {
+            assert_eq!(isoclip_backend_options_new(&mut o), ISOCLIP_OK);
+            assert_eq!(isoclip_backend_options_set_device(o, device), ISOCLIP_OK);
+            assert_eq!(isoclip_backend_options_set_threads(o, 1), ISOCLIP_OK);
+            assert_eq!(
+                isoclip_backend_options_set_device_index(o, index),
+                ISOCLIP_OK
+            );
+        }
+        let mut b: *const isoclip_backend = std::ptr::null();
+        // SAFETY: live options; `b` is valid for a write.
+        let status = unsafe { isoclip_backend_new(o, &mut b) };
+        let message = if status == ISOCLIP_OK {
+            String::new()
+        } else {
+            last_message()
+        };
+        let mut resolved = None;
+        if !b.is_null() {
+            let mut d = -1;
+            // SAFETY: a live handle from `isoclip_backend_new`, released once.
+            unsafe {
+                assert_eq!(isoclip_backend_device(b, &mut d), ISOCLIP_OK);
+                isoclip_backend_free(b);
+            }
+            resolved = Some(d);
+        }
+        // SAFETY: a live handle, released once.
+        unsafe { isoclip_backend_options_free(o) };
+        (status, resolved, message)
+    }
+
+    #[test]
+    fn a_gpu_index_is_honoured_or_named_in_a_device_error() {
+        // No machine has 10000 GPUs: CUDA with that index fails naming it, with or without CUDA.
+        let (status, b, message) = open(ISOCLIP_DEVICE_CUDA, 9999);
+        assert_eq!(status, ISOCLIP_ERR_DEVICE_UNAVAILABLE);
+        assert!(b.is_none());
+        assert!(
+            message.starts_with(
+                "isoclip_backend_new: the CUDA device cuda:9999 was requested but is not usable ("
+            ),
+            "{message}"
+        );
+        // AUTO falls back to the CPU.
+        let (status, b, _) = open(ISOCLIP_DEVICE_AUTO, 9999);
+        assert_eq!((status, b), (ISOCLIP_OK, Some(ISOCLIP_DEVICE_CPU)));
+        // The CPU is device 0 alone.
+        let (status, _, message) = open(ISOCLIP_DEVICE_CPU, 1);
+        assert_eq!(status, ISOCLIP_ERR_INVALID_ARGUMENT);
+        assert!(message.contains("the CPU is device 0"), "{message}");
+        // GPU 0: opened when this machine has a usable GPU, else unavailable, as without an index.
+        let (status, b, message) = open(ISOCLIP_DEVICE_CUDA, 0);
+        let (status_all, b_all, _) = open(ISOCLIP_DEVICE_CUDA, ISOCLIP_DEVICE_INDEX_ALL);
+        assert_eq!(status, status_all, "{message}");
+        assert_eq!(b, b_all);
+        if status == ISOCLIP_OK {
+            assert_eq!(b, Some(ISOCLIP_DEVICE_CUDA));
+        } else {
+            assert_eq!(status, ISOCLIP_ERR_DEVICE_UNAVAILABLE);
+            assert!(message.contains("cuda:0"), "{message}");
+        }
+    }
 }
