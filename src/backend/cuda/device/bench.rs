@@ -1,6 +1,6 @@
 //! Benchmark timing on one GPU (`examples/gpu_bench.rs`): the projection kernel alone, from
 //! device memory to device memory, and host-to-device bandwidth. Launches go through the same
-//! typed launcher as the pipeline ([`super::super::launch`]).
+//! typed launcher as the pipeline (`cuda/launch.rs`).
 
 use std::sync::Arc;
 
