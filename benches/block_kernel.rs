@@ -7,15 +7,17 @@
 use criterion::{criterion_group, criterion_main, BenchmarkId, Criterion, Throughput};
 use half::f16;
 use isoclip::align::synthetic::Rng;
-use isoclip::align::MatrixF32;
+use std::sync::Arc;
+
+use isoclip::align::{LinearMap, MatrixF32};
 use isoclip::backend::cpu::CpuBackend;
-use isoclip::backend::{Backend, ElemType, PreparedMap, ProjectionOptions, RowsIn, RowsOut};
+use isoclip::backend::{Backend, ElemType, ProjectionOptions, RowsIn, RowsOut};
 
 const ROWS: usize = 32768;
 
-fn map(d_in: usize, d_out: usize) -> PreparedMap {
+fn map(d_in: usize, d_out: usize) -> Arc<LinearMap> {
     let mut rng = Rng::new(1);
-    PreparedMap {
+    Arc::new(LinearMap {
         weight: MatrixF32 {
             rows: d_in,
             cols: d_out,
@@ -24,7 +26,7 @@ fn map(d_in: usize, d_out: usize) -> PreparedMap {
                 .collect(),
         },
         bias: None,
-    }
+    })
 }
 
 fn input(d_in: usize, elem: ElemType) -> Vec<u8> {
@@ -49,7 +51,7 @@ fn bench(c: &mut Criterion) {
     g.throughput(Throughput::Elements(ROWS as u64));
     for (model, d_in, compact, full) in shapes {
         for (form, d_out) in [("compact", compact), ("full", full)] {
-            let m = map(d_in, d_out);
+            let m = backend.prepare(map(d_in, d_out)).unwrap();
             for elem in [ElemType::F16, ElemType::F32] {
                 let x = input(d_in, elem);
                 let mut out = vec![0u8; ROWS * d_out * 2];

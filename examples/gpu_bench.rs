@@ -31,12 +31,14 @@ mod bench {
 
     use half::f16;
     use isoclip::align::synthetic::{Rng, SyntheticModel};
-    use isoclip::align::MatrixF32;
+    use std::sync::Arc;
+
+    use isoclip::align::{LinearMap, MatrixF32};
     use isoclip::backend::cpu::CpuBackend;
     use isoclip::backend::cuda::CudaBackend;
     use isoclip::backend::{
-        Backend, BlockStats, ElemType, InputKind, NonFinitePolicy, OutputForm, PreparedMap,
-        ProjectionOptions, RowsIn, RowsOut,
+        Backend, BlockStats, ElemType, InputKind, NonFinitePolicy, OutputForm, ProjectionOptions,
+        RowsIn, RowsOut,
     };
     use isoclip::formats::npy::{Accept, NpyMatrix};
     use isoclip::{BandSpec, Modality};
@@ -101,10 +103,10 @@ mod bench {
     }
 
     fn gpu() -> R<CudaBackend> {
-        CudaBackend::new(None).map_err(|e| format!("no usable CUDA GPU: {e}"))
+        CudaBackend::new(None, None).map_err(|e| format!("no usable CUDA GPU: {e}"))
     }
 
-    fn synthetic_map(form: OutputForm) -> R<PreparedMap> {
+    fn synthetic_map(form: OutputForm) -> R<Arc<LinearMap>> {
         let model = SyntheticModel::vit_b().map_err(|e| e.to_string())?;
         let p = isoclip::fit(
             &model.weights,
@@ -113,13 +115,14 @@ mod bench {
         )
         .map_err(|e| e.to_string())?;
         let maps = p.image.ok_or("no image maps")?;
-        PreparedMap::select(&maps, InputKind::Features, form).map_err(|e| e.to_string())
+        maps.select(InputKind::Features, form)
+            .map_err(|e| e.to_string())
     }
 
-    fn random_map(d_in: usize, d_out: usize) -> PreparedMap {
+    fn random_map(d_in: usize, d_out: usize) -> Arc<LinearMap> {
         let mut rng = Rng::new(7);
         let s = 1.0 / (d_in as f64).sqrt();
-        PreparedMap {
+        Arc::new(LinearMap {
             weight: MatrixF32 {
                 rows: d_in,
                 cols: d_out,
@@ -128,7 +131,7 @@ mod bench {
                     .collect(),
             },
             bias: None,
-        }
+        })
     }
 
     /// Random feature rows (N(0,1), like pre-projection ViT features up to scale).
@@ -172,18 +175,23 @@ mod bench {
         }
     }
 
+    /// Prepares `map` on `be` (not timed), then projects the rows once (timed).
     fn run(
         be: &dyn Backend,
-        map: &PreparedMap,
+        map: &Arc<LinearMap>,
         opts: &ProjectionOptions,
         x: &[u8],
         rows: usize,
         input: ElemType,
     ) -> (isoclip::Result<BlockStats>, Vec<u8>, f64) {
         let mut out = vec![0u8; rows * map.d_out() * opts.output.size()];
+        let prepared = match be.prepare(map.clone()) {
+            Ok(p) => p,
+            Err(e) => return (Err(e), out, 0.0),
+        };
         let t = Instant::now();
         let r = be.project(
-            map,
+            &prepared,
             opts,
             RowsIn::dense(x, rows, map.d_in(), input),
             RowsOut::dense(&mut out, rows, map.d_out(), opts.output),
@@ -288,8 +296,10 @@ mod bench {
             output,
             ..Default::default()
         };
-        let t = gpu()?
-            .time_kernel(&map, &opts, input, rows, iters)
+        let g = gpu()?;
+        let prepared = g.prepare(map).map_err(|e| e.to_string())?;
+        let t = g
+            .time_kernel(&prepared, &opts, input, rows, iters)
             .map_err(|e| e.to_string())?;
         let rps = t.rows_per_second();
         let bytes = (d_in * input.size() + d_out * output.size()) as f64;
@@ -335,6 +345,7 @@ mod bench {
         } else {
             Box::new(gpu()?)
         };
+        let prepared = be.prepare(map.clone()).map_err(|e| e.to_string())?;
         m.advise_sequential();
         let chunk = 65_536;
         let mut out = vec![0u8; chunk * map.d_out() * 2];
@@ -344,7 +355,7 @@ mod bench {
         while done < m.rows {
             let n = chunk.min(m.rows - done);
             be.project(
-                &map,
+                &prepared,
                 &opts,
                 RowsIn::dense(m.row_bytes(done, done + n), n, m.cols, input),
                 RowsOut::dense(

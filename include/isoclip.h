@@ -532,9 +532,9 @@ void isoclip_backend_free(const isoclip_backend *backend);
  * backend (`isoclip_set_default_threads`, else one per available core).
  *
  * Returns `ISOCLIP_OK`, `ISOCLIP_ERR_NULL_POINTER` (`out`), `ISOCLIP_ERR_DEVICE_UNAVAILABLE`
- * (`ISOCLIP_DEVICE_CUDA` without a usable GPU, or a single GPU chosen by index, which this
- * build cannot do; the message says why), `ISOCLIP_ERR_INVALID_ARGUMENT` (a device index other
- * than -1 or 0 with the CPU), `ISOCLIP_ERR_RESOURCE_EXHAUSTED` (the system refused to start the
+ * (`ISOCLIP_DEVICE_CUDA` without a usable GPU, or without the GPU of the index chosen; the
+ * message says why), `ISOCLIP_ERR_INVALID_ARGUMENT` (a device index other than -1 or 0 with the
+ * CPU), `ISOCLIP_ERR_RESOURCE_EXHAUSTED` (the system refused to start the
  * threads; the message says why), `ISOCLIP_ERR_PANIC`.
  * Thread-safety: any thread.
  *
@@ -578,10 +578,11 @@ isoclip_status isoclip_backend_options_set_device(isoclip_backend_options *optio
  * Chooses which device of the kind set with `isoclip_backend_options_set_device` the backend
  * runs on: `ISOCLIP_DEVICE_INDEX_ALL` (-1, the default: every visible GPU; the CPU) or a
  * 0-based index (a CUDA device ordinal, as `nvidia-smi` numbers them under the current
- * `CUDA_VISIBLE_DEVICES`). The CPU is device 0. The index is checked by `isoclip_backend_new`:
- * an index other than -1 or 0 with `ISOCLIP_DEVICE_CPU` is `ISOCLIP_ERR_INVALID_ARGUMENT`
- * there; with `ISOCLIP_DEVICE_AUTO` the index applies to the GPU, and a fall back to the CPU
- * ignores it.
+ * `CUDA_VISIBLE_DEVICES`): the backend then opens that GPU alone. The CPU is device 0. The index
+ * is checked by `isoclip_backend_new`: an index other than -1 or 0 with `ISOCLIP_DEVICE_CPU` is
+ * `ISOCLIP_ERR_INVALID_ARGUMENT` there, a GPU index that is missing or unusable with
+ * `ISOCLIP_DEVICE_CUDA` is `ISOCLIP_ERR_DEVICE_UNAVAILABLE` naming it; with
+ * `ISOCLIP_DEVICE_AUTO` the index applies to the GPU, and a fall back to the CPU ignores it.
  *
  * Returns `ISOCLIP_OK`, `ISOCLIP_ERR_NULL_POINTER`, `ISOCLIP_ERR_INVALID_ARGUMENT` (an index
  * below -1), `ISOCLIP_ERR_PANIC`.

@@ -7,10 +7,12 @@
 
 use half::f16;
 use isoclip::align::synthetic::Rng;
-use isoclip::align::MatrixF32;
+use std::sync::Arc;
+
+use isoclip::align::{LinearMap, MatrixF32};
 use isoclip::backend::cpu::CpuBackend;
 use isoclip::backend::{
-    select_backend, Backend, BlockStats, DeviceChoice, ElemType, NonFinitePolicy, PreparedMap,
+    select_backend, Backend, BlockStats, DeviceChoice, ElemType, NonFinitePolicy,
     ProjectionOptions, RowsIn, RowsOut,
 };
 use isoclip::Error;
@@ -21,6 +23,20 @@ struct Subject {
     backend: Box<dyn Backend>,
     /// Largest allowed |got − want| of a normalised output value with f32 output.
     tolerance: f64,
+}
+
+impl Subject {
+    /// Prepares `map` on this backend and projects once.
+    fn project(
+        &self,
+        map: &LinearMap,
+        opts: &ProjectionOptions,
+        input: RowsIn<'_>,
+        output: RowsOut<'_>,
+    ) -> Result<BlockStats, Error> {
+        let prepared = self.backend.prepare(Arc::new(map.clone()))?;
+        self.backend.project(&prepared, opts, input, output)
+    }
 }
 
 fn subjects() -> Vec<Subject> {
@@ -37,7 +53,7 @@ fn subjects() -> Vec<Subject> {
         },
     ];
     // `Cuda` (not `Auto`) so that a CPU fallback is never mistaken for a GPU.
-    if let Ok((backend, _)) = select_backend(DeviceChoice::Cuda, Some(1)) {
+    if let Ok((backend, _)) = select_backend(DeviceChoice::Cuda(None), Some(1)) {
         v.push(Subject {
             name: backend.describe(),
             backend,
@@ -56,9 +72,9 @@ fn for_every_backend(contract: impl Fn(&Subject)) {
     }
 }
 
-fn random_map(d_in: usize, d_out: usize, bias: bool, seed: u64) -> PreparedMap {
+fn random_map(d_in: usize, d_out: usize, bias: bool, seed: u64) -> LinearMap {
     let mut rng = Rng::new(seed);
-    PreparedMap {
+    LinearMap {
         weight: MatrixF32 {
             rows: d_in,
             cols: d_out,
@@ -76,7 +92,7 @@ fn random_rows(rows: usize, cols: usize, seed: u64) -> Vec<f32> {
 }
 
 /// `x · W + b` in f64, normalised when asked (a zero row stays zero).
-fn reference_row(map: &PreparedMap, x: &[f32], normalize: bool) -> Vec<f64> {
+fn reference_row(map: &LinearMap, x: &[f32], normalize: bool) -> Vec<f64> {
     let (d_in, d_out) = (map.weight.rows, map.weight.cols);
     let mut y: Vec<f64> = match &map.bias {
         Some(b) => b.iter().map(|v| f64::from(*v)).collect(),
@@ -120,7 +136,7 @@ fn decode(bytes: &[u8], elem: ElemType) -> Vec<f32> {
 /// Projects dense rows; returns the stats (or error) and the decoded output.
 fn project_dense(
     s: &Subject,
-    map: &PreparedMap,
+    map: &LinearMap,
     opts: &ProjectionOptions,
     x: &[f32],
     input: ElemType,
@@ -129,7 +145,7 @@ fn project_dense(
     let rows = x.len() / d_in;
     let xb = encode(x, input);
     let mut out = vec![0xABu8; rows * d_out * opts.output.size()];
-    let r = s.backend.project(
+    let r = s.project(
         map,
         opts,
         RowsIn::dense(&xb, rows, d_in, input),
@@ -178,7 +194,6 @@ fn shapes_are_refused(s: &Subject) {
     ];
     for (input, cols, rows) in cases {
         let e = s
-            .backend
             .project(
                 &map,
                 &o,
@@ -191,7 +206,6 @@ fn shapes_are_refused(s: &Subject) {
     // A buffer too short for its rows, and a stride smaller than a row.
     let short = RowsIn::dense(&x[..x.len() - 2], 4, 16, ElemType::F16);
     let e = s
-        .backend
         .project(
             &map,
             &o,
@@ -210,7 +224,6 @@ fn shapes_are_refused(s: &Subject) {
         ..RowsIn::dense(&x, 4, 16, ElemType::F16)
     };
     let e = s
-        .backend
         .project(
             &map,
             &o,
@@ -301,7 +314,6 @@ fn zero_norm_rows_are_zeros_and_counted(s: &Subject) {
         let xb = encode(&x, ElemType::F32);
         let mut out = vec![0xABu8; rows * d_out * 4];
         let stats = s
-            .backend
             .project(
                 &map,
                 &o,
@@ -534,7 +546,6 @@ fn strided_views_read_and_write_only_their_rows(s: &Subject) {
     }
     let mut out = vec![0xCDu8; rows * out_stride];
     let stats = s
-        .backend
         .project(
             &map,
             &ProjectionOptions::default(),
@@ -585,14 +596,13 @@ fn reruns_are_byte_identical(s: &Subject) {
     let run = || {
         let xb = encode(&x, ElemType::F16);
         let mut out = vec![0u8; rows * d_out * 2];
-        s.backend
-            .project(
-                &map,
-                &ProjectionOptions::default(),
-                RowsIn::dense(&xb, rows, d_in, ElemType::F16),
-                RowsOut::dense(&mut out, rows, d_out, ElemType::F16),
-            )
-            .unwrap();
+        s.project(
+            &map,
+            &ProjectionOptions::default(),
+            RowsIn::dense(&xb, rows, d_in, ElemType::F16),
+            RowsOut::dense(&mut out, rows, d_out, ElemType::F16),
+        )
+        .unwrap();
         out
     };
     assert!(run() == run(), "{}", s.name);
@@ -614,15 +624,14 @@ fn cpu_results_do_not_depend_on_the_thread_count() {
     let xb = encode(&x, ElemType::F32);
     let run = |threads| {
         let mut out = vec![0u8; rows * d_out * 2];
-        CpuBackend::new(Some(threads))
-            .unwrap()
-            .project(
-                &map,
-                &ProjectionOptions::default(),
-                RowsIn::dense(&xb, rows, d_in, ElemType::F32),
-                RowsOut::dense(&mut out, rows, d_out, ElemType::F16),
-            )
-            .unwrap();
+        let cpu = CpuBackend::new(Some(threads)).unwrap();
+        cpu.project(
+            &cpu.prepare(Arc::new(map.clone())).unwrap(),
+            &ProjectionOptions::default(),
+            RowsIn::dense(&xb, rows, d_in, ElemType::F32),
+            RowsOut::dense(&mut out, rows, d_out, ElemType::F16),
+        )
+        .unwrap();
         out
     };
     let one = run(1);
@@ -646,4 +655,111 @@ fn the_cpu_backend_refuses_absurd_thread_counts() {
         }
     }
     assert_eq!(CpuBackend::new(Some(1024)).unwrap().threads(), 1024);
+}
+
+fn prepared_maps_serve_many_calls_and_only_their_backend(s: &Subject) {
+    let (d_in, d_out, rows) = (24, 10, 200);
+    let map = Arc::new(random_map(d_in, d_out, true, 20));
+    let prepared = s.backend.prepare(map.clone()).unwrap();
+    assert_eq!((prepared.d_in(), prepared.d_out()), (d_in, d_out));
+    assert_eq!(prepared.owner(), s.backend.id());
+    // The prepared map shares the weights, it does not copy them.
+    assert!(Arc::ptr_eq(prepared.shared(), &map));
+    let x = random_rows(rows, d_in, 21);
+    let xb = encode(&x, ElemType::F32);
+    let o = opts(ElemType::F32, true, NonFinitePolicy::Error);
+    let run = |p: &isoclip::backend::PreparedMap| {
+        let mut out = vec![0u8; rows * d_out * 4];
+        s.backend
+            .project(
+                p,
+                &o,
+                RowsIn::dense(&xb, rows, d_in, ElemType::F32),
+                RowsOut::dense(&mut out, rows, d_out, ElemType::F32),
+            )
+            .unwrap();
+        decode(&out, ElemType::F32)
+    };
+    let first = run(&prepared);
+    assert!(run(&prepared) == first, "a second call differs");
+    for r in [0, 127, 128, rows - 1] {
+        let want = reference_row(&map, &x[r * d_in..(r + 1) * d_in], true);
+        for (c, w) in want.iter().enumerate() {
+            let got = f64::from(first[r * d_out + c]);
+            assert!(
+                (got - w).abs() <= s.tolerance,
+                "row {r} col {c}: {got} vs {w}"
+            );
+        }
+    }
+    // A map prepared by another backend is an error, not a panic or a wrong result.
+    let other = CpuBackend::new(Some(1)).unwrap();
+    let foreign = other.prepare(map.clone()).unwrap();
+    let mut out = vec![0u8; rows * d_out * 4];
+    let e = s
+        .backend
+        .project(
+            &foreign,
+            &o,
+            RowsIn::dense(&xb, rows, d_in, ElemType::F32),
+            RowsOut::dense(&mut out, rows, d_out, ElemType::F32),
+        )
+        .unwrap_err();
+    assert!(matches!(e, Error::InvalidArgument(_)), "{e:?}");
+    assert!(e.to_string().contains("prepared by another backend"), "{e}");
+    assert!(e.to_string().contains(&other.describe()), "{e}");
+}
+
+#[test]
+fn every_backend_prepares_a_map_once_for_many_calls() {
+    for_every_backend(prepared_maps_serve_many_calls_and_only_their_backend);
+}
+
+fn row_blocks_keep_bytes_when_calls_are_cut_at_them(s: &Subject) {
+    let (d_in, d_out, rows) = (40, 12, 700);
+    let map = Arc::new(random_map(d_in, d_out, false, 22));
+    let prepared = s.backend.prepare(map).unwrap();
+    let block = s.backend.row_block();
+    assert!(block > 0 && block < rows, "{block}");
+    assert!(s.backend.preferred_chunk_bytes() > 0);
+    let x = random_rows(rows, d_in, 23);
+    let xb = encode(&x, ElemType::F16);
+    let o = ProjectionOptions::default();
+    let project = |range: std::ops::Range<usize>, out: &mut [u8]| {
+        s.backend
+            .project(
+                &prepared,
+                &o,
+                RowsIn::dense(
+                    &xb[range.start * d_in * 2..range.end * d_in * 2],
+                    range.len(),
+                    d_in,
+                    ElemType::F16,
+                ),
+                RowsOut::dense(out, range.len(), d_out, ElemType::F16),
+            )
+            .unwrap();
+    };
+    let mut whole = vec![0u8; rows * d_out * 2];
+    project(0..rows, &mut whole);
+    // Calls cut at multiples of the row block give the bytes of one call.
+    let mut cut = vec![0u8; rows * d_out * 2];
+    let mut start = 0;
+    for len in [block, 3 * block, rows] {
+        let end = (start + len).min(rows);
+        project(start..end, &mut cut[start * d_out * 2..end * d_out * 2]);
+        start = end;
+        if start == rows {
+            break;
+        }
+    }
+    assert!(
+        cut == whole,
+        "calls cut at row blocks of {block} differ from one call"
+    );
+}
+
+#[test]
+fn every_backend_gives_one_calls_bytes_when_cut_at_row_blocks() {
+    for_every_backend(row_blocks_keep_bytes_when_calls_are_cut_at_them);
 }

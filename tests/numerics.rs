@@ -17,9 +17,11 @@ use common::{assert_fails_with, isoclip, stderr, write_npy_f32};
 
 use half::f16;
 use isoclip::align::synthetic::Rng;
-use isoclip::align::MatrixF32;
+use std::sync::Arc;
+
+use isoclip::align::{LinearMap, MatrixF32};
 use isoclip::backend::cpu::CpuBackend;
-use isoclip::backend::{Backend, ElemType, PreparedMap, ProjectionOptions, RowsIn, RowsOut};
+use isoclip::backend::{Backend, ElemType, ProjectionOptions, RowsIn, RowsOut};
 
 const CHILD_ENV: &str = "ISOCLIP_NUMERICS_CHILD";
 
@@ -41,9 +43,9 @@ const D_IN: usize = 768;
 const D_OUT: usize = 512;
 const ROWS: usize = 2048;
 
-fn workload() -> (PreparedMap, Vec<u8>) {
+fn workload() -> (Arc<LinearMap>, Vec<u8>) {
     let mut rng = Rng::new(42);
-    let map = PreparedMap {
+    let map = LinearMap {
         weight: MatrixF32 {
             rows: D_IN,
             cols: D_OUT,
@@ -53,6 +55,7 @@ fn workload() -> (PreparedMap, Vec<u8>) {
         },
         bias: None,
     };
+    let map = Arc::new(map);
     let x = (0..ROWS * D_IN)
         .flat_map(|_| f16::from_f32(rng.normal() as f32).to_le_bytes())
         .collect();
@@ -64,6 +67,7 @@ fn project_workload(threads: usize) -> Result<Vec<u8>, String> {
     let (map, x) = workload();
     let backend = CpuBackend::new(Some(threads)).map_err(|e| e.to_string())?;
     let mut out = vec![0u8; ROWS * D_OUT * 2];
+    let map = backend.prepare(map).map_err(|e| e.to_string())?;
     backend
         .project(
             &map,
@@ -101,7 +105,7 @@ fn limited_child(headroom_mib: u64) {
     assert_eq!(unsafe { libc::setrlimit(libc::RLIMIT_AS, &rl) }, 0);
     let result = CpuBackend::new(Some(4)).and_then(|b| {
         b.project(
-            &map,
+            &b.prepare(map)?,
             &ProjectionOptions::default(),
             RowsIn::dense(&x, ROWS, D_IN, ElemType::F16),
             RowsOut::dense(&mut out, ROWS, D_OUT, ElemType::F16),

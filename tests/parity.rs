@@ -184,8 +184,10 @@ fn full_maps_match_the_reference_and_reformulations_are_exact() {
             match (&maps.embedding_compact, &maps.embedding_full, c.bias) {
                 (Ok(ec), Ok(ef), false) => {
                     let emb: Vec<Vec<f64>> = xs.iter().map(|x| maps.plain.apply_row(x)).collect();
-                    let via_c: Vec<Vec<f64>> = emb.iter().map(|e| apply_matrix(ec, e)).collect();
-                    let via_f: Vec<Vec<f64>> = emb.iter().map(|e| apply_matrix(ef, e)).collect();
+                    let via_c: Vec<Vec<f64>> =
+                        emb.iter().map(|e| apply_matrix(&ec.weight, e)).collect();
+                    let via_f: Vec<Vec<f64>> =
+                        emb.iter().map(|e| apply_matrix(&ef.weight, e)).collect();
                     let d_ec = max_abs_diff(&cosines(&via_c), &ref_cos);
                     let d_ef = max_abs_diff(&cosines(&via_f), &ref_cos);
                     eprintln!(
@@ -195,7 +197,8 @@ fn full_maps_match_the_reference_and_reformulations_are_exact() {
                     assert!(d_ef <= 1e-6, "{tag}: embedding full cos error {d_ef:e}");
                     // Already L2-normalised embeddings give the same cosines (the route is linear).
                     let normed: Vec<Vec<f64>> = emb.iter().cloned().map(normalize).collect();
-                    let via_n: Vec<Vec<f64>> = normed.iter().map(|e| apply_matrix(ec, e)).collect();
+                    let via_n: Vec<Vec<f64>> =
+                        normed.iter().map(|e| apply_matrix(&ec.weight, e)).collect();
                     assert!(max_abs_diff(&cosines(&via_n), &ref_cos) <= 1e-6);
                 }
                 (Err(reason), Err(_), true) => {

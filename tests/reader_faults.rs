@@ -240,7 +240,7 @@ fn cli_input_truncated_mid_run_exits_1_without_crash_or_leftovers() {
 /// inputs and a row count that is not a multiple of the block size.
 #[test]
 fn streamed_output_is_byte_identical_to_one_call_over_the_whole_shard() {
-    use isoclip::backend::{Backend, ElemType, PreparedMap, RowsIn, RowsOut};
+    use isoclip::backend::{Backend, ElemType, RowsIn, RowsOut};
     use isoclip::formats::npy::{header_bytes, Accept, NpyMatrix};
 
     let projector = synthetic_projector();
@@ -256,7 +256,9 @@ fn streamed_output_is_byte_identical_to_one_call_over_the_whole_shard() {
         let spec0 = JobSpec::new(&shard, dir.path());
         let opts = spec0.options;
         let maps = projector.only_modality(None).unwrap();
-        let map = PreparedMap::select(maps, opts.input_kind, opts.form).unwrap();
+        let map = backend
+            .prepare(maps.select(opts.input_kind, opts.form).unwrap())
+            .unwrap();
         let whole = NpyMatrix::open(&shard, Accept::Embeddings).unwrap();
         let out_row = map.d_out() * opts.output.size();
         let mut expected = header_bytes(NpyDtype::F16, &[rows, map.d_out()]);

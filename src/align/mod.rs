@@ -11,9 +11,12 @@
 pub mod presets;
 pub mod synthetic;
 
+use std::sync::Arc;
+
 use faer::{Mat, MatRef, Par};
 use sha2::{Digest, Sha256};
 
+use crate::backend::{InputKind, OutputForm};
 use crate::error::{Error, Result};
 
 /// Which side of the model a map serves.
@@ -77,6 +80,10 @@ pub struct LinearMap {
 }
 
 impl LinearMap {
+    /// A map without bias.
+    pub fn unbiased(weight: MatrixF32) -> Self {
+        LinearMap { weight, bias: None }
+    }
     pub fn d_in(&self) -> usize {
         self.weight.rows
     }
@@ -444,7 +451,9 @@ impl PsiSpectrum {
     }
 }
 
-/// Every map the engine needs for one modality.
+/// Every map the engine needs for one modality. The maps a projection applies are shared
+/// (`Arc`): [`ModalityMaps::select`] hands one out without copying its weights, and a backend's
+/// prepared map (`Backend::prepare`) keeps it alive.
 #[derive(Clone, Debug, PartialEq)]
 pub struct ModalityMaps {
     pub modality: Modality,
@@ -456,13 +465,14 @@ pub struct ModalityMaps {
     /// Embedding dimension of the model.
     pub d: usize,
     /// The paper's map `U_m U_mᵀ P`, d_in x d (+ bias).
-    pub full: LinearMap,
+    pub full: Arc<LinearMap>,
     /// Same cosines in min(m, d) dims: `U_m Rᵀ` (+ bias).
-    pub compact: LinearMap,
-    /// From already-projected embeddings (d x min(m,d)); None with the reason where not exact.
-    pub embedding_compact: std::result::Result<MatrixF32, String>,
-    /// The embedding route's full form (d x d).
-    pub embedding_full: std::result::Result<MatrixF32, String>,
+    pub compact: Arc<LinearMap>,
+    /// From already-projected embeddings (d x min(m,d), no bias); `Err` with the reason where
+    /// the route is not exact.
+    pub embedding_compact: std::result::Result<Arc<LinearMap>, String>,
+    /// The embedding route's full form (d x d, no bias).
+    pub embedding_full: std::result::Result<Arc<LinearMap>, String>,
     /// Plain CLIP projector, for baselines in evaluation.
     pub plain: LinearMap,
     /// σ gaps at the band edges (absolute).
@@ -473,6 +483,21 @@ pub struct ModalityMaps {
 impl ModalityMaps {
     pub fn compact_dim(&self) -> usize {
         self.compact.d_out()
+    }
+
+    /// The map a projection of `kind` rows into `form` applies, shared (no copy of the weights).
+    /// The embedding route where it is not exact is `Error::InvalidArgument` with the reason.
+    pub fn select(&self, kind: InputKind, form: OutputForm) -> Result<Arc<LinearMap>> {
+        let chosen = match (kind, form) {
+            (InputKind::Features, OutputForm::Compact) => return Ok(self.compact.clone()),
+            (InputKind::Features, OutputForm::Full) => return Ok(self.full.clone()),
+            (InputKind::Embeddings, OutputForm::Compact) => &self.embedding_compact,
+            (InputKind::Embeddings, OutputForm::Full) => &self.embedding_full,
+        };
+        chosen
+            .as_ref()
+            .map(Arc::clone)
+            .map_err(|reason| Error::invalid(reason.clone()))
     }
 
     /// Every map holds finite f32 values (weights inside [`WEIGHT_SCALE`] guarantee it; this
@@ -492,10 +517,10 @@ impl ModalityMaps {
             }
         }
         if let Ok(e) = &self.embedding_compact {
-            named.push(("embedding-route compact map", &e.data));
+            named.push(("embedding-route compact map", &e.weight.data));
         }
         if let Ok(e) = &self.embedding_full {
-            named.push(("embedding-route full map", &e.data));
+            named.push(("embedding-route full map", &e.weight.data));
         }
         for (name, data) in named {
             if let Some(i) = data.iter().position(|v| !v.is_finite()) {
@@ -630,8 +655,12 @@ pub fn fit_modality(
     let (gap_top, gap_bottom) = spectrum.edge_gaps(band);
     let (embedding_compact, embedding_full) = match embedding {
         Ok((c, f)) => (
-            Ok(MatrixF32::from_faer(c.as_ref())),
-            Ok(MatrixF32::from_faer(f.as_ref())),
+            Ok(Arc::new(LinearMap::unbiased(MatrixF32::from_faer(
+                c.as_ref(),
+            )))),
+            Ok(Arc::new(LinearMap::unbiased(MatrixF32::from_faer(
+                f.as_ref(),
+            )))),
         ),
         Err(e) => (Err(e.clone()), Err(e)),
     };
@@ -641,8 +670,8 @@ pub fn fit_modality(
         m,
         d_in: weights.d_in(modality),
         d,
-        full: LinearMap::from_augmented(full.as_ref(), augmented),
-        compact: LinearMap::from_augmented(compact.as_ref(), augmented),
+        full: Arc::new(LinearMap::from_augmented(full.as_ref(), augmented)),
+        compact: Arc::new(LinearMap::from_augmented(compact.as_ref(), augmented)),
         embedding_compact,
         embedding_full,
         plain: weights.plain_map(modality),

@@ -27,10 +27,13 @@ use half::f16;
 use half::slice::HalfFloatSliceExt;
 use rayon::prelude::*;
 
+use std::sync::Arc;
+
 use super::{
-    check_shapes, try_zeroed, Backend, BlockStats, ElemType, NonFinitePolicy, PreparedMap,
-    ProjectionOptions, RowsIn, RowsOut,
+    check_shapes, try_zeroed, Backend, BackendId, BlockStats, ElemType, NonFinitePolicy,
+    PreparedMap, ProjectionOptions, RowsIn, RowsOut,
 };
+use crate::align::LinearMap;
 use crate::error::{Error, Result};
 
 /// Rows per block: the f32 input block (128 x 768 x 4 = 384 KiB) and output block stay in L2.
@@ -47,6 +50,7 @@ pub const MAX_THREADS: usize = 1024;
 const SAFE_EXP: i32 = 64;
 
 pub struct CpuBackend {
+    id: BackendId,
     pool: Option<rayon::ThreadPool>,
     threads: usize,
 }
@@ -58,6 +62,7 @@ impl CpuBackend {
     pub fn new(threads: Option<usize>) -> Result<Self> {
         match threads {
             None | Some(0) => Ok(CpuBackend {
+                id: BackendId::fresh(),
                 pool: None,
                 threads: rayon::current_num_threads(),
             }),
@@ -74,6 +79,7 @@ impl CpuBackend {
                         Error::ResourceExhausted(format!("cannot start {n} compute threads: {e}"))
                     })?;
                 Ok(CpuBackend {
+                    id: BackendId::fresh(),
                     pool: Some(pool),
                     threads: n,
                 })
@@ -84,29 +90,12 @@ impl CpuBackend {
     pub fn threads(&self) -> usize {
         self.threads
     }
-}
 
-fn simd_name() -> &'static str {
-    #[cfg(target_arch = "x86_64")]
-    {
-        if std::arch::is_x86_feature_detected!("avx512f") {
-            return "AVX-512";
-        }
-        if std::arch::is_x86_feature_detected!("avx2") {
-            return "AVX2";
-        }
-    }
-    "portable SIMD"
-}
-
-impl Backend for CpuBackend {
-    fn describe(&self) -> String {
-        format!("cpu ({} threads, {})", self.threads, simd_name())
-    }
-
-    fn project(
+    /// [`Backend::project`] on a plain map: what a prepared map holds for this backend today
+    /// (the CUDA backend runs the shapes its kernels do not cover through this).
+    pub(crate) fn project_map(
         &self,
-        map: &PreparedMap,
+        map: &LinearMap,
         opts: &ProjectionOptions,
         input: RowsIn<'_>,
         output: RowsOut<'_>,
@@ -129,6 +118,49 @@ impl Backend for CpuBackend {
     }
 }
 
+fn simd_name() -> &'static str {
+    #[cfg(target_arch = "x86_64")]
+    {
+        if std::arch::is_x86_feature_detected!("avx512f") {
+            return "AVX-512";
+        }
+        if std::arch::is_x86_feature_detected!("avx2") {
+            return "AVX2";
+        }
+    }
+    "portable SIMD"
+}
+
+impl Backend for CpuBackend {
+    fn describe(&self) -> String {
+        format!("cpu ({} threads, {})", self.threads, simd_name())
+    }
+
+    fn id(&self) -> BackendId {
+        self.id
+    }
+
+    /// Nothing to do yet: the blocks read the shared f32 weights directly.
+    fn prepare(&self, map: Arc<LinearMap>) -> Result<PreparedMap> {
+        Ok(PreparedMap::new(self.id, self.describe(), map, None))
+    }
+
+    fn row_block(&self) -> usize {
+        BLOCK_ROWS
+    }
+
+    fn project(
+        &self,
+        map: &PreparedMap,
+        opts: &ProjectionOptions,
+        input: RowsIn<'_>,
+        output: RowsOut<'_>,
+    ) -> Result<BlockStats> {
+        map.check_owner(self)?;
+        self.project_map(map.linear(), opts, input, output)
+    }
+}
+
 thread_local! {
     /// The scratch of inline calls on this thread, kept between calls (no allocation per query).
     static INLINE_SCRATCH: std::cell::RefCell<Option<(usize, usize, Scratch)>> =
@@ -137,7 +169,7 @@ thread_local! {
 
 /// Projects at most one block on the calling thread.
 fn project_inline(
-    map: &PreparedMap,
+    map: &LinearMap,
     opts: &ProjectionOptions,
     input: RowsIn<'_>,
     output: RowsOut<'_>,
@@ -223,7 +255,7 @@ impl BlockFailure {
 type BlockOutcome = std::result::Result<BlockStats, BlockFailure>;
 
 fn project_blocks(
-    map: &PreparedMap,
+    map: &LinearMap,
     opts: &ProjectionOptions,
     input: RowsIn<'_>,
     output: RowsOut<'_>,
@@ -281,7 +313,7 @@ const NONFINITE_INPUT: i32 = i32::MIN;
 /// One block: read and pre-scale the rows, GEMM, then finish, convert and check row by row in
 /// order, so the first failing row of the block is the lowest.
 fn project_one_block(
-    map: &PreparedMap,
+    map: &LinearMap,
     opts: &ProjectionOptions,
     input: &RowsIn<'_>,
     block: &Block,
@@ -571,24 +603,20 @@ mod tests {
     use crate::align::synthetic::Rng;
     use crate::align::MatrixF32;
 
-    fn map(d_in: usize, d_out: usize, bias: bool) -> PreparedMap {
+    fn map(d_in: usize, d_out: usize, bias: bool) -> Arc<LinearMap> {
         let mut rng = Rng::new(9);
-        PreparedMap {
+        Arc::new(LinearMap {
             weight: MatrixF32 {
                 rows: d_in,
                 cols: d_out,
                 data: (0..d_in * d_out).map(|_| rng.normal() as f32).collect(),
             },
             bias: bias.then(|| (0..d_out).map(|_| rng.normal() as f32).collect()),
-        }
+        })
     }
 
-    fn reference(map: &PreparedMap, x: &[f32], normalize: bool) -> Vec<f64> {
-        let lm = crate::align::LinearMap {
-            weight: map.weight.clone(),
-            bias: map.bias.clone(),
-        };
-        let y = lm.apply_row(x);
+    fn reference(map: &LinearMap, x: &[f32], normalize: bool) -> Vec<f64> {
+        let y = map.apply_row(x);
         let n = y.iter().map(|v| v * v).sum::<f64>().sqrt();
         if normalize && n > 0.0 {
             y.iter().map(|v| v / n).collect()
@@ -621,7 +649,7 @@ mod tests {
             };
             let be = CpuBackend::new(Some(2)).unwrap();
             be.project(
-                &m,
+                &be.prepare(m.clone()).unwrap(),
                 &opts,
                 RowsIn {
                     bytes: &inb,
@@ -664,6 +692,7 @@ mod tests {
             .collect();
         let mut out = vec![0u8; rows * 4 * 2];
         let be = CpuBackend::new(None).unwrap();
+        let m = be.prepare(m).unwrap();
         let opts = ProjectionOptions::default();
         let e = be
             .project(
@@ -707,17 +736,50 @@ mod tests {
             .collect();
         let run = |t| {
             let mut out = vec![0u8; rows * 20 * 2];
-            CpuBackend::new(Some(t))
-                .unwrap()
-                .project(
-                    &m,
-                    &ProjectionOptions::default(),
-                    RowsIn::dense(&xb, rows, 48, ElemType::F16),
-                    RowsOut::dense(&mut out, rows, 20, ElemType::F16),
-                )
-                .unwrap();
+            let be = CpuBackend::new(Some(t)).unwrap();
+            be.project(
+                &be.prepare(m.clone()).unwrap(),
+                &ProjectionOptions::default(),
+                RowsIn::dense(&xb, rows, 48, ElemType::F16),
+                RowsOut::dense(&mut out, rows, 20, ElemType::F16),
+            )
+            .unwrap();
             out
         };
         assert!(run(1) == run(3));
+    }
+
+    #[test]
+    fn a_map_prepared_by_another_backend_is_refused() {
+        let m = map(8, 4, false);
+        let (a, b) = (
+            CpuBackend::new(Some(1)).unwrap(),
+            CpuBackend::new(Some(1)).unwrap(),
+        );
+        let prepared = a.prepare(m.clone()).unwrap();
+        assert_eq!(prepared.owner(), a.id());
+        assert_ne!(a.id(), b.id());
+        // Shared, not copied.
+        assert!(Arc::ptr_eq(prepared.shared(), &m));
+        let xb = vec![0u8; 8 * 4];
+        let mut out = vec![0u8; 4 * 4];
+        let e = b
+            .project(
+                &prepared,
+                &ProjectionOptions::default(),
+                RowsIn::dense(&xb, 1, 8, ElemType::F32),
+                RowsOut::dense(&mut out, 1, 4, ElemType::F16),
+            )
+            .unwrap_err();
+        assert!(matches!(e, Error::InvalidArgument(_)), "{e:?}");
+        assert!(e.to_string().contains("prepared by another backend"), "{e}");
+        // The backend that prepared it takes it.
+        a.project(
+            &prepared,
+            &ProjectionOptions::default(),
+            RowsIn::dense(&xb, 1, 8, ElemType::F32),
+            RowsOut::dense(&mut out, 1, 4, ElemType::F16),
+        )
+        .unwrap();
     }
 }

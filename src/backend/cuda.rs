@@ -17,6 +17,8 @@ pub mod plan;
 mod compile;
 #[cfg(feature = "cuda")]
 mod device;
+#[cfg(feature = "cuda")]
+mod launch;
 
 #[cfg(feature = "cuda")]
 pub use compile::{compile_ptx_for_arch, kernel_ptx_for_arch};

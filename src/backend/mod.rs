@@ -1,14 +1,25 @@
 //! Backends project blocks of rows through a prepared map. The streaming engine, the C ABI and
 //! the benchmarks talk only to the [`Backend`] trait; the CPU backend (SIMD + rayon) is always
 //! available, the CUDA backend plugs in behind the same trait.
+//!
+//! A map is prepared once per backend ([`Backend::prepare`], giving a [`PreparedMap`] that owns
+//! the backend's state for it, e.g. weights resident on a GPU) and then projected with any number
+//! of times, from any thread. [`PreparedMaps`] keeps the maps of one projector prepared per
+//! backend, lazily, for callers that pair projectors and backends per call (the C ABI, Python).
 
 pub mod cpu;
 pub mod cuda;
+mod prepared;
 pub mod select;
 
+pub use prepared::PreparedMaps;
 pub use select::{select_backend, DeviceChoice};
 
-use crate::align::{LinearMap, MatrixF32, ModalityMaps};
+use std::any::Any;
+use std::sync::atomic::{AtomicU64, Ordering};
+use std::sync::Arc;
+
+use crate::align::LinearMap;
 use crate::error::{Error, Result};
 
 /// What the input rows are.
@@ -99,43 +110,95 @@ impl Default for ProjectionOptions {
     }
 }
 
-/// The one map a run applies: `y = x · weight (+ bias)`, weight row-major d_in x d_out, f32.
-#[derive(Clone, Debug, PartialEq)]
+/// Identifies one backend instance: a [`PreparedMap`] remembers the backend that prepared it,
+/// and another backend refuses it with an error instead of reading another device's state.
+#[derive(Clone, Copy, Debug, PartialEq, Eq, Hash)]
+pub struct BackendId(u64);
+
+impl BackendId {
+    /// A new id, different from every other one in this process.
+    pub fn fresh() -> Self {
+        static NEXT: AtomicU64 = AtomicU64::new(1);
+        BackendId(NEXT.fetch_add(1, Ordering::Relaxed))
+    }
+}
+
+/// A map made ready for one backend by [`Backend::prepare`]: the shared [`LinearMap`] (never a
+/// copy of its weights) and whatever the backend keeps for it (the CUDA backend: the packed
+/// weights, resident on each GPU; the CPU backend: nothing today, a packed layout later). Cheap
+/// to share behind an `Arc`; dropping it releases the backend's state (device memory).
+///
+/// Only the backend that prepared it can project with it: another one returns
+/// `Error::InvalidArgument` (see [`PreparedMap::check_owner`]).
 pub struct PreparedMap {
-    pub weight: MatrixF32,
-    pub bias: Option<Vec<f32>>,
+    map: Arc<LinearMap>,
+    owner: BackendId,
+    owner_name: String,
+    state: Option<Arc<dyn Any + Send + Sync>>,
 }
 
 impl PreparedMap {
-    /// Selects the map for an input kind and output form from a modality's maps.
-    pub fn select(maps: &ModalityMaps, kind: InputKind, form: OutputForm) -> Result<Self> {
-        let from_linear = |m: &LinearMap| PreparedMap {
-            weight: m.weight.clone(),
-            bias: m.bias.clone(),
-        };
-        Ok(match (kind, form) {
-            (InputKind::Features, OutputForm::Compact) => from_linear(&maps.compact),
-            (InputKind::Features, OutputForm::Full) => from_linear(&maps.full),
-            (InputKind::Embeddings, form) => {
-                let m = match form {
-                    OutputForm::Compact => &maps.embedding_compact,
-                    OutputForm::Full => &maps.embedding_full,
-                };
-                match m {
-                    Ok(w) => PreparedMap {
-                        weight: w.clone(),
-                        bias: None,
-                    },
-                    Err(reason) => return Err(Error::invalid(reason.clone())),
-                }
-            }
-        })
+    /// For backend implementations: `map` prepared by the backend `owner` (its `describe()`
+    /// text as `owner_name`, for errors), with its own `state` (read back with
+    /// [`PreparedMap::state`]).
+    pub fn new(
+        owner: BackendId,
+        owner_name: String,
+        map: Arc<LinearMap>,
+        state: Option<Arc<dyn Any + Send + Sync>>,
+    ) -> Self {
+        PreparedMap {
+            map,
+            owner,
+            owner_name,
+            state,
+        }
+    }
+    /// The map itself.
+    pub fn linear(&self) -> &LinearMap {
+        &self.map
+    }
+    /// The shared map (to prepare it for another backend).
+    pub fn shared(&self) -> &Arc<LinearMap> {
+        &self.map
     }
     pub fn d_in(&self) -> usize {
-        self.weight.rows
+        self.map.d_in()
     }
     pub fn d_out(&self) -> usize {
-        self.weight.cols
+        self.map.d_out()
+    }
+    pub fn owner(&self) -> BackendId {
+        self.owner
+    }
+    /// The backend's state for this map, when it is a `T`.
+    pub fn state<T: Any>(&self) -> Option<&T> {
+        self.state.as_deref().and_then(|s| s.downcast_ref::<T>())
+    }
+    /// `Ok` when `backend` prepared this map; otherwise `Error::InvalidArgument` naming both.
+    pub fn check_owner(&self, backend: &dyn Backend) -> Result<()> {
+        if self.owner == backend.id() {
+            return Ok(());
+        }
+        Err(Error::invalid(format!(
+            "the map was prepared by another backend ({}) than the one projecting ({}): \
+             prepare it with `Backend::prepare` of the backend that projects",
+            self.owner_name,
+            backend.describe()
+        )))
+    }
+}
+
+impl std::fmt::Debug for PreparedMap {
+    fn fmt(&self, f: &mut std::fmt::Formatter<'_>) -> std::fmt::Result {
+        f.debug_struct("PreparedMap")
+            .field("d_in", &self.d_in())
+            .field("d_out", &self.d_out())
+            .field("bias", &self.map.bias.is_some())
+            .field("owner", &self.owner)
+            .field("owner_name", &self.owner_name)
+            .field("state", &self.state.is_some())
+            .finish()
     }
 }
 
@@ -255,12 +318,36 @@ impl std::ops::AddAssign for BlockStats {
     }
 }
 
+/// Output bytes per engine chunk when neither the user nor the backend says otherwise.
+pub const DEFAULT_CHUNK_BYTES: usize = 16 << 20;
+
 /// A device that projects rows. Implementations are shareable across threads.
 pub trait Backend: Send + Sync {
     /// A short human name ("cpu (2 threads, AVX-512)", "cuda:0 NVIDIA H200").
     fn describe(&self) -> String;
 
-    /// Projects every input row through `map` into `output` per `opts`. The input has
+    /// This instance's id (from [`BackendId::fresh`] at construction), recorded in the maps it
+    /// prepares.
+    fn id(&self) -> BackendId;
+
+    /// Makes `map` ready for [`Backend::project`] on this backend: whatever the backend needs
+    /// once per map (packing, uploading the weights to each device) happens here, not per call.
+    /// Errors: weights the backend cannot use (`Error::NonFinite`), a device that fails
+    /// (`Error::DeviceUnavailable`), memory (`Error::ResourceExhausted`).
+    fn prepare(&self, map: Arc<LinearMap>) -> Result<PreparedMap>;
+
+    /// Rows whose results are computed together: a row's bytes depend only on its offset within
+    /// a call modulo this, so callers that cut a stream of rows into calls at multiples of it get
+    /// the same bytes as one call (the CPU: its 128-row blocks).
+    fn row_block(&self) -> usize;
+
+    /// Output bytes per call the engine aims for when the user does not set a chunk size.
+    fn preferred_chunk_bytes(&self) -> usize {
+        DEFAULT_CHUNK_BYTES
+    }
+
+    /// Projects every input row through `map` into `output` per `opts`. `map` must come from
+    /// this backend's [`Backend::prepare`] (otherwise `Error::InvalidArgument`). The input has
     /// `map.d_in()` columns, the output `map.d_out()`. A row with NaN/Inf under
     /// `NonFinitePolicy::Error` fails the call with `Error::NonFiniteRow { row }`, and a finite
     /// row whose result the output type cannot hold with `Error::Unrepresentable { row }`: the
@@ -292,7 +379,7 @@ pub fn try_zeroed<T: Default + Clone>(len: usize) -> Result<Vec<T>> {
 }
 
 /// Checks that the views fit the map; shared by every backend.
-pub fn check_shapes(map: &PreparedMap, input: &RowsIn<'_>, output: &RowsOut<'_>) -> Result<()> {
+pub fn check_shapes(map: &LinearMap, input: &RowsIn<'_>, output: &RowsOut<'_>) -> Result<()> {
     input.validate()?;
     output.validate()?;
     if input.cols != map.d_in() {

@@ -109,7 +109,7 @@ fn gallery_step(dir: &Path) -> Result<()> {
 /// Step 3: project the gallery (resumable; SIGINT/SIGTERM stop it cleanly).
 fn project_step(dir: &Path, projector: &AlignedProjector) -> Result<()> {
     outln!("\n== 3. project it into the IsoCLIP space (compact f16, normalised; resumable)")?;
-    let (backend, notice) = select_backend(DeviceChoice::Auto, None)?;
+    let (backend, notice) = select_backend(DeviceChoice::default(), None)?;
     let spec = JobSpec::new(dir.join("gallery"), dir.join("projected"));
     let progress = BarProgress::new(true).with_notice(notice);
     let summary = run_interruptible(&spec, projector, backend.as_ref(), &progress)?;

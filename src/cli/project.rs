@@ -96,8 +96,9 @@ pub struct ProjectArgs {
     /// Rows with NaN or Inf: fail (default) or write zeros.
     #[arg(long, value_enum, default_value = "error")]
     pub nonfinite: NonFiniteArg,
-    /// Where to compute: the GPU when usable (auto), the CPU, or the GPU or an error (cuda).
-    #[arg(long, default_value = "auto", value_parser = ["auto", "cpu", "cuda"])]
+    /// Where to compute: the GPU(s) when usable (auto), the CPU, every visible GPU or an error
+    /// (cuda), or one GPU by CUDA ordinal or an error (cuda:N).
+    #[arg(long, default_value = "auto", value_name = "auto|cpu|cuda|cuda:N", value_parser = parse_device)]
     pub device: String,
     /// CPU worker threads (default: all cores).
     #[arg(long, value_name = "N")]
@@ -354,4 +355,9 @@ pub fn print_summary(s: &JobSummary, synthetic: bool) -> Result<()> {
         s.nonfinite_rows
     )?;
     Ok(())
+}
+
+/// Checks a `--device` value (`auto`, `cpu`, `cuda`, `cuda:N`) for clap.
+fn parse_device(s: &str) -> std::result::Result<String, String> {
+    s.parse::<DeviceChoice>().map(|_| s.to_string())
 }

@@ -38,7 +38,7 @@ use super::records::{
 };
 use super::shards;
 use crate::align::AlignedProjector;
-use crate::backend::{Backend, NonFinitePolicy, PreparedMap, ProjectionOptions};
+use crate::backend::{Backend, NonFinitePolicy, ProjectionOptions};
 use crate::error::{Error, Result};
 use crate::formats::projector_file;
 use crate::storage::{
@@ -414,7 +414,8 @@ pub fn run_job(
     let t0 = Instant::now();
     let opts = spec.options;
     let maps = projector.only_modality(spec.modality)?;
-    let map = PreparedMap::select(maps, opts.input_kind, opts.form)?;
+    // Selected now (its shape checks the inputs), prepared for the backend before the work.
+    let map = maps.select(opts.input_kind, opts.form)?;
     let projector_id = projector_file::content_digest(projector);
     let run = run_options(&projector_id, maps.modality.name(), &opts, map.d_out());
     let context = StorageContext::new(spec.storage_options.clone())?;
@@ -511,7 +512,8 @@ pub fn run_job(
     );
 
     // 4. Work.
-    let chunk_rows = chunk_rows(spec.chunk_bytes, map.d_out() * opts.output.size());
+    let map = backend.prepare(map)?;
+    let chunk_rows = chunk_rows(backend, spec.chunk_bytes, map.d_out() * opts.output.size());
     let work = ShardWork {
         map: &map,
         opts: &opts,

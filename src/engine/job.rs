@@ -34,7 +34,6 @@ use super::reader::{InputMatrix, ShardReader, READ_CHUNK_BYTES};
 use super::selection::ShardSelection;
 use super::shards;
 use crate::align::{AlignedProjector, Modality};
-use crate::backend::cpu::BLOCK_ROWS;
 use crate::backend::{
     Backend, BlockStats, ElemType, NonFinitePolicy, PreparedMap, ProjectionOptions, RowsIn, RowsOut,
 };
@@ -84,19 +83,20 @@ impl JobSpec {
     }
 }
 
-const DEFAULT_CHUNK_BYTES: usize = 16 << 20;
 const MAX_CHUNK_ROWS: usize = 1 << 16;
 
-/// Rows per compute chunk: about `chunk_bytes` of output (the default when 0), a multiple of
-/// [`BLOCK_ROWS`] between one block and [`MAX_CHUNK_ROWS`].
-pub(crate) fn chunk_rows(chunk_bytes: usize, out_row_bytes: usize) -> usize {
+/// Rows per compute chunk: about `chunk_bytes` of output (the backend's preferred size when 0),
+/// a multiple of the backend's [`Backend::row_block`] between one block and [`MAX_CHUNK_ROWS`]
+/// (rounded down to a whole number of blocks).
+pub(crate) fn chunk_rows(backend: &dyn Backend, chunk_bytes: usize, out_row_bytes: usize) -> usize {
+    let block = backend.row_block().max(1);
     let chunk_bytes = if chunk_bytes == 0 {
-        DEFAULT_CHUNK_BYTES
+        backend.preferred_chunk_bytes()
     } else {
         chunk_bytes
     };
-    ((chunk_bytes / out_row_bytes.max(1)).clamp(BLOCK_ROWS, MAX_CHUNK_ROWS) / BLOCK_ROWS)
-        * BLOCK_ROWS
+    let max_rows = (MAX_CHUNK_ROWS / block * block).max(block);
+    ((chunk_bytes / out_row_bytes.max(1)).clamp(block, max_rows) / block) * block
 }
 /// Output chunk buffers circulating between compute and the writer thread: enough slack that a
 /// writer blocked in a periodic sync does not stall the compute side.
@@ -215,7 +215,8 @@ fn run_local_job(
     let t0 = Instant::now();
     let opts = spec.options;
     let maps = projector.only_modality(spec.modality)?;
-    let map = PreparedMap::select(maps, opts.input_kind, opts.form)?;
+    // Selected now (its shape checks the inputs), prepared for the backend before the work.
+    let map = maps.select(opts.input_kind, opts.form)?;
     let projector_id = projector_file::content_digest(projector);
 
     // 1. Every shard, validated before any work.
@@ -291,7 +292,8 @@ fn run_local_job(
     );
 
     // 4. Work.
-    let chunk_rows = chunk_rows(spec.chunk_bytes, map.d_out() * out_elem.size());
+    let map = backend.prepare(map)?;
+    let chunk_rows = chunk_rows(backend, spec.chunk_bytes, map.d_out() * out_elem.size());
     for i in todo {
         let s = &open[i];
         if cancel.load(Ordering::Relaxed) {
@@ -337,7 +339,7 @@ pub(crate) fn check_columns(
     path: &Path,
     cols: usize,
     maps: &crate::align::ModalityMaps,
-    map: &PreparedMap,
+    map: &crate::align::LinearMap,
     opts: &ProjectionOptions,
 ) -> Result<()> {
     if cols != map.d_in() {
@@ -572,6 +574,7 @@ pub(crate) fn project_shard(
         chunk_rows,
         shape.cols * shape.dtype.size(),
         READ_CHUNK_BYTES,
+        backend.row_block(),
     );
     let out_npy = match out_elem {
         ElemType::F16 => NpyDtype::F16,
@@ -656,11 +659,18 @@ pub(crate) fn project_shard(
 }
 
 /// `chunk_rows` lowered so that a chunk of input rows of `in_row_bytes` stays within
-/// `max_input_bytes`; still a multiple of [`BLOCK_ROWS`] (chunk boundaries never change a row's
-/// result, as blocks start at multiples of `BLOCK_ROWS` from the start of the shard either way).
-fn cap_chunk_rows(chunk_rows: usize, in_row_bytes: usize, max_input_bytes: usize) -> usize {
-    let fit = (max_input_bytes / in_row_bytes.max(1)) / BLOCK_ROWS * BLOCK_ROWS;
-    chunk_rows.min(fit.max(BLOCK_ROWS))
+/// `max_input_bytes`; still a multiple of the backend's row block `block` (chunk boundaries never
+/// change a row's result, as blocks start at multiples of `block` from the start of the shard
+/// either way).
+fn cap_chunk_rows(
+    chunk_rows: usize,
+    in_row_bytes: usize,
+    max_input_bytes: usize,
+    block: usize,
+) -> usize {
+    let block = block.max(1);
+    let fit = (max_input_bytes / in_row_bytes.max(1)) / block * block;
+    chunk_rows.min(fit.max(block))
 }
 
 /// Where an output shard's bytes go. Direct I/O (O_DIRECT) skips the page cache: on a 2-core

@@ -76,7 +76,7 @@ impl<'a> Projection<'a> {
                 Ok(m) => Ok((
                     Projection::IDENTITY,
                     Projection {
-                        weight: Some(m),
+                        weight: Some(&m.weight),
                         bias: None,
                     },
                 )),

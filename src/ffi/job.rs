@@ -509,7 +509,7 @@ pub unsafe extern "C" fn isoclip_job_new(
         // SAFETY: a live handle or NULL, only read, per the contract.
         let jo = unsafe { job_options.as_ref() }.cloned().unwrap_or_default();
         // Check the options against the projector now, with the C API's wording.
-        let (modality, _) = p.prepared(proj.modality, proj.input_kind, proj.form)?;
+        let (modality, _) = p.selected(proj.modality, proj.input_kind, proj.form)?;
         let mut spec = JobSpec::new(input, output);
         spec.shards = jo.shards;
         spec.storage_options = jo.storage_options;

@@ -15,7 +15,7 @@ use super::status::{
     FfiResult,
 };
 use crate::align::Modality;
-use crate::backend::cpu::{CpuBackend, BLOCK_ROWS, MAX_THREADS};
+use crate::backend::cpu::{CpuBackend, MAX_THREADS};
 use crate::backend::{
     select_backend, Backend, BlockStats, DeviceChoice, ElemType, InputKind, NonFinitePolicy,
     OutputForm, PreparedMap, ProjectionOptions, RowsIn, RowsOut,
@@ -81,13 +81,17 @@ fn parse_nonfinite(v: isoclip_nonfinite) -> FfiResult<NonFinitePolicy> {
 /// `isoclip_set_default_threads`), created on first use, and created anew in the child of a
 /// `fork` (a backend handle made before a `fork` must not be used in the child).
 pub struct isoclip_backend {
-    backend: Box<dyn Backend>,
+    backend: Arc<dyn Backend>,
     device: isoclip_device,
 }
 
 impl isoclip_backend {
     pub(crate) fn backend(&self) -> &dyn Backend {
         self.backend.as_ref()
+    }
+    /// The backend as a shared reference (what prepared maps are cached for).
+    pub(crate) fn shared(&self) -> &Arc<dyn Backend> {
+        &self.backend
     }
 }
 
@@ -154,7 +158,7 @@ pub(crate) fn default_backend() -> FfiResult<Arc<isoclip_backend>> {
         let fresh = Box::into_raw(Box::new(DefaultBackend {
             generation,
             backend: Arc::new(isoclip_backend {
-                backend: Box::new(CpuBackend::new(Some(default_thread_count()))?),
+                backend: Arc::new(CpuBackend::new(Some(default_thread_count()))?),
                 device: ISOCLIP_DEVICE_CPU,
             }),
             superseded: seen,
@@ -329,10 +333,11 @@ pub unsafe extern "C" fn isoclip_backend_options_set_threads(
 /// Chooses which device of the kind set with `isoclip_backend_options_set_device` the backend
 /// runs on: `ISOCLIP_DEVICE_INDEX_ALL` (-1, the default: every visible GPU; the CPU) or a
 /// 0-based index (a CUDA device ordinal, as `nvidia-smi` numbers them under the current
-/// `CUDA_VISIBLE_DEVICES`). The CPU is device 0. The index is checked by `isoclip_backend_new`:
-/// an index other than -1 or 0 with `ISOCLIP_DEVICE_CPU` is `ISOCLIP_ERR_INVALID_ARGUMENT`
-/// there; with `ISOCLIP_DEVICE_AUTO` the index applies to the GPU, and a fall back to the CPU
-/// ignores it.
+/// `CUDA_VISIBLE_DEVICES`): the backend then opens that GPU alone. The CPU is device 0. The index
+/// is checked by `isoclip_backend_new`: an index other than -1 or 0 with `ISOCLIP_DEVICE_CPU` is
+/// `ISOCLIP_ERR_INVALID_ARGUMENT` there, a GPU index that is missing or unusable with
+/// `ISOCLIP_DEVICE_CUDA` is `ISOCLIP_ERR_DEVICE_UNAVAILABLE` naming it; with
+/// `ISOCLIP_DEVICE_AUTO` the index applies to the GPU, and a fall back to the CPU ignores it.
 ///
 /// Returns `ISOCLIP_OK`, `ISOCLIP_ERR_NULL_POINTER`, `ISOCLIP_ERR_INVALID_ARGUMENT` (an index
 /// below -1), `ISOCLIP_ERR_PANIC`.
@@ -358,40 +363,37 @@ pub unsafe extern "C" fn isoclip_backend_options_set_device_index(
     })
 }
 
-/// Checks a device index against the device kind that was opened: the CPU is device 0 alone;
-/// a single GPU cannot be chosen yet (the CUDA backend opens every visible GPU).
-fn check_device_index(resolved: isoclip_device, index: i32) -> FfiResult<()> {
-    match (resolved, index) {
-        (_, ISOCLIP_DEVICE_INDEX_ALL) | (ISOCLIP_DEVICE_CPU, 0) => Ok(()),
-        (ISOCLIP_DEVICE_CPU, _) => Err(Failure::InvalidArgument(format!(
+/// The library's device choice for a device kind and index (`ISOCLIP_DEVICE_INDEX_ALL` or an
+/// index from 0, as `isoclip_backend_options_set_device_index` accepts): the CPU is device 0
+/// alone; for a GPU the index is the CUDA ordinal.
+fn device_choice(device: isoclip_device, index: i32) -> FfiResult<DeviceChoice> {
+    let gpu = usize::try_from(index).ok(); // ISOCLIP_DEVICE_INDEX_ALL: every GPU
+    match device {
+        ISOCLIP_DEVICE_AUTO => Ok(DeviceChoice::Auto(gpu)),
+        ISOCLIP_DEVICE_CUDA => Ok(DeviceChoice::Cuda(gpu)),
+        ISOCLIP_DEVICE_CPU if matches!(index, ISOCLIP_DEVICE_INDEX_ALL | 0) => {
+            Ok(DeviceChoice::Cpu)
+        }
+        ISOCLIP_DEVICE_CPU => Err(Failure::InvalidArgument(format!(
             "device index {index} with the CPU: the CPU is device 0 (or use \
              ISOCLIP_DEVICE_INDEX_ALL)"
         ))),
-        _ => Err(Failure::Core(Error::DeviceUnavailable(format!(
-            "cuda:{index}: this build opens every visible GPU and cannot select one; restrict \
-             the process with CUDA_VISIBLE_DEVICES={index} and use ISOCLIP_DEVICE_INDEX_ALL"
-        )))),
+        other => Err(Failure::InvalidArgument(format!("unknown device {other}"))),
     }
 }
 
-/// Opens the backend for a device. Returns the backend and the device it actually runs on.
+/// Opens the backend for a device choice. Returns the backend and the device it actually runs on.
 fn open_backend(
-    device: isoclip_device,
+    choice: DeviceChoice,
     threads: Option<usize>,
 ) -> FfiResult<(Box<dyn Backend>, isoclip_device)> {
-    let choice = match device {
-        ISOCLIP_DEVICE_AUTO => DeviceChoice::Auto,
-        ISOCLIP_DEVICE_CPU => DeviceChoice::Cpu,
-        ISOCLIP_DEVICE_CUDA => DeviceChoice::Cuda,
-        other => return Err(Failure::InvalidArgument(format!("unknown device {other}"))),
-    };
     let (backend, fallback_notice) = select_backend(choice, threads)?;
     let resolved = match choice {
         DeviceChoice::Cpu => ISOCLIP_DEVICE_CPU,
-        DeviceChoice::Cuda => ISOCLIP_DEVICE_CUDA,
+        DeviceChoice::Cuda(_) => ISOCLIP_DEVICE_CUDA,
         // `select_backend` explains a fall back to the CPU with a notice, and only then.
-        DeviceChoice::Auto if fallback_notice.is_some() => ISOCLIP_DEVICE_CPU,
-        DeviceChoice::Auto => ISOCLIP_DEVICE_CUDA,
+        DeviceChoice::Auto(_) if fallback_notice.is_some() => ISOCLIP_DEVICE_CPU,
+        DeviceChoice::Auto(_) => ISOCLIP_DEVICE_CUDA,
     };
     Ok((backend, resolved))
 }
@@ -404,9 +406,9 @@ fn open_backend(
 /// backend (`isoclip_set_default_threads`, else one per available core).
 ///
 /// Returns `ISOCLIP_OK`, `ISOCLIP_ERR_NULL_POINTER` (`out`), `ISOCLIP_ERR_DEVICE_UNAVAILABLE`
-/// (`ISOCLIP_DEVICE_CUDA` without a usable GPU, or a single GPU chosen by index, which this
-/// build cannot do; the message says why), `ISOCLIP_ERR_INVALID_ARGUMENT` (a device index other
-/// than -1 or 0 with the CPU), `ISOCLIP_ERR_RESOURCE_EXHAUSTED` (the system refused to start the
+/// (`ISOCLIP_DEVICE_CUDA` without a usable GPU, or without the GPU of the index chosen; the
+/// message says why), `ISOCLIP_ERR_INVALID_ARGUMENT` (a device index other than -1 or 0 with the
+/// CPU), `ISOCLIP_ERR_RESOURCE_EXHAUSTED` (the system refused to start the
 /// threads; the message says why), `ISOCLIP_ERR_PANIC`.
 /// Thread-safety: any thread.
 ///
@@ -426,21 +428,19 @@ pub unsafe extern "C" fn isoclip_backend_new(
             let o = unsafe { &*options };
             (o.device, o.threads, o.device_index)
         };
-        if device == ISOCLIP_DEVICE_CPU {
-            check_device_index(ISOCLIP_DEVICE_CPU, index)?;
-        }
+        let choice = device_choice(device, index)?;
         // Never rayon's global pool: its threads do not exist in a forked child.
         let threads = if threads == 0 {
             default_thread_count()
         } else {
             threads
         };
-        let (backend, device) = open_backend(device, Some(threads))?;
-        // AUTO that fell back to the CPU ignores the index, which was meant for a GPU.
-        if device == ISOCLIP_DEVICE_CUDA {
-            check_device_index(device, index)?;
-        }
-        let b = Arc::new(isoclip_backend { backend, device });
+        // AUTO that falls back to the CPU ignores the index, which was meant for a GPU.
+        let (backend, device) = open_backend(choice, Some(threads))?;
+        let b = Arc::new(isoclip_backend {
+            backend: Arc::from(backend),
+            device,
+        });
         // SAFETY: per this function's contract.
         unsafe { write_out(out, "out", Arc::into_raw(b)) }
     })
@@ -942,7 +942,6 @@ struct ProjectionViews {
 /// Rows per slice of a cancellable projection: the token is checked between slices. A multiple
 /// of the CPU backend's block, so that slicing changes no byte.
 const CANCEL_SLICE_ROWS: usize = 64 * 1024;
-const _: () = assert!(CANCEL_SLICE_ROWS.is_multiple_of(BLOCK_ROWS));
 
 /// The body of `isoclip_project` and `isoclip_project_with_cancel`.
 ///
@@ -966,7 +965,7 @@ unsafe fn project_views(
     let stats = unsafe { StatsOut::new(stats) }?;
     let in_elem = parse_dtype(v.input_dtype, "input")?;
     let out_elem = parse_dtype(v.output_dtype, "output")?;
-    let (_, map) = p.prepared(o.modality, o.input_kind, o.form)?;
+    let map = p.prepared(b.shared(), o.modality, o.input_kind, o.form)?;
     let rows = v.rows;
     let in_len = view_bytes(rows, v.input_cols, v.input_row_stride, in_elem, "input")?;
     let out_len = view_bytes(rows, v.output_cols, v.output_row_stride, out_elem, "output")?;
@@ -1030,7 +1029,10 @@ fn project_in_slices(
 ) -> FfiResult<BlockStats> {
     // The shapes are checked on the whole call, so that a wrong shape is reported as such even
     // when the token is already cancelled.
-    crate::backend::check_shapes(map, &input, &output)?;
+    crate::backend::check_shapes(map.linear(), &input, &output)?;
+    // Slices start at multiples of the backend's row block, so they give the bytes of one call.
+    let block = backend.row_block().max(1);
+    let slice_rows = (CANCEL_SLICE_ROWS / block).max(1) * block;
     let mut counts = BlockStats::default();
     let mut start = 0;
     loop {
@@ -1040,7 +1042,7 @@ fn project_in_slices(
         if start >= input.rows {
             return Ok(counts);
         }
-        let n = CANCEL_SLICE_ROWS.min(input.rows - start);
+        let n = slice_rows.min(input.rows - start);
         let slice_in = RowsIn {
             bytes: &input.bytes[start * input.row_stride..],
             rows: n,
@@ -1122,4 +1124,115 @@ pub unsafe extern "C" fn isoclip_cancel_token_free(token: *mut isoclip_cancel_to
             drop(unsafe { Box::from_raw(token) });
         }
     })
+}
+
+#[cfg(test)]
+mod tests {
+    use super::*;
+    use crate::ffi::status::isoclip_status::{
+        ISOCLIP_ERR_DEVICE_UNAVAILABLE, ISOCLIP_ERR_INVALID_ARGUMENT, ISOCLIP_OK,
+    };
+    use crate::ffi::status::{isoclip_last_error_length, isoclip_last_error_message};
+
+    fn last_message() -> String {
+        let n = isoclip_last_error_length();
+        let mut buf = vec![0 as c_char; n];
+        // SAFETY: `buf` holds `n` bytes.
+        let s = unsafe { isoclip_last_error_message(buf.as_mut_ptr(), n, std::ptr::null_mut()) };
+        assert_eq!(s, ISOCLIP_OK);
+        // SAFETY: the library wrote a NUL-terminated string into `buf`.
+        unsafe { std::ffi::CStr::from_ptr(buf.as_ptr()) }
+            .to_string_lossy()
+            .into_owned()
+    }
+
+    #[test]
+    fn device_kinds_and_indexes_become_the_library_choice() {
+        let ok = |d, i| device_choice(d, i).ok().unwrap();
+        assert_eq!(ok(ISOCLIP_DEVICE_CPU, -1), DeviceChoice::Cpu);
+        assert_eq!(ok(ISOCLIP_DEVICE_CPU, 0), DeviceChoice::Cpu);
+        assert_eq!(ok(ISOCLIP_DEVICE_CUDA, -1), DeviceChoice::Cuda(None));
+        assert_eq!(ok(ISOCLIP_DEVICE_CUDA, 0), DeviceChoice::Cuda(Some(0)));
+        assert_eq!(ok(ISOCLIP_DEVICE_CUDA, 3), DeviceChoice::Cuda(Some(3)));
+        assert_eq!(ok(ISOCLIP_DEVICE_AUTO, -1), DeviceChoice::Auto(None));
+        assert_eq!(ok(ISOCLIP_DEVICE_AUTO, 2), DeviceChoice::Auto(Some(2)));
+        match device_choice(ISOCLIP_DEVICE_CPU, 1) {
+            Err(Failure::InvalidArgument(m)) => {
+                assert!(m.starts_with("device index 1 with the CPU"))
+            }
+            _ => panic!("the CPU took device index 1"),
+        }
+    }
+
+    /// Opens a backend for `device` and `index` with one thread; the status, the device it runs
+    /// on (when opened) and the error message (when not).
+    fn open(
+        device: isoclip_device,
+        index: i32,
+    ) -> (isoclip_status, Option<isoclip_device>, String) {
+        let mut o: *mut isoclip_backend_options = std::ptr::null_mut();
+        // SAFETY: `o` is valid for a write; then a live handle, freed once at the end.
+        unsafe {
+            assert_eq!(isoclip_backend_options_new(&mut o), ISOCLIP_OK);
+            assert_eq!(isoclip_backend_options_set_device(o, device), ISOCLIP_OK);
+            assert_eq!(isoclip_backend_options_set_threads(o, 1), ISOCLIP_OK);
+            assert_eq!(
+                isoclip_backend_options_set_device_index(o, index),
+                ISOCLIP_OK
+            );
+        }
+        let mut b: *const isoclip_backend = std::ptr::null();
+        // SAFETY: live options; `b` is valid for a write.
+        let status = unsafe { isoclip_backend_new(o, &mut b) };
+        let message = if status == ISOCLIP_OK {
+            String::new()
+        } else {
+            last_message()
+        };
+        let mut resolved = None;
+        if !b.is_null() {
+            let mut d = -1;
+            // SAFETY: a live handle from `isoclip_backend_new`, released once.
+            unsafe {
+                assert_eq!(isoclip_backend_device(b, &mut d), ISOCLIP_OK);
+                isoclip_backend_free(b);
+            }
+            resolved = Some(d);
+        }
+        // SAFETY: a live handle, released once.
+        unsafe { isoclip_backend_options_free(o) };
+        (status, resolved, message)
+    }
+
+    #[test]
+    fn a_gpu_index_is_honoured_or_named_in_a_device_error() {
+        // No machine has 10000 GPUs: CUDA with that index fails naming it, with or without CUDA.
+        let (status, b, message) = open(ISOCLIP_DEVICE_CUDA, 9999);
+        assert_eq!(status, ISOCLIP_ERR_DEVICE_UNAVAILABLE);
+        assert!(b.is_none());
+        assert!(
+            message.starts_with(
+                "isoclip_backend_new: the CUDA device cuda:9999 was requested but is not usable ("
+            ),
+            "{message}"
+        );
+        // AUTO falls back to the CPU.
+        let (status, b, _) = open(ISOCLIP_DEVICE_AUTO, 9999);
+        assert_eq!((status, b), (ISOCLIP_OK, Some(ISOCLIP_DEVICE_CPU)));
+        // The CPU is device 0 alone.
+        let (status, _, message) = open(ISOCLIP_DEVICE_CPU, 1);
+        assert_eq!(status, ISOCLIP_ERR_INVALID_ARGUMENT);
+        assert!(message.contains("the CPU is device 0"), "{message}");
+        // GPU 0: opened when this machine has a usable GPU, else unavailable, as without an index.
+        let (status, b, message) = open(ISOCLIP_DEVICE_CUDA, 0);
+        let (status_all, b_all, _) = open(ISOCLIP_DEVICE_CUDA, ISOCLIP_DEVICE_INDEX_ALL);
+        assert_eq!(status, status_all, "{message}");
+        assert_eq!(b, b_all);
+        if status == ISOCLIP_OK {
+            assert_eq!(b, Some(ISOCLIP_DEVICE_CUDA));
+        } else {
+            assert_eq!(status, ISOCLIP_ERR_DEVICE_UNAVAILABLE);
+            assert!(message.contains("cuda:0"), "{message}");
+        }
+    }
 }

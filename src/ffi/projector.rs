@@ -1,5 +1,5 @@
 //! The projector handle: an immutable, reference-counted [`AlignedProjector`] with the maps the
-//! projection calls need, prepared once and cached.
+//! projection calls need, prepared once per backend by the library's [`PreparedMaps`].
 
 use std::collections::BTreeMap;
 use std::ffi::c_char;
@@ -11,8 +11,10 @@ use super::status::{
     copy_string_out, element_count, guard, guard_infallible, location_arg, path_arg, require_out,
     slice_arg, write_out, Failure, FfiResult,
 };
-use crate::align::{fit, AlignedProjector, BandSpec, Modality, ModalityMaps, ProjectorWeights};
-use crate::backend::{InputKind, OutputForm, PreparedMap};
+use crate::align::{
+    fit, AlignedProjector, BandSpec, LinearMap, Modality, ModalityMaps, ProjectorWeights,
+};
+use crate::backend::{Backend, InputKind, OutputForm, PreparedMap, PreparedMaps};
 use crate::error::Error;
 use crate::formats::projector_file;
 use crate::storage;
@@ -91,9 +93,8 @@ pub(crate) fn parse_form(v: isoclip_form) -> FfiResult<OutputForm> {
 pub struct isoclip_projector {
     pub(crate) aligned: AlignedProjector,
     digest: OnceLock<String>,
-    /// Maps by (modality, input kind, form), selected on first use; the `Err` holds why the
-    /// embedding route is unavailable.
-    prepared: [OnceLock<Result<Arc<PreparedMap>, String>>; 8],
+    /// The maps prepared for each backend that projected with this projector.
+    prepared: PreparedMaps,
 }
 
 impl isoclip_projector {
@@ -101,7 +102,7 @@ impl isoclip_projector {
         isoclip_projector {
             aligned,
             digest: OnceLock::new(),
-            prepared: Default::default(),
+            prepared: PreparedMaps::new(),
         }
     }
 
@@ -118,26 +119,28 @@ impl isoclip_projector {
         Ok(p.only_modality(modality)?)
     }
 
-    /// The map for a modality, input kind and form, shared by every call that uses it.
-    pub(crate) fn prepared(
+    /// The map for a modality, input kind and form (the embedding route where it is not exact
+    /// is `Error::InvalidArgument` with the reason).
+    pub(crate) fn selected(
         &self,
         modality: Option<Modality>,
         kind: InputKind,
         form: OutputForm,
-    ) -> FfiResult<(Modality, Arc<PreparedMap>)> {
+    ) -> FfiResult<(Modality, Arc<LinearMap>)> {
         let maps = self.maps(modality)?;
-        let slot = (maps.modality == Modality::Text) as usize * 4
-            + (kind == InputKind::Embeddings) as usize * 2
-            + (form == OutputForm::Full) as usize;
-        let cached = self.prepared[slot].get_or_init(|| {
-            PreparedMap::select(maps, kind, form)
-                .map(Arc::new)
-                .map_err(|e| e.to_string())
-        });
-        match cached {
-            Ok(map) => Ok((maps.modality, map.clone())),
-            Err(reason) => Err(Failure::Core(Error::InvalidArgument(reason.clone()))),
-        }
+        Ok((maps.modality, maps.select(kind, form)?))
+    }
+
+    /// That map prepared for `backend`, shared by every call that uses both.
+    pub(crate) fn prepared(
+        &self,
+        backend: &Arc<dyn Backend>,
+        modality: Option<Modality>,
+        kind: InputKind,
+        form: OutputForm,
+    ) -> FfiResult<Arc<PreparedMap>> {
+        let maps = self.maps(modality)?;
+        Ok(self.prepared.get(backend, maps, kind, form)?)
     }
 
     pub(crate) fn content_digest(&self) -> &str {
@@ -315,7 +318,7 @@ pub unsafe extern "C" fn isoclip_projector_matrix(
     guard("isoclip_projector_matrix", || {
         // SAFETY: per this function's contract.
         let p = unsafe { projector_arg(projector, "projector") }?;
-        let (_, map) = p.prepared(
+        let (_, map) = p.selected(
             parse_modality(modality)?,
             parse_input_kind(input_kind)?,
             parse_form(form)?,

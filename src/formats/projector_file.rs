@@ -21,6 +21,7 @@ mod metadata;
 use std::collections::BTreeMap;
 use std::os::unix::fs::FileExt;
 use std::path::Path;
+use std::sync::Arc;
 
 use safetensors::{Dtype, SafeTensors};
 use serde_json::{json, Value};
@@ -68,8 +69,8 @@ fn collect_tensors(p: &AlignedProjector) -> BTreeMap<String, Entry<'_>> {
     for maps in [&p.image, &p.text].into_iter().flatten() {
         let mname = maps.modality.name();
         for (kind, map) in [
-            ("full", &maps.full),
-            ("compact", &maps.compact),
+            ("full", &*maps.full),
+            ("compact", &*maps.compact),
             ("plain", &maps.plain),
         ] {
             t.insert(
@@ -97,8 +98,8 @@ fn collect_tensors(p: &AlignedProjector) -> BTreeMap<String, Entry<'_>> {
                 t.insert(
                     format!("{mname}.embedding.{kind}"),
                     Entry {
-                        shape: vec![m.rows, m.cols],
-                        data: TensorData::F32(&m.data),
+                        shape: vec![m.weight.rows, m.weight.cols],
+                        data: TensorData::F32(&m.weight.data),
                     },
                 );
             }
@@ -346,16 +347,16 @@ pub fn from_bytes(bytes: &[u8], path: &Path) -> Result<AlignedProjector> {
             (Err(reason.clone()), Err(reason.clone()))
         } else {
             (
-                Ok(MatrixF32 {
+                Ok(Arc::new(LinearMap::unbiased(MatrixF32 {
                     rows: d,
                     cols: k,
                     data: read_f32(&format!("{m}.embedding.compact"), &[d, k])?,
-                }),
-                Ok(MatrixF32 {
+                }))),
+                Ok(Arc::new(LinearMap::unbiased(MatrixF32 {
                     rows: d,
                     cols: d,
                     data: read_f32(&format!("{m}.embedding.full"), &[d, d])?,
-                }),
+                }))),
             )
         };
         let maps = ModalityMaps {
@@ -364,8 +365,8 @@ pub fn from_bytes(bytes: &[u8], path: &Path) -> Result<AlignedProjector> {
             m: kept,
             d_in,
             d,
-            full: read_map("full", d)?,
-            compact: read_map("compact", k)?,
+            full: Arc::new(read_map("full", d)?),
+            compact: Arc::new(read_map("compact", k)?),
             embedding_compact,
             embedding_full,
             plain: read_map("plain", d)?,

@@ -197,12 +197,19 @@ static void test_device_index(void) {
         CHECK(device == ISOCLIP_DEVICE_CPU);
         isoclip_backend_free(b);
     }
-    /* One GPU by index: unavailable without a GPU, and (for now) with one. */
+    /* One GPU by index: a GPU that is not there is unavailable (no machine has 10000)... */
     EXPECT_OK(isoclip_backend_options_set_device(bo, ISOCLIP_DEVICE_CUDA));
-    EXPECT_OK(isoclip_backend_options_set_device_index(bo, 0));
+    EXPECT_OK(isoclip_backend_options_set_device_index(bo, 9999));
     b = NULL;
     EXPECT_STATUS(ISOCLIP_ERR_DEVICE_UNAVAILABLE, isoclip_backend_new(bo, &b));
     CHECK(b == NULL);
+    /* ...and AUTO falls back to the CPU then. */
+    EXPECT_OK(isoclip_backend_options_set_device(bo, ISOCLIP_DEVICE_AUTO));
+    EXPECT_OK(isoclip_backend_new(bo, &b));
+    isoclip_device device = -1;
+    EXPECT_OK(isoclip_backend_device(b, &device));
+    CHECK(device == ISOCLIP_DEVICE_CPU);
+    isoclip_backend_free(b);
     isoclip_backend_options_free(bo);
 }
 

@@ -50,7 +50,7 @@ pub fn for_job(
 ) -> isoclip::Result<(Box<dyn Backend>, Option<String>)> {
     let choice = DeviceChoice::parse(device).ok_or_else(|| {
         isoclip::Error::invalid(format!(
-            "unknown device {device:?} (expected \"auto\", \"cpu\" or \"cuda\")"
+            "unknown device {device:?} (expected \"auto\", \"cpu\", \"cuda\" or \"cuda:N\")"
         ))
     })?;
     let threads = match threads {

@@ -243,8 +243,9 @@ pub fn project<'py>(
             .cast_into::<PyUntypedArray>()?;
     }
     let want = dtype.map(|d| options::output_dtype(py, d)).transpose()?;
+    let backend = crate::backend::shared_cpu().py(py)?;
     let map = projector
-        .prepared(request.modality, request.kind, request.form)
+        .prepared(&backend, request.modality, request.kind, request.form)
         .py(py)?;
     let rows = array.shape()[0];
     let d_out = map.d_out();
@@ -266,7 +267,6 @@ pub fn project<'py>(
         normalize: request.normalize,
         nonfinite: request.nonfinite,
     };
-    let backend = crate::backend::shared_cpu().py(py)?;
     let run = |i: RawIn, o: RawOut| compute(py, backend, map, opts, i, o);
     use half::f16;
     match (in_elem, out_elem) {

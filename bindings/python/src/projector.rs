@@ -6,8 +6,9 @@ use std::path::PathBuf;
 use std::sync::{Arc, OnceLock};
 
 use isoclip::align::presets::{self, Preset};
+use isoclip::align::LinearMap;
 use isoclip::align::ModalityMaps;
-use isoclip::backend::{InputKind, OutputForm, PreparedMap};
+use isoclip::backend::{Backend, InputKind, OutputForm, PreparedMap, PreparedMaps};
 use isoclip::formats::{checkpoint, projector_file};
 use isoclip::storage::{self, Location};
 use isoclip::{AlignedProjector, BandSpec, Error, Modality, ProjectorWeights};
@@ -26,8 +27,8 @@ pub struct Projector {
     /// Where it was loaded from (for error messages), if from a file.
     origin: Option<String>,
     digest: OnceLock<String>,
-    /// The map of each (modality, kind, form), selected once.
-    prepared: [OnceLock<Result<Arc<PreparedMap>, String>>; 8],
+    /// The maps prepared for each backend that projected with this projector.
+    prepared: PreparedMaps,
 }
 
 impl Projector {
@@ -36,7 +37,7 @@ impl Projector {
             inner: Arc::new(inner),
             origin,
             digest: OnceLock::new(),
-            prepared: Default::default(),
+            prepared: PreparedMaps::new(),
         }
     }
 
@@ -50,23 +51,26 @@ impl Projector {
             })
     }
 
-    /// The map for a modality, input kind and form, shared by every call that uses it.
+    /// The map for a modality, input kind and form.
+    pub fn selected(
+        &self,
+        modality: Option<Modality>,
+        kind: InputKind,
+        form: OutputForm,
+    ) -> isoclip::Result<Arc<LinearMap>> {
+        self.maps(modality)?.select(kind, form)
+    }
+
+    /// That map prepared for `backend`, shared by every call that uses both.
     pub fn prepared(
         &self,
+        backend: &Arc<dyn Backend>,
         modality: Option<Modality>,
         kind: InputKind,
         form: OutputForm,
     ) -> isoclip::Result<Arc<PreparedMap>> {
         let maps = self.maps(modality)?;
-        let slot = (maps.modality == Modality::Text) as usize * 4
-            + (kind == InputKind::Embeddings) as usize * 2
-            + (form == OutputForm::Full) as usize;
-        let cached = self.prepared[slot].get_or_init(|| {
-            PreparedMap::select(maps, kind, form)
-                .map(Arc::new)
-                .map_err(|e| e.to_string())
-        });
-        cached.clone().map_err(Error::InvalidArgument)
+        self.prepared.get(backend, maps, kind, form)
     }
 
     fn content_digest(&self) -> &str {
@@ -186,7 +190,7 @@ impl Projector {
         modality: Option<&str>,
     ) -> PyResult<usize> {
         let map = self
-            .prepared(
+            .selected(
                 options::modality(modality)?,
                 options::kind(kind)?,
                 options::form(form)?,

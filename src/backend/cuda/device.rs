@@ -12,10 +12,13 @@
 //!
 //! so the host packs and unpacks while the copy engines and the SMs work on the other slots,
 //! and copies in both directions overlap kernels of other slots. Device memory is bounded by
-//! the ring (default 1 GiB per GPU, `ISOCLIP_CUDA_MEM_MB`). Weights are uploaded once per map
-//! and cached. cudarc's automatic event tracking is disabled: every buffer of a slot is used
-//! only on that slot's stream, the weights are uploaded and synchronised before any launch, and
-//! the context is synchronised before any shared buffer is replaced.
+//! the ring (default 1 GiB per GPU, `ISOCLIP_CUDA_MEM_MB`). The weights are packed and uploaded
+//! to every GPU once, by [`Backend::prepare`]; the [`PreparedMap`] owns them (a `CudaPrepared`),
+//! so a call never looks for its map. cudarc's automatic event tracking is disabled: every buffer
+//! of a slot is used only on that slot's stream, the weights are uploaded and synchronised
+//! before the prepared map exists, every call waits for all its streams before it returns (so a
+//! prepared map, borrowed by the call, is never freed under a running kernel), and the context
+//! is synchronised before any shared buffer is replaced.
 
 use std::collections::HashMap;
 use std::sync::{Arc, Mutex};
@@ -23,21 +26,26 @@ use std::sync::{Arc, Mutex};
 use cudarc::driver::result as cu;
 use cudarc::driver::sys;
 use cudarc::driver::{
-    CudaContext, CudaEvent, CudaFunction, CudaModule, CudaSlice, CudaStream, DevicePtr,
-    DevicePtrMut, DriverError, LaunchConfig, PinnedHostSlice, PushKernelArg,
+    CudaContext, CudaFunction, CudaModule, CudaSlice, CudaStream, DevicePtr, DevicePtrMut,
+    DriverError, PinnedHostSlice,
 };
 use cudarc::nvrtc::Ptx;
 
+mod bench;
+
+pub use bench::KernelTiming;
+
 use super::compile::{arch_name, kernel_ptx_for_arch, probe_libraries};
+use super::launch::{launch_convert, launch_project, ConvertArgs, ProjectArgs, ProjectBuffers};
 use super::plan::{
     pack_input_rows, pack_weights, read_flags, row_error, schedule, split_rows, sub_chunk_rows,
-    sub_chunks, unpack_output_rows, BadRow, Layout, Step, CONVERT_KERNEL, CONVERT_ROWS_PER_CTA,
-    KERNEL_NAMES, MAX_BM, THREADS,
+    sub_chunks, unpack_output_rows, BadRow, Layout, Step, CONVERT_KERNEL, KERNEL_NAMES, MAX_BM,
 };
+use crate::align::LinearMap;
 use crate::backend::cpu::CpuBackend;
 use crate::backend::{
-    check_shapes, Backend, BlockStats, ElemType, NonFinitePolicy, PreparedMap, ProjectionOptions,
-    RowsIn, RowsOut,
+    check_shapes, Backend, BackendId, BlockStats, ElemType, NonFinitePolicy, PreparedMap,
+    ProjectionOptions, RowsIn, RowsOut,
 };
 use crate::error::{Error, Result};
 
@@ -54,20 +62,8 @@ fn drv(what: &str) -> impl Fn(DriverError) -> Error + '_ {
     move |e| Error::DeviceUnavailable(format!("CUDA {what} failed: {e:?}"))
 }
 
-/// Timing of the projection kernel alone, from device memory to device memory.
-#[derive(Clone, Copy, Debug)]
-pub struct KernelTiming {
-    pub rows: usize,
-    pub seconds_per_launch: f64,
-}
-
-impl KernelTiming {
-    pub fn rows_per_second(&self) -> f64 {
-        self.rows as f64 / self.seconds_per_launch
-    }
-}
-
 pub struct CudaBackend {
+    id: BackendId,
     workers: Vec<Mutex<Worker>>,
     description: String,
     /// Shapes the kernels do not cover (more than 1024 outputs, or a GPU whose shared memory
@@ -75,11 +71,34 @@ pub struct CudaBackend {
     cpu: CpuBackend,
 }
 
+/// What [`CudaBackend::prepare`] keeps for a map (the state of its [`PreparedMap`]).
+enum CudaPrepared {
+    /// The kernels do not cover this shape (more than 1024 outputs, no input column, a GPU whose
+    /// shared memory is too small): the CPU backend projects it.
+    Cpu,
+    /// The packed weights on every GPU, `per_gpu[i]` on worker `i`.
+    Device {
+        layout: Layout,
+        stages: usize,
+        per_gpu: Vec<DeviceWeights>,
+    },
+}
+
+/// One GPU's copy of a map's packed weights (`plan::PackedWeights`).
 struct DeviceWeights {
-    key: PreparedMap,
+    /// Bound before the slices are freed: a prepared map may be dropped on any thread.
+    ctx: Arc<CudaContext>,
     wt: CudaSlice<u16>,
     bias: Option<CudaSlice<f32>>,
     w_inv: f32,
+}
+
+impl Drop for DeviceWeights {
+    fn drop(&mut self) {
+        // The slices (dropped after this) free on the upload stream of their context; cudarc
+        // records rather than panics on errors.
+        let _ = self.ctx.bind_to_thread();
+    }
 }
 
 #[derive(Clone, Copy, PartialEq, Eq)]
@@ -115,7 +134,6 @@ struct Worker {
     /// Dynamic shared memory each function has been allowed so far.
     smem_allowed: HashMap<&'static str, usize>,
     streams: Vec<Arc<CudaStream>>,
-    weights: Option<DeviceWeights>,
     ring: Option<Ring>,
     ring_budget: usize,
 }
@@ -124,12 +142,16 @@ struct Worker {
 type Outcome = (BlockStats, Option<BadRow>);
 
 impl CudaBackend {
-    /// Opens every visible GPU. `Err` is a one-line reason ("libcuda not found", "no CUDA
-    /// device", ...) for the caller's notice; nothing here panics when CUDA is absent.
-    pub fn new(cpu_threads: Option<usize>) -> std::result::Result<CudaBackend, String> {
+    /// Opens every visible GPU (`gpu` None) or the GPU of that ordinal alone. `Err` is a
+    /// one-line reason ("libcuda not found", "no CUDA device", "cuda:3 does not exist: 2 CUDA
+    /// devices are visible", ...) for the caller's notice; nothing here panics when CUDA is absent.
+    pub fn new(
+        cpu_threads: Option<usize>,
+        gpu: Option<usize>,
+    ) -> std::result::Result<CudaBackend, String> {
         probe_libraries()?;
         // cudarc panics when an entry point is missing from an old driver: keep that a reason.
-        let opened = std::panic::catch_unwind(open_workers)
+        let opened = std::panic::catch_unwind(move || open_workers(gpu))
             .map_err(|p| format!("CUDA initialisation panicked: {}", panic_text(&p)))??;
         let description = opened
             .iter()
@@ -138,6 +160,7 @@ impl CudaBackend {
             .join(" + ");
         let cpu = CpuBackend::new(cpu_threads).map_err(|e| e.to_string())?;
         Ok(CudaBackend {
+            id: BackendId::fresh(),
             workers: opened.into_iter().map(Mutex::new).collect(),
             description,
             cpu,
@@ -156,27 +179,20 @@ impl CudaBackend {
             .unwrap_or(0)
     }
 
-    /// Times the projection kernel (plus the f32 conversion for f32 input) on GPU 0 from
-    /// device memory to device memory: `rows` random rows, `iters` launches after a warm-up.
-    pub fn time_kernel(
-        &self,
-        map: &PreparedMap,
-        opts: &ProjectionOptions,
-        input: ElemType,
-        rows: usize,
-        iters: usize,
-    ) -> Result<KernelTiming> {
-        let layout = Layout::new(map.d_in(), map.d_out())?;
-        let stages = layout
-            .stages_for(self.smallest_smem_optin())
-            .ok_or_else(|| Error::DeviceUnavailable("shared memory too small".into()))?;
-        let mut w = lock(&self.workers[0]);
-        w.time_kernel(map, opts, &layout, stages, input, rows, iters.max(1))
+    /// The kernel layout and pipeline depth for a map, or None when the kernels do not cover
+    /// it (the CPU backend runs it then).
+    fn plan(&self, map: &LinearMap) -> Option<(Layout, usize)> {
+        let layout = Layout::new(map.d_in(), map.d_out()).ok()?;
+        let stages = layout.stages_for(self.smallest_smem_optin())?;
+        Some((layout, stages))
     }
 
-    /// Host-to-device bandwidth from pinned memory on GPU 0, in bytes per second.
-    pub fn measure_h2d(&self, bytes: usize, iters: usize) -> Result<f64> {
-        lock(&self.workers[0]).measure_h2d(bytes, iters.max(1))
+    /// The device state of a map this backend prepared.
+    fn prepared<'m>(&self, map: &'m PreparedMap) -> Result<&'m CudaPrepared> {
+        map.check_owner(self)?;
+        map.state::<CudaPrepared>().ok_or_else(|| {
+            Error::invalid("the map carries no CUDA state although this backend prepared it")
+        })
     }
 }
 
@@ -193,10 +209,23 @@ fn panic_text(p: &Box<dyn std::any::Any + Send>) -> String {
         .unwrap_or_else(|| "unknown panic".into())
 }
 
-fn open_workers() -> std::result::Result<Vec<Worker>, String> {
+fn open_workers(gpu: Option<usize>) -> std::result::Result<Vec<Worker>, String> {
     let n = CudaContext::device_count().map_err(|e| format!("cuInit failed: {e:?}"))?;
     if n <= 0 {
         return Err("no CUDA device".into());
+    }
+    if let Some(ordinal) = gpu {
+        let n = n as usize;
+        if ordinal >= n {
+            return Err(format!(
+                "cuda:{ordinal} does not exist: {n} CUDA device{} visible (cuda:0 to cuda:{})",
+                if n == 1 { " is" } else { "s are" },
+                n - 1
+            ));
+        }
+        return Worker::open(ordinal)
+            .map(|w| vec![w])
+            .map_err(|e| format!("cuda:{ordinal}: {e}"));
     }
     let mut workers = Vec::new();
     let mut refused = Vec::new();
@@ -266,36 +295,30 @@ impl Worker {
             funcs,
             smem_allowed: HashMap::new(),
             streams,
-            weights: None,
             ring: None,
             ring_budget: ring_budget(),
         })
     }
 
-    fn ensure_weights(&mut self, map: &PreparedMap, layout: &Layout) -> Result<()> {
-        if self.weights.as_ref().is_some_and(|w| w.key == *map) {
-            return Ok(());
-        }
-        // The old weights may still be read by queued kernels: finish them first.
-        self.ctx.synchronize().map_err(drv("synchronize"))?;
-        self.weights = None;
-        let packed = pack_weights(map, layout)?;
-        let bits: Vec<u16> = packed.wt.iter().map(|h| h.to_bits()).collect();
+    /// Uploads packed weights (`wt` as f16 bits) to this GPU and waits for the copy, so every
+    /// slot stream may read them as soon as this returns.
+    fn upload(&mut self, wt: &[u16], bias: Option<&[f32]>, w_inv: f32) -> Result<DeviceWeights> {
+        self.ctx
+            .bind_to_thread()
+            .map_err(drv("binding the context"))?;
         let s = &self.streams[0];
-        let wt = s.clone_htod(&bits).map_err(drv("weight upload"))?;
-        let bias = match &packed.bias {
+        let wt = s.clone_htod(wt).map_err(drv("weight upload"))?;
+        let bias = match bias {
             Some(b) => Some(s.clone_htod(b).map_err(drv("bias upload"))?),
             None => None,
         };
-        // Every slot stream reads the weights: make the upload complete before any launch.
         s.synchronize().map_err(drv("synchronize"))?;
-        self.weights = Some(DeviceWeights {
-            key: map.clone(),
+        Ok(DeviceWeights {
+            ctx: self.ctx.clone(),
             wt,
             bias,
-            w_inv: packed.w_inv,
-        });
-        Ok(())
+            w_inv,
+        })
     }
 
     fn ensure_ring(&mut self, key: RingKey) -> Result<()> {
@@ -363,25 +386,24 @@ impl Worker {
     /// the next call starts clean.
     fn run(
         &mut self,
-        map: &PreparedMap,
+        weights: &DeviceWeights,
         opts: &ProjectionOptions,
         layout: &Layout,
         stages: usize,
         input: RowsIn<'_>,
         output: &mut RowsOut<'_>,
     ) -> Result<Outcome> {
-        let r = self.run_inner(map, opts, layout, stages, input, output);
+        let r = self.run_inner(weights, opts, layout, stages, input, output);
         if r.is_err() {
             let _ = self.ctx.synchronize();
             self.ring = None;
-            self.weights = None;
         }
         r
     }
 
     fn run_inner(
         &mut self,
-        map: &PreparedMap,
+        weights: &DeviceWeights,
         opts: &ProjectionOptions,
         layout: &Layout,
         stages: usize,
@@ -391,7 +413,6 @@ impl Worker {
         self.ctx
             .bind_to_thread()
             .map_err(drv("binding the context"))?;
-        self.ensure_weights(map, layout)?;
         self.ensure_ring(RingKey {
             layout: *layout,
             input: input.elem,
@@ -415,6 +436,7 @@ impl Worker {
                 }
                 Step::Launch(i) if first_bad.is_none() => {
                     self.launch(
+                        weights,
                         i % SLOTS,
                         subs[i].len(),
                         opts,
@@ -466,6 +488,7 @@ impl Worker {
     #[allow(clippy::too_many_arguments)]
     fn launch(
         &mut self,
+        weights: &DeviceWeights,
         k: usize,
         n: usize,
         opts: &ProjectionOptions,
@@ -475,7 +498,6 @@ impl Worker {
         input: ElemType,
     ) -> Result<()> {
         let stream = self.streams[k].clone();
-        let weights = self.weights.as_ref().expect("ensure_weights ran");
         let ring = self.ring.as_mut().expect("ensure_ring ran");
         let out_elem = ring.key.out;
         let slot = &mut ring.slots[k];
@@ -493,22 +515,11 @@ impl Worker {
                 // and the host does not write it again before this slot is drained.
                 unsafe { cu::memcpy_htod_async(raw_ptr, &staged[..in_bytes], cs) }
                     .map_err(drv("host-to-device copy"))?;
-                let (d_in, ldx, rows) = (layout.d_in as i32, layout.ldx as i32, n as i32);
-                let cfg = LaunchConfig {
-                    grid_dim: (n.div_ceil(CONVERT_ROWS_PER_CTA) as u32, 1, 1),
-                    block_dim: (THREADS, 1, 1),
-                    shared_mem_bytes: 0,
-                };
-                let mut b = stream.launch_builder(&self.funcs[CONVERT_KERNEL]);
-                b.arg(&raw_ptr)
-                    .arg(&d_in)
-                    .arg(&x_ptr)
-                    .arg(&ldx)
-                    .arg(&inv_ptr)
-                    .arg(&rows);
-                // SAFETY: the arguments match `convert_rows_f32` in kernels/project.cu in number,
-                // order and type; `raw` has n·d_in floats, `d_x` n·ldx halves, `inv` n floats.
-                unsafe { b.launch(cfg) }.map_err(drv("convert_rows_f32 launch"))?;
+                let args = ConvertArgs::new(layout, n, raw_ptr, x_ptr, inv_ptr);
+                // SAFETY: `raw` has sub_rows · d_in floats, `d_x` sub_rows · ldx halves, `inv`
+                // sub_rows floats (n ≤ sub_rows), all of this slot, freed only after a context
+                // synchronise.
+                unsafe { launch_convert(&stream, &self.funcs[CONVERT_KERNEL], &args) }?;
                 row_inv_ptr = inv_ptr;
             }
             _ => {
@@ -525,35 +536,26 @@ impl Worker {
         };
         let (out_ptr, _go) = slot.d_out.device_ptr_mut(&stream);
         let (flags_ptr, _gf) = slot.d_flags.device_ptr_mut(&stream);
-        let (ldx, kpad, ldo) = (layout.ldx as i32, layout.kpad as i32, layout.ldo as i32);
-        let (rows, d_out, nt) = (n as i32, layout.d_out as i32, layout.nt as i32);
-        let (stages_i, normalize) = (stages as i32, i32::from(opts.normalize));
-        let w_inv = weights.w_inv;
-        let cfg = LaunchConfig {
-            grid_dim: (layout.grid(n), 1, 1),
-            block_dim: (THREADS, 1, 1),
-            shared_mem_bytes: layout.smem_bytes(stages) as u32,
-        };
-        let mut b = stream.launch_builder(&self.funcs[kernel]);
-        b.arg(&x_ptr)
-            .arg(&ldx)
-            .arg(&row_inv_ptr)
-            .arg(&wt_ptr)
-            .arg(&kpad)
-            .arg(&bias_ptr)
-            .arg(&w_inv)
-            .arg(&out_ptr)
-            .arg(&ldo)
-            .arg(&flags_ptr)
-            .arg(&rows)
-            .arg(&d_out)
-            .arg(&nt)
-            .arg(&stages_i)
-            .arg(&normalize);
-        // SAFETY: the arguments match ISO_PROJECT_VARIANT in kernels/project.cu in number, order
-        // and type (pointers as 64-bit device addresses, 0 for null); every buffer has the size
-        // plan::Layout promises for n ≤ sub_rows rows; the dynamic shared memory was allowed.
-        unsafe { b.launch(cfg) }.map_err(drv("projection kernel launch"))?;
+        let args = ProjectArgs::new(
+            layout,
+            stages,
+            opts.normalize,
+            n,
+            ProjectBuffers {
+                x: x_ptr,
+                row_inv: row_inv_ptr,
+                wt: wt_ptr,
+                bias: bias_ptr,
+                w_inv: weights.w_inv,
+                out: out_ptr,
+                flags: flags_ptr,
+            },
+        );
+        // SAFETY: every buffer has the size plan::Layout promises for n ≤ sub_rows rows (the
+        // weights for this layout, checked by `prepare`); the slot's buffers are freed only after
+        // a context synchronise and the weights only after the call returns, when every stream
+        // was waited for; the dynamic shared memory was allowed in `run_inner`.
+        unsafe { launch_project(&stream, &self.funcs[kernel], layout, &args) }?;
 
         let out_bytes = n * layout.out_row_bytes(out_elem);
         let res = slot.pin_out.as_mut_slice().map_err(drv("pinned access"))?;
@@ -570,172 +572,6 @@ impl Worker {
             .map_err(drv("device-to-host copy"))?;
         Ok(())
     }
-
-    #[allow(clippy::too_many_arguments)]
-    fn time_kernel(
-        &mut self,
-        map: &PreparedMap,
-        opts: &ProjectionOptions,
-        layout: &Layout,
-        stages: usize,
-        input: ElemType,
-        rows: usize,
-        iters: usize,
-    ) -> Result<KernelTiming> {
-        self.ctx
-            .bind_to_thread()
-            .map_err(drv("binding the context"))?;
-        self.ensure_weights(map, layout)?;
-        let kernel = layout.variant.kernel_name(opts.output);
-        self.allow_smem(kernel, layout.smem_bytes(stages))?;
-        let s = self.streams[0].clone();
-        let e = drv("benchmark setup");
-        // Random rows, generated on the host once (deterministic xorshift, values ~ N(0,1)-ish).
-        let mut state = 0x9E37_79B9_7F4A_7C15u64;
-        let mut next = || {
-            state ^= state << 13;
-            state ^= state >> 7;
-            state ^= state << 17;
-            ((state >> 40) as f32 / (1u64 << 24) as f32 - 0.5) * 3.4
-        };
-        let mut raw = None;
-        let mut d_x: CudaSlice<u16>;
-        let mut d_inv = s.alloc_zeros::<f32>(rows).map_err(&e)?;
-        match input {
-            ElemType::F16 => {
-                let host: Vec<u16> = (0..rows * layout.ldx)
-                    .map(|i| {
-                        if i % layout.ldx < layout.d_in {
-                            half::f16::from_f32(next()).to_bits()
-                        } else {
-                            0
-                        }
-                    })
-                    .collect();
-                d_x = s.clone_htod(&host).map_err(&e)?;
-            }
-            ElemType::F32 => {
-                let host: Vec<f32> = (0..rows * layout.d_in).map(|_| next()).collect();
-                raw = Some(s.clone_htod(&host).map_err(&e)?);
-                d_x = s.alloc_zeros::<u16>(rows * layout.ldx).map_err(&e)?;
-            }
-        }
-        let mut d_out = s
-            .alloc_zeros::<u8>(rows * layout.out_row_bytes(opts.output))
-            .map_err(&e)?;
-        let mut d_flags = s.alloc_zeros::<u8>(rows).map_err(&e)?;
-        let weights = self.weights.as_ref().expect("ensure_weights ran");
-        let (x_ptr, _g1) = d_x.device_ptr_mut(&s);
-        let (inv_ptr, _g2) = d_inv.device_ptr_mut(&s);
-        let (wt_ptr, _g3) = weights.wt.device_ptr(&s);
-        let bias_ptr: u64 = weights.bias.as_ref().map_or(0, |b| b.device_ptr(&s).0);
-        let (out_ptr, _g4) = d_out.device_ptr_mut(&s);
-        let (flags_ptr, _g5) = d_flags.device_ptr_mut(&s);
-        let raw_ptr: u64 = raw
-            .as_ref()
-            .map_or(0, |r: &CudaSlice<f32>| r.device_ptr(&s).0);
-        let (ldx, kpad, ldo) = (layout.ldx as i32, layout.kpad as i32, layout.ldo as i32);
-        let (n, d_in, d_out_i, nt) = (
-            rows as i32,
-            layout.d_in as i32,
-            layout.d_out as i32,
-            layout.nt as i32,
-        );
-        let (stages_i, normalize) = (stages as i32, i32::from(opts.normalize));
-        let row_inv_ptr: u64 = if input == ElemType::F32 { inv_ptr } else { 0 };
-        let w_inv = weights.w_inv;
-        let funcs = &self.funcs;
-        let launch_once = || -> Result<()> {
-            if input == ElemType::F32 {
-                let cfg = LaunchConfig {
-                    grid_dim: (rows.div_ceil(CONVERT_ROWS_PER_CTA) as u32, 1, 1),
-                    block_dim: (THREADS, 1, 1),
-                    shared_mem_bytes: 0,
-                };
-                let mut b = s.launch_builder(&funcs[CONVERT_KERNEL]);
-                b.arg(&raw_ptr)
-                    .arg(&d_in)
-                    .arg(&x_ptr)
-                    .arg(&ldx)
-                    .arg(&inv_ptr)
-                    .arg(&n);
-                // SAFETY: arguments match `convert_rows_f32`; buffers sized for `rows` rows.
-                unsafe { b.launch(cfg) }.map_err(drv("convert launch"))?;
-            }
-            let cfg = LaunchConfig {
-                grid_dim: (layout.grid(rows), 1, 1),
-                block_dim: (THREADS, 1, 1),
-                shared_mem_bytes: layout.smem_bytes(stages) as u32,
-            };
-            let mut b = s.launch_builder(&funcs[kernel]);
-            b.arg(&x_ptr)
-                .arg(&ldx)
-                .arg(&row_inv_ptr)
-                .arg(&wt_ptr)
-                .arg(&kpad)
-                .arg(&bias_ptr)
-                .arg(&w_inv)
-                .arg(&out_ptr)
-                .arg(&ldo)
-                .arg(&flags_ptr)
-                .arg(&n)
-                .arg(&d_out_i)
-                .arg(&nt)
-                .arg(&stages_i)
-                .arg(&normalize);
-            // SAFETY: arguments match ISO_PROJECT_VARIANT; buffers sized for `rows` rows.
-            unsafe { b.launch(cfg) }.map_err(drv("projection kernel launch"))?;
-            Ok(())
-        };
-        launch_once()?;
-        s.synchronize().map_err(drv("synchronize"))?;
-        let (start, stop) = timing_events(&self.ctx)?;
-        start.record(&s).map_err(drv("event"))?;
-        for _ in 0..iters {
-            launch_once()?;
-        }
-        stop.record(&s).map_err(drv("event"))?;
-        stop.synchronize().map_err(drv("event"))?;
-        let ms = start.elapsed_ms(&stop).map_err(drv("event"))?;
-        s.synchronize().map_err(drv("synchronize"))?;
-        Ok(KernelTiming {
-            rows,
-            seconds_per_launch: ms as f64 / 1e3 / iters as f64,
-        })
-    }
-
-    fn measure_h2d(&mut self, bytes: usize, iters: usize) -> Result<f64> {
-        self.ctx
-            .bind_to_thread()
-            .map_err(drv("binding the context"))?;
-        let s = self.streams[0].clone();
-        let host = pinned(&self.ctx, bytes, 0)?;
-        let mut dev = s.alloc_zeros::<u8>(bytes).map_err(drv("allocation"))?;
-        let (start, stop) = timing_events(&self.ctx)?;
-        let src = host.as_slice().map_err(drv("pinned access"))?;
-        let (dst, _g) = dev.device_ptr_mut(&s);
-        // SAFETY (both copies): `dev` holds `bytes`, the pinned source outlives the stream
-        // synchronisation below.
-        unsafe { cu::memcpy_htod_async(dst, src, s.cu_stream()) }.map_err(drv("copy"))?;
-        start.record(&s).map_err(drv("event"))?;
-        for _ in 0..iters {
-            // SAFETY: see above.
-            unsafe { cu::memcpy_htod_async(dst, src, s.cu_stream()) }.map_err(drv("copy"))?;
-        }
-        stop.record(&s).map_err(drv("event"))?;
-        stop.synchronize().map_err(drv("event"))?;
-        let ms = start.elapsed_ms(&stop).map_err(drv("event"))?;
-        s.synchronize().map_err(drv("synchronize"))?;
-        Ok(bytes as f64 * iters as f64 / (ms as f64 / 1e3))
-    }
-}
-
-fn timing_events(ctx: &Arc<CudaContext>) -> Result<(CudaEvent, CudaEvent)> {
-    let f = Some(sys::CUevent_flags::CU_EVENT_DEFAULT);
-    Ok((
-        ctx.new_event(f).map_err(drv("event"))?,
-        ctx.new_event(f).map_err(drv("event"))?,
-    ))
 }
 
 /// Page-locked host memory, zero-filled (so no uninitialised byte is ever read).
@@ -752,6 +588,44 @@ impl Backend for CudaBackend {
         self.description.clone()
     }
 
+    fn id(&self) -> BackendId {
+        self.id
+    }
+
+    /// Packs the weights once and uploads them to every GPU (or, for a shape the kernels do not
+    /// cover, keeps nothing: the CPU backend projects it).
+    fn prepare(&self, map: Arc<LinearMap>) -> Result<PreparedMap> {
+        let state = match self.plan(&map) {
+            None => CudaPrepared::Cpu,
+            Some((layout, stages)) => {
+                let packed = pack_weights(&map, &layout)?;
+                let bits: Vec<u16> = packed.wt.iter().map(|h| h.to_bits()).collect();
+                let per_gpu = self
+                    .workers
+                    .iter()
+                    .map(|w| lock(w).upload(&bits, packed.bias.as_deref(), packed.w_inv))
+                    .collect::<Result<Vec<_>>>()?;
+                CudaPrepared::Device {
+                    layout,
+                    stages,
+                    per_gpu,
+                }
+            }
+        };
+        Ok(PreparedMap::new(
+            self.id,
+            self.describe(),
+            map,
+            Some(Arc::new(state)),
+        ))
+    }
+
+    /// The kernels compute every row on its own, but the shapes they do not cover run on the
+    /// CPU backend, whose blocks are the coarser grain.
+    fn row_block(&self) -> usize {
+        self.cpu.row_block().max(MAX_BM)
+    }
+
     fn project(
         &self,
         map: &PreparedMap,
@@ -759,21 +633,27 @@ impl Backend for CudaBackend {
         input: RowsIn<'_>,
         mut output: RowsOut<'_>,
     ) -> Result<BlockStats> {
-        check_shapes(map, &input, &output)?;
+        let state = self.prepared(map)?;
+        check_shapes(map.linear(), &input, &output)?;
         if input.rows == 0 {
             return Ok(BlockStats::default());
         }
-        let layout = match Layout::new(map.d_in(), map.d_out()) {
-            Ok(l) => l,
-            Err(_) => return self.cpu.project(map, opts, input, output),
+        let CudaPrepared::Device {
+            layout,
+            stages,
+            per_gpu,
+        } = state
+        else {
+            return self.cpu.project_map(map.linear(), opts, input, output);
         };
-        let Some(stages) = layout.stages_for(self.smallest_smem_optin()) else {
-            return self.cpu.project(map, opts, input, output);
-        };
+        let (layout, stages) = (*layout, *stages);
         let parts = split_rows(input.rows, self.workers.len(), MAX_BM);
         let outcomes: Vec<(usize, Result<Outcome>)> = if parts.len() == 1 {
             let mut w = lock(&self.workers[0]);
-            vec![(0, w.run(map, opts, &layout, stages, input, &mut output))]
+            vec![(
+                0,
+                w.run(&per_gpu[0], opts, &layout, stages, input, &mut output),
+            )]
         } else {
             let (in_stride, out_stride) = (input.row_stride, output.row_stride);
             let mut rest: &mut [u8] = output.bytes;
@@ -798,18 +678,18 @@ impl Backend for CudaBackend {
                     row_stride: out_stride,
                     elem: output.elem,
                 };
-                jobs.push((part.start, sub_in, sub_out, &self.workers[i]));
+                jobs.push((part.start, sub_in, sub_out, &self.workers[i], &per_gpu[i]));
             }
             std::thread::scope(|scope| {
                 let handles: Vec<_> = jobs
                     .into_iter()
-                    .map(|(start, sub_in, mut sub_out, worker)| {
+                    .map(|(start, sub_in, mut sub_out, worker, weights)| {
                         let layout = &layout;
                         scope.spawn(move || {
                             let mut w = lock(worker);
                             (
                                 start,
-                                w.run(map, opts, layout, stages, sub_in, &mut sub_out),
+                                w.run(weights, opts, layout, stages, sub_in, &mut sub_out),
                             )
                         })
                     })

@@ -9,7 +9,8 @@ use std::ops::Range;
 use half::f16;
 use rayon::prelude::*;
 
-use crate::backend::{BlockStats, ElemType, PreparedMap, RowsIn, RowsOut};
+use crate::align::LinearMap;
+use crate::backend::{BlockStats, ElemType, RowsIn, RowsOut};
 use crate::error::{Error, Result};
 
 /// Threads per CTA of every kernel (8 warps).
@@ -275,7 +276,7 @@ pub fn pow2_exponent(max_abs: f32) -> i32 {
     }
 }
 
-pub fn pack_weights(map: &PreparedMap, layout: &Layout) -> Result<PackedWeights> {
+pub fn pack_weights(map: &LinearMap, layout: &Layout) -> Result<PackedWeights> {
     let w = &map.weight;
     if w.rows != layout.d_in || w.cols != layout.d_out {
         return Err(Error::Shape(format!(
@@ -600,7 +601,7 @@ mod tests {
     fn weights_are_transposed_padded_and_scaled_exactly() {
         let (d_in, d_out) = (5, 3);
         let data: Vec<f32> = (0..d_in * d_out).map(|i| (i as f32 - 7.0) * 1e-3).collect();
-        let map = PreparedMap {
+        let map = LinearMap {
             weight: MatrixF32 {
                 rows: d_in,
                 cols: d_out,
