@@ -480,6 +480,8 @@ fn bad_inputs_fail_cleanly_naming_the_file() {
         s(&l),
     ]);
     assert!(err.contains("nan.npy") && err.contains("row 17"), "{err}");
+    // `project`'s remedy is not eval's: eval has no flag to suggest.
+    assert!(!err.contains("--nonfinite"), "{err}");
 
     // Not a .npy at all, and a 3-D array.
     let junk = d.path("junk.npy");

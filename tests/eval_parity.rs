@@ -5,8 +5,10 @@
 
 use std::path::{Path, PathBuf};
 
+use isoclip::backend::cpu::CpuBackend;
+use isoclip::backend::InputKind;
 use isoclip::eval::{
-    self, evaluate, load_labels, Embeddings, InputKind, Layout, Projection, RetrievalOptions,
+    self, evaluate, load_labels, Embeddings, Layout, Projection, RetrievalOptions,
     RetrievalOutcome, Rows, Sets,
 };
 use isoclip::formats::npy::{Accept, NpyMatrix};
@@ -205,16 +207,18 @@ fn hand_checked_ranking() {
 #[test]
 fn full_pipeline_from_files_matches_on_unit_vectors() {
     // oneset_random holds unit vectors: normalising again must not change any ranking, so the
-    // file -> embed -> evaluate path gives the fixture's numbers.
+    // file -> embed (through the CPU backend) -> evaluate path gives the fixture's numbers.
     let dir = case_dir("oneset_random");
     let m = eval::open_rows(&dir.join("features.npy")).unwrap();
     let l = labels("oneset_random", "labels.npy");
+    let cpu = CpuBackend::new(None).unwrap();
     let out = eval::evaluate_sets(
+        &cpu,
         Sets::One {
             rows: Rows::Npy(&m),
             labels: &l,
         },
-        Projection::IDENTITY,
+        &Projection::IDENTITY,
         InputKind::Embeddings,
         RetrievalOptions::default(),
     )

@@ -222,7 +222,14 @@ fn zero_rows_and_nonfinite_rows() {
     x[333 * 768 + 5] = f64::NAN;
     write_npy_f32(&dir.path().join("g/s.npy"), 400, 768, &x);
     let o = project(dir.path(), "g", "o", &[]);
-    assert_fails_with(&o, &["s.npy", "row 333", "NaN or Inf"]);
+    // The library's message, then the command line's remedy (src/cli/mod.rs).
+    assert_fails_with(
+        &o,
+        &[
+            "s.npy: row 333 contains NaN or Inf",
+            "(pass --nonfinite zero",
+        ],
+    );
     assert!(!dir.path().join("o/s.npy").exists());
     assert!(std::fs::read_dir(dir.path().join("o")).unwrap().all(|e| !e
         .unwrap()

@@ -474,7 +474,7 @@ pub struct ModalityMaps {
     /// The embedding route's full form (d x d, no bias).
     pub embedding_full: std::result::Result<Arc<LinearMap>, String>,
     /// Plain CLIP projector, for baselines in evaluation.
-    pub plain: LinearMap,
+    pub plain: Arc<LinearMap>,
     /// σ gaps at the band edges (absolute).
     pub gap_top: Option<f64>,
     pub gap_bottom: Option<f64>,
@@ -674,7 +674,7 @@ pub fn fit_modality(
         compact: Arc::new(LinearMap::from_augmented(compact.as_ref(), augmented)),
         embedding_compact,
         embedding_full,
-        plain: weights.plain_map(modality),
+        plain: Arc::new(weights.plain_map(modality)),
         gap_top,
         gap_bottom,
     };

@@ -10,13 +10,15 @@ use serde_json::{json, Value};
 use super::project::{parse_key_value, parse_location};
 use super::signals::atomic_output;
 use super::targets::check_output_file;
+use super::values;
 use crate::align::synthetic::{SyntheticModel, SYNTHETIC_IMAGE_BAND};
 use crate::align::{self, AlignedProjector, BandSpec, Modality, ModalityMaps};
+use crate::backend::{select_backend, Backend, DeviceChoice, InputKind};
 use crate::error::{Error, Result};
 use crate::eval::ncm::{ncm, ClassMeans, NcmResult};
 use crate::eval::{
-    self, labels_from_file, open_rows_from, plots, InputKind, Projection, RetrievalOptions,
-    RetrievalOutcome, RetrievalSummary, Rows, Sets,
+    self, labels_from_file, open_rows_from, plots, Projection, RetrievalOptions, RetrievalOutcome,
+    RetrievalSummary, Rows, Sets,
 };
 use crate::formats::npy::NpyMatrix;
 use crate::storage::{self, Location};
@@ -29,7 +31,7 @@ pub const SYNTHETIC_DATA_SEED: u64 = 7;
 pub const HISTOGRAM_BINS: usize = 200;
 
 /// A labelled retrieval set: one set, or queries + gallery. Shared by `eval` and `sweep`.
-#[derive(Args, Debug, Clone, Default)]
+#[derive(Args, Debug, Clone)]
 pub struct SetArgs {
     /// One labelled set (.npy, f16/f32, rows x dims): every row queries all the others, its
     /// own entry excluded (the reference's query split == gallery split case).
@@ -58,7 +60,11 @@ pub struct SetArgs {
     pub storage_options: Vec<(String, String)>,
     /// What the rows are: pre-projection encoder features, or already-projected CLIP
     /// embeddings (IsoCLIP then goes through the exact embedding route).
-    #[arg(long, value_enum, default_value = "features")]
+    #[arg(long, default_value = "features", value_parser = values::input_kind(
+        "Pre-projection encoder features (d_in dims): the paper's setting, exact for every model",
+        "Already-projected CLIP embeddings (d dims), e.g. a LAION shard: IsoCLIP through the \
+         embedding route (exact only for bias-free projectors)",
+    ))]
     pub input_kind: InputKind,
 }
 
@@ -262,8 +268,8 @@ pub struct EvalArgs {
     #[arg(long, value_name = "FILE|URL", value_parser = parse_location)]
     pub projector: Option<Location>,
     /// Which maps to use when the projector file holds both modalities.
-    #[arg(long, value_parser = ["image", "text"])]
-    pub modality: Option<String>,
+    #[arg(long, value_parser = values::modality())]
+    pub modality: Option<Modality>,
     #[command(flatten)]
     pub sets: SetArgs,
     /// Nearest-class-mean classification instead of retrieval (class means of unnormalised
@@ -350,7 +356,7 @@ pub fn run(a: EvalArgs) -> Result<()> {
     let projector = match &source {
         Source::Synthetic { projector, .. } | Source::Files { projector, .. } => projector,
     };
-    let modality = a.modality.as_deref().and_then(Modality::parse);
+    let modality = a.modality;
     let maps = match &source {
         Source::Files { path, .. } => projector
             .only_modality(modality)
@@ -378,8 +384,9 @@ pub fn run(a: EvalArgs) -> Result<()> {
         curve_max_k: a.curve_k as usize,
         histogram_bins: if a.svg.is_some() { HISTOGRAM_BINS } else { 0 },
     };
-    let clip = eval::evaluate_sets(sets, plain, kind, opts)?;
-    let isoclip = eval::evaluate_sets(sets, iso, kind, opts)?;
+    let backend = eval_backend()?;
+    let clip = eval::evaluate_sets(backend.as_ref(), sets, &plain, kind, opts)?;
+    let isoclip = eval::evaluate_sets(backend.as_ref(), sets, &iso, kind, opts)?;
     let svgs = match &a.svg {
         Some(prefix) => write_svgs(prefix, &clip, &isoclip, &header.label)?,
         None => Vec::new(),
@@ -424,6 +431,12 @@ pub fn run(a: EvalArgs) -> Result<()> {
     }
     outln!("({seconds:.2} s)")?;
     Ok(())
+}
+
+/// The backend `eval` and `sweep` project with: the CPU on every core, so that the numbers
+/// are the same on every machine (a GPU's sums run in another order).
+pub fn eval_backend() -> Result<Box<dyn Backend>> {
+    select_backend(DeviceChoice::Cpu, None).map(|(backend, _)| backend)
 }
 
 struct Header {
@@ -635,8 +648,9 @@ fn run_ncm(
         }
     }
     let means = ClassMeans::compute(train, train_labels)?;
-    let clip = ncm(&means, test, test_labels, plain, kind)?;
-    let isoclip = ncm(&means, test, test_labels, iso, kind)?;
+    let backend = eval_backend()?;
+    let clip = ncm(backend.as_ref(), &means, test, test_labels, &plain, kind)?;
+    let isoclip = ncm(backend.as_ref(), &means, test, test_labels, &iso, kind)?;
     let seconds = t0.elapsed().as_secs_f64();
     if a.json {
         let v = json!({

@@ -3,32 +3,16 @@
 use std::path::PathBuf;
 use std::time::Instant;
 
-use clap::{Args, ValueEnum};
+use clap::Args;
 use serde_json::json;
 
 use super::signals::atomic_output;
 use super::targets::check_output_file;
+use super::values;
 use super::weights_args::{preset_help, BandArgs, WeightsArgs};
 use crate::align::{self, AlignedProjector, Modality, ModalityMaps};
 use crate::error::Result;
 use crate::formats::projector_file;
-
-#[derive(Clone, Copy, Debug, ValueEnum, PartialEq, Eq)]
-pub enum ModalityChoice {
-    Image,
-    Text,
-    Both,
-}
-
-impl ModalityChoice {
-    pub fn modalities(self) -> Vec<Modality> {
-        match self {
-            ModalityChoice::Image => vec![Modality::Image],
-            ModalityChoice::Text => vec![Modality::Text],
-            ModalityChoice::Both => vec![Modality::Image, Modality::Text],
-        }
-    }
-}
 
 #[derive(Args, Debug)]
 #[command(after_help = fit_after_help())]
@@ -38,8 +22,8 @@ pub struct FitArgs {
     #[command(flatten)]
     pub band: BandArgs,
     /// Which modality's maps to compute.
-    #[arg(long, value_enum, default_value = "image")]
-    pub modality: ModalityChoice,
+    #[arg(long, default_value = "image", value_parser = values::modalities())]
+    pub modality: &'static [Modality],
     /// Output projector file.
     #[arg(
         short,
@@ -66,7 +50,7 @@ pub fn run(a: FitArgs) -> Result<()> {
     let loaded = a.weights.load()?;
     a.band.check_preset_shapes(&loaded.weights)?;
     let mut bands = Vec::new();
-    for m in a.modality.modalities() {
+    for &m in a.modality {
         bands.push((m, a.band.band_for(m, loaded.synthetic)?));
     }
     let preset = a.band.preset()?.map(|p| p.name);

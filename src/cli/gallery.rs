@@ -5,9 +5,11 @@ use std::path::{Path, PathBuf};
 use clap::Args;
 
 use super::output::count;
-use super::project::{interrupted_line, DtypeArg};
+use super::project::interrupted_line;
 use super::signals;
 use super::targets::check_output_dir;
+use super::values;
+use crate::backend::ElemType;
 use crate::engine::gallery::{human_bytes, write_random_gallery, GallerySpec};
 use crate::error::{Error, Result};
 use crate::formats::npy::NpyDtype;
@@ -28,8 +30,8 @@ pub struct GalleryArgs {
     /// Columns (768 = ViT-B image features, 512 = ViT-B embeddings).
     #[arg(long, default_value_t = 768)]
     pub dim: usize,
-    #[arg(long, value_enum, default_value = "f16")]
-    pub dtype: DtypeArg,
+    #[arg(long, default_value = "f16", value_parser = values::elem_type())]
+    pub dtype: ElemType,
     #[arg(long, default_value_t = 1)]
     pub seed: u64,
 }
@@ -41,8 +43,8 @@ pub fn run(a: GalleryArgs) -> Result<()> {
         rows_per_shard: a.rows,
         cols: a.dim,
         dtype: match a.dtype {
-            DtypeArg::F16 => NpyDtype::F16,
-            DtypeArg::F32 => NpyDtype::F32,
+            ElemType::F16 => NpyDtype::F16,
+            ElemType::F32 => NpyDtype::F32,
         },
         seed: a.seed,
     };

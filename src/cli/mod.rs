@@ -20,6 +20,7 @@ mod spectrum;
 mod status;
 mod sweep;
 mod targets;
+mod values;
 mod weights_args;
 
 use clap::{Parser, Subcommand};
@@ -72,8 +73,13 @@ pub enum Command {
     Sweep(sweep::SweepArgs),
 }
 
-/// What the command line can add to a library error: the flag that changes the outcome.
-fn hint(e: &crate::Error) -> Option<&'static str> {
+/// What the command line can add to a library error: the flag that changes the outcome, keyed
+/// on the variant (library messages never name flags). Only `project` has such flags: `eval` and
+/// `sweep` stop at a NaN row with nothing to pass.
+fn hint(e: &crate::Error, project_flags: bool) -> Option<&'static str> {
+    if !project_flags {
+        return None;
+    }
     match e.root() {
         crate::Error::NonFiniteRow { .. } => {
             Some("pass --nonfinite zero to write zeros for such rows instead")
@@ -83,6 +89,14 @@ fn hint(e: &crate::Error) -> Option<&'static str> {
         ),
         crate::Error::DeviceUnavailable(_) => Some("use --device auto or --device cpu"),
         _ => None,
+    }
+}
+
+/// The line the command line prints for a failed command: the library's message, then the hint.
+fn error_line(e: &crate::Error, project_flags: bool) -> String {
+    match hint(e, project_flags) {
+        Some(h) => format!("error: {e} ({h})"),
+        None => format!("error: {e}"),
     }
 }
 
@@ -97,6 +111,7 @@ pub fn main() -> i32 {
         }
     };
     signals::install();
+    let project_flags = matches!(cli.command, Command::Project(_));
     let result = match cli.command {
         Command::Demo(a) => demo::run(a),
         Command::Fit(a) => fit::run(a),
@@ -126,11 +141,45 @@ pub fn main() -> i32 {
         // The command has said what was kept; the exit code says which signal stopped it.
         Err(e) if matches!(e.root(), crate::Error::Cancelled) => signals::exit_code(),
         Err(e) => {
-            match hint(&e) {
-                Some(h) => eprintln!("error: {e} ({h})"),
-                None => eprintln!("error: {e}"),
-            }
+            eprintln!("{}", error_line(&e, project_flags));
             EXIT_FAILURE
+        }
+    }
+}
+
+#[cfg(test)]
+mod tests {
+    use super::*;
+    use crate::Error;
+
+    #[test]
+    fn the_flag_is_the_command_lines_not_the_librarys() {
+        let cases = [
+            (Error::NonFiniteRow { row: 7 }, "--nonfinite zero"),
+            (
+                Error::Unrepresentable {
+                    row: 7,
+                    message: "the unnormalised result exceeds the f16 range".into(),
+                },
+                "--dtype f32",
+            ),
+            (
+                Error::DeviceUnavailable("no usable CUDA GPU (libcuda not found)".into()),
+                "--device cpu",
+            ),
+        ];
+        for (e, flag) in cases {
+            let e = e.in_file("/data/img_emb_0003.npy");
+            let library = e.to_string();
+            assert!(!library.contains("--"), "{library}");
+            let project = error_line(&e, true);
+            assert_eq!(
+                project,
+                format!("error: {library} ({})", hint(&e, true).unwrap())
+            );
+            assert!(project.contains(flag), "{project}");
+            // eval and sweep have no such flag to suggest.
+            assert_eq!(error_line(&e, false), format!("error: {library}"));
         }
     }
 }

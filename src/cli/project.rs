@@ -3,54 +3,19 @@
 use std::io::IsTerminal;
 use std::sync::atomic::{AtomicUsize, Ordering};
 
-use clap::{Args, ValueEnum};
+use clap::Args;
 use indicatif::{ProgressBar, ProgressStyle};
 
 use super::output::{count, human_rate};
 use super::signals;
 use super::targets::check_output_dir;
+use super::values;
 use crate::align::{AlignedProjector, Modality};
 use crate::backend::{select_backend, Backend, DeviceChoice};
 use crate::backend::{ElemType, InputKind, NonFinitePolicy, OutputForm, ProjectionOptions};
 use crate::engine::{run_job, JobSpec, JobSummary, ProgressSink, ShardSelection};
 use crate::error::{Error, Result};
 use crate::storage::{self, Location};
-
-#[derive(Clone, Copy, Debug, ValueEnum)]
-pub enum InputKindArg {
-    /// Pre-projection features (the paper's route).
-    Features,
-    /// Already-projected CLIP embeddings, possibly L2-normalised (exact embedding route).
-    Embeddings,
-}
-
-#[derive(Clone, Copy, Debug, ValueEnum)]
-pub enum FormArg {
-    /// m = r − k_top − k_bottom dims, identical cosines (e.g. 262 for ViT-B/16 images).
-    Compact,
-    /// d dims, the paper's map.
-    Full,
-}
-
-#[derive(Clone, Copy, Debug, ValueEnum)]
-pub enum DtypeArg {
-    F16,
-    F32,
-}
-
-#[derive(Clone, Copy, Debug, ValueEnum)]
-pub enum NonFiniteArg {
-    /// Stop with an error naming the shard and row.
-    Error,
-    /// Write a zero row and count it in the summary.
-    Zero,
-}
-
-#[derive(Clone, Copy, Debug, ValueEnum)]
-pub enum ModalityArg {
-    Image,
-    Text,
-}
 
 #[derive(Args, Debug)]
 #[command(
@@ -81,25 +46,28 @@ pub struct ProjectArgs {
     #[arg(long = "storage-option", value_name = "KEY=VALUE", value_parser = parse_key_value)]
     pub storage_options: Vec<(String, String)>,
     /// Which modality's maps to use (needed when the projector holds both).
-    #[arg(long, value_enum)]
-    pub modality: Option<ModalityArg>,
-    #[arg(long, value_enum, default_value = "features")]
-    pub input_kind: InputKindArg,
-    #[arg(long, value_enum, default_value = "compact")]
-    pub form: FormArg,
+    #[arg(long, value_parser = values::modality())]
+    pub modality: Option<Modality>,
+    #[arg(long, default_value = "features", value_parser = values::input_kind(
+        "Pre-projection features (the paper's route)",
+        "Already-projected CLIP embeddings, possibly L2-normalised (exact embedding route)",
+    ))]
+    pub input_kind: InputKind,
+    #[arg(long, default_value = "compact", value_parser = values::output_form())]
+    pub form: OutputForm,
     /// Output element type.
-    #[arg(long, value_enum, default_value = "f16")]
-    pub dtype: DtypeArg,
+    #[arg(long, default_value = "f16", value_parser = values::elem_type())]
+    pub dtype: ElemType,
     /// Do not L2-normalise output rows.
     #[arg(long)]
     pub no_normalize: bool,
     /// Rows with NaN or Inf: fail (default) or write zeros.
-    #[arg(long, value_enum, default_value = "error")]
-    pub nonfinite: NonFiniteArg,
+    #[arg(long, default_value = "error", value_parser = values::nonfinite_policy())]
+    pub nonfinite: NonFinitePolicy,
     /// Where to compute: the GPU(s) when usable (auto), the CPU, every visible GPU or an error
     /// (cuda), or one GPU by CUDA ordinal or an error (cuda:N).
-    #[arg(long, default_value = "auto", value_name = "auto|cpu|cuda|cuda:N", value_parser = parse_device)]
-    pub device: String,
+    #[arg(long, default_value = "auto", value_name = "auto|cpu|cuda|cuda:N", value_parser = values::device)]
+    pub device: DeviceChoice,
     /// CPU worker threads (default: all cores).
     #[arg(long, value_name = "N")]
     pub threads: Option<usize>,
@@ -246,23 +214,11 @@ pub fn run_interruptible(
 impl ProjectArgs {
     pub fn options(&self) -> ProjectionOptions {
         ProjectionOptions {
-            input_kind: match self.input_kind {
-                InputKindArg::Features => InputKind::Features,
-                InputKindArg::Embeddings => InputKind::Embeddings,
-            },
-            form: match self.form {
-                FormArg::Compact => OutputForm::Compact,
-                FormArg::Full => OutputForm::Full,
-            },
-            output: match self.dtype {
-                DtypeArg::F16 => ElemType::F16,
-                DtypeArg::F32 => ElemType::F32,
-            },
+            input_kind: self.input_kind,
+            form: self.form,
+            output: self.dtype,
             normalize: !self.no_normalize,
-            nonfinite: match self.nonfinite {
-                NonFiniteArg::Error => NonFinitePolicy::Error,
-                NonFiniteArg::Zero => NonFinitePolicy::Zero,
-            },
+            nonfinite: self.nonfinite,
         }
     }
 }
@@ -289,15 +245,11 @@ pub fn run(a: ProjectArgs) -> Result<()> {
     }
     let shards = ShardSelection::resolve(a.num_shards, a.shard_index, |k| std::env::var(k).ok())?;
     let projector = storage::load_projector(&a.projector, &a.storage_options)?;
-    let modality = a.modality.map(|m| match m {
-        ModalityArg::Image => Modality::Image,
-        ModalityArg::Text => Modality::Text,
-    });
+    let modality = a.modality;
     projector
         .only_modality(modality)
         .map_err(|e| e.in_file(a.projector.to_string()))?;
-    let device = DeviceChoice::parse(&a.device).expect("clap checked the value");
-    let (backend, notice) = select_backend(device, a.threads)?;
+    let (backend, notice) = select_backend(a.device, a.threads)?;
     let mut spec = JobSpec::new(input, output);
     spec.shards = shards;
     spec.storage_options = a.storage_options.clone();
@@ -355,9 +307,4 @@ pub fn print_summary(s: &JobSummary, synthetic: bool) -> Result<()> {
         s.nonfinite_rows
     )?;
     Ok(())
-}
-
-/// Checks a `--device` value (`auto`, `cpu`, `cuda`, `cuda:N`) for clap.
-fn parse_device(s: &str) -> std::result::Result<String, String> {
-    s.parse::<DeviceChoice>().map(|_| s.to_string())
 }

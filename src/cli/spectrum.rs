@@ -6,6 +6,7 @@ use clap::Args;
 
 use super::signals::atomic_output;
 use super::targets::check_output_file;
+use super::values;
 use super::weights_args::{BandArgs, WeightsArgs};
 use crate::align::{BandSpec, Modality, PsiSpectrum};
 use crate::error::{Error, Result};
@@ -25,8 +26,8 @@ pub struct SpectrumArgs {
     #[command(flatten)]
     pub band: BandArgs,
     /// Which modality's band to mark.
-    #[arg(long, default_value = "image", value_parser = ["image", "text"])]
-    pub modality: String,
+    #[arg(long, default_value = "image", value_parser = values::modality())]
+    pub modality: Modality,
     /// Where to write the SVG plot.
     #[arg(long, value_name = "FILE", default_value = "spectrum.svg")]
     pub svg: PathBuf,
@@ -34,7 +35,7 @@ pub struct SpectrumArgs {
 
 pub fn run(a: SpectrumArgs) -> Result<()> {
     check_output_file(&a.svg)?;
-    let modality = Modality::parse(&a.modality).unwrap();
+    let modality = a.modality;
     let (sigma, band, label) = if let Some(p) = &a.projector {
         let proj = projector_file::load(p)?;
         let maps = proj

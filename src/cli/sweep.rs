@@ -1,5 +1,6 @@
 //! `isoclip sweep`: which band (k_top, k_bottom) works best on a labelled validation set?
-//! One SVD of Ψ serves the whole grid; each band is one `fit_modality` plus one evaluation.
+//! The search itself is `eval::search_bands` (one SVD of Ψ for the whole grid); this file parses
+//! the arguments, prints progress and the table, and writes the best band's projector.
 
 use std::io::IsTerminal;
 use std::path::PathBuf;
@@ -8,15 +9,17 @@ use std::time::Instant;
 use clap::Args;
 use serde_json::json;
 
-use super::eval::{describe_sets, SetArgs, SyntheticSet, SYNTHETIC_ROWS};
+use super::eval::{describe_sets, eval_backend, SetArgs, SyntheticSet, SYNTHETIC_ROWS};
 use super::output::count;
 use super::signals::atomic_output;
 use super::targets::check_output_file;
+use super::values;
 use super::weights_args::WeightsArgs;
 use crate::align::synthetic::SyntheticModel;
-use crate::align::{fit_modality, AlignedProjector, BandSpec, Modality, ModalityMaps, PsiSpectrum};
+use crate::align::{AlignedProjector, Modality, PsiSpectrum};
+use crate::backend::InputKind;
 use crate::error::{Error, Result};
-use crate::eval::{self, InputKind, Projection, RetrievalOptions, RetrievalSummary, Sets};
+use crate::eval::{search_bands, BandGrid, BandMetrics, BandRow, BandSearchSpec, Sets};
 use crate::formats::projector_file;
 
 #[derive(Args, Debug)]
@@ -27,8 +30,8 @@ pub struct SweepArgs {
     #[command(flatten)]
     pub weights: WeightsArgs,
     /// Which modality's band to sweep.
-    #[arg(long, default_value = "image", value_parser = ["image", "text"])]
-    pub modality: String,
+    #[arg(long, default_value = "image", value_parser = values::modality())]
+    pub modality: Modality,
     #[command(flatten)]
     pub sets: SetArgs,
     /// k_top values to try (default: 0, 50, 100, ... up to 0.6 r).
@@ -49,32 +52,12 @@ pub struct SweepArgs {
     pub json: bool,
 }
 
-pub fn default_k_top_grid(r: usize) -> Vec<usize> {
-    (0..=r * 6 / 10).step_by(50).collect()
-}
-
-pub fn default_k_bottom_grid(r: usize) -> Vec<usize> {
-    let mut g = vec![0, 25];
-    g.extend((50..=r * 4 / 10).step_by(50));
-    g.retain(|&k| k < r);
-    g
-}
-
-struct BandResult {
-    band: BandSpec,
-    m: usize,
-    summary: RetrievalSummary,
-}
-
-/// mAP differences below this (x100 points) are rounding, not a gain: band 0/0 is plain CLIP.
-const MAP_TOLERANCE: f64 = 1e-6;
-
 pub fn run(a: SweepArgs) -> Result<()> {
     let t0 = Instant::now();
     if let Some(out) = &a.output {
         check_output_file(out)?;
     }
-    let modality = Modality::parse(&a.modality).expect("clap checked the value");
+    let modality = a.modality;
     let loaded = a.weights.load()?;
     let weights = &loaded.weights;
     let kind = a.sets.input_kind;
@@ -102,85 +85,30 @@ pub fn run(a: SweepArgs) -> Result<()> {
     };
     let spectrum = PsiSpectrum::compute(weights)?;
     let r = spectrum.r();
-    let k_tops = a
-        .k_top_grid
-        .clone()
-        .unwrap_or_else(|| default_k_top_grid(r));
-    let k_bottoms = a
-        .k_bottom_grid
-        .clone()
-        .unwrap_or_else(|| default_k_bottom_grid(r));
-    let default_grid = a.k_top_grid.is_none() && a.k_bottom_grid.is_none();
-    let mut bands = Vec::new();
-    let mut skipped = Vec::new();
-    for &kt in &k_tops {
-        for &kb in &k_bottoms {
-            if default_grid && kt == 0 && kb == 0 {
-                continue;
-            }
-            let band = BandSpec::new(kt, kb);
-            if spectrum.check_band(band).is_ok() {
-                bands.push(band);
-            } else {
-                skipped.push(band);
-            }
-        }
-    }
-    if bands.is_empty() {
-        return Err(Error::Band(format!(
-            "no band of the grid keeps a direction of the {r} singular directions of Ψ (every k_top + k_bottom >= {r})"
-        )));
-    }
-    let opts = RetrievalOptions {
-        curve_max_k: 10,
-        histogram_bins: 0,
+    let grid = BandGrid::new(a.k_top_grid.clone(), a.k_bottom_grid.clone(), r);
+    let spec = BandSearchSpec {
+        weights,
+        spectrum: &spectrum,
+        modality,
+        input_kind: kind,
+        grid: &grid,
     };
-    // Baseline: the plain projector (or the stored embeddings themselves).
-    let plain_map = weights.plain_map(modality);
-    let plain = match kind {
-        InputKind::Features => Projection {
-            weight: Some(&plain_map.weight),
-            bias: plain_map.bias.as_deref(),
-        },
-        InputKind::Embeddings => Projection::IDENTITY,
-    };
-    let baseline = eval::evaluate_sets(sets, plain, kind, opts)?.summary;
     let terminal = std::io::stderr().is_terminal();
-    let mut results: Vec<BandResult> = Vec::new();
-    let mut best: Option<(usize, ModalityMaps)> = None;
-    for &band in &bands {
-        let maps = fit_modality(weights, &spectrum, modality, band)?;
-        let (_, iso) = Projection::pair(&maps, kind)?;
-        let summary = eval::evaluate_sets(sets, iso, kind, opts)?.summary;
-        let better = match &best {
-            None => true,
-            Some((i, _)) => summary.map > results[*i].summary.map,
-        };
-        results.push(BandResult {
-            band,
-            m: maps.m,
-            summary,
-        });
-        if better {
-            best = Some((results.len() - 1, maps));
-        }
-        report_band(
-            results.last().expect("just pushed"),
-            results.len(),
-            bands.len(),
-            terminal,
-        );
-    }
+    let backend = eval_backend()?;
+    let found = search_bands(backend.as_ref(), &spec, sets, &mut |row, done, total| {
+        report_band(row, done, total, terminal)
+    })?;
     if terminal {
         eprintln!();
     }
-    let (best_i, best_maps) = best.expect("at least one band was evaluated");
-    let beats_clip = results[best_i].summary.map > baseline.map + MAP_TOLERANCE;
+    let report = &found.report;
+    let beats_clip = report.beats_clip;
+    let (best, baseline) = (&report.best.metrics, &report.clip);
     let write_output = a.output.as_ref().filter(|_| beats_clip || a.force);
     if let (Some(out), false) = (&a.output, beats_clip) {
         eprintln!(
             "warning: no band beats plain CLIP (best mAP {:.2}, CLIP {:.2}){}",
-            results[best_i].summary.map,
+            best.map,
             baseline.map,
             if a.force {
                 format!("; writing {} anyway (--force)", out.display())
@@ -204,36 +132,21 @@ pub fn run(a: SweepArgs) -> Result<()> {
             synthetic: loaded.synthetic,
         };
         match modality {
-            Modality::Image => p.image = Some(best_maps),
-            Modality::Text => p.text = Some(best_maps),
+            Modality::Image => p.image = Some(found.best_maps),
+            Modality::Text => p.text = Some(found.best_maps),
         }
         atomic_output(out, || projector_file::save(&p, out))?;
     }
     let seconds = t0.elapsed().as_secs_f64();
-    let best_band = results[best_i].band;
     if a.json {
-        let row = |b: &BandResult| {
-            json!({
-                "k_top": b.band.k_top, "k_bottom": b.band.k_bottom, "m": b.m,
-                "map": b.summary.map, "map_at_r": b.summary.map_at_r, "p_at_r": b.summary.p_at_r,
-                "r_at_1": b.summary.r_at_1, "map_at_r_exact": b.summary.map_at_r_exact,
-            })
-        };
-        let v = json!({
-            "synthetic": loaded.synthetic,
-            "source": weights.source,
-            "modality": modality.name(),
-            "input_kind": kind.name(),
-            "data": describe_sets(&sets),
-            "r": r,
-            "clip": { "map": baseline.map, "map_at_r": baseline.map_at_r, "p_at_r": baseline.p_at_r, "r_at_1": baseline.r_at_1, "map_at_r_exact": baseline.map_at_r_exact },
-            "bands": results.iter().map(row).collect::<Vec<_>>(),
-            "best": row(&results[best_i]),
-            "beats_clip": beats_clip,
-            "skipped": skipped.iter().map(|b| json!({"k_top": b.k_top, "k_bottom": b.k_bottom})).collect::<Vec<_>>(),
-            "output": write_output.map(|p| p.display().to_string()),
-            "seconds": seconds,
-        });
+        let mut v = serde_json::to_value(report).expect("json");
+        v["synthetic"] = json!(loaded.synthetic);
+        v["source"] = json!(weights.source);
+        v["modality"] = json!(modality.name());
+        v["input_kind"] = json!(kind.name());
+        v["data"] = json!(describe_sets(&sets));
+        v["output"] = json!(write_output.map(|p| p.display().to_string()));
+        v["seconds"] = json!(seconds);
         outln!("{}", serde_json::to_string_pretty(&v).expect("json"))?;
         return Ok(());
     }
@@ -251,7 +164,7 @@ pub fn run(a: SweepArgs) -> Result<()> {
     outln!("data:      {}", describe_sets(&sets))?;
     outln!(
         "{modality} band sweep: {} from one SVD of Ψ (r = {r}), best by mAP marked *",
-        count(results.len() as u64, "band", "bands")
+        count(report.bands.len() as u64, "band", "bands")
     )?;
     outln!()?;
     outln!(
@@ -264,7 +177,7 @@ pub fn run(a: SweepArgs) -> Result<()> {
         "P@R",
         "R@1"
     )?;
-    let line = |mark: &str, kt: String, kb: String, m: String, s: &RetrievalSummary| {
+    let line = |mark: &str, kt: String, kb: String, m: String, s: &BandMetrics| {
         outln!(
             "{mark} {kt:>6} {kb:>8} {m:>5} {:>8.2} {:>8.2} {:>8.2} {:>8.2}",
             s.map,
@@ -273,31 +186,30 @@ pub fn run(a: SweepArgs) -> Result<()> {
             s.r_at_1
         )
     };
-    line(" ", "CLIP".into(), "-".into(), "-".into(), &baseline)?;
-    for (i, b) in results.iter().enumerate() {
+    line(" ", "CLIP".into(), "-".into(), "-".into(), baseline)?;
+    for (i, b) in report.bands.iter().enumerate() {
         line(
-            if i == best_i { "*" } else { " " },
-            b.band.k_top.to_string(),
-            b.band.k_bottom.to_string(),
+            if i == report.best_index { "*" } else { " " },
+            b.k_top.to_string(),
+            b.k_bottom.to_string(),
             b.m.to_string(),
-            &b.summary,
+            &b.metrics,
         )?;
     }
-    if !skipped.is_empty() {
+    if !report.skipped.is_empty() {
         outln!(
             "skipped {} that keep no direction (k_top + k_bottom >= {r})",
-            count(skipped.len() as u64, "band", "bands")
+            count(report.skipped.len() as u64, "band", "bands")
         )?;
     }
-    let bs = &results[best_i].summary;
     outln!(
         "best: k_top {} / k_bottom {} (m = {}): mAP {:.2} vs CLIP {:.2} ({:+.2})",
-        best_band.k_top,
-        best_band.k_bottom,
-        results[best_i].m,
-        bs.map,
+        report.best.k_top,
+        report.best.k_bottom,
+        report.best.m,
+        best.map,
         baseline.map,
-        bs.map - baseline.map
+        best.map - baseline.map
     )?;
     if !beats_clip {
         outln!("no band beats plain CLIP on these data: keep the plain projector")?;
@@ -311,13 +223,13 @@ pub fn run(a: SweepArgs) -> Result<()> {
 
 /// Progress of the sweep on stderr: an updating count on a terminal, one line per band (with
 /// its mAP) otherwise, so a piped or logged sweep shows it is alive and how far it is.
-fn report_band(b: &BandResult, done: usize, total: usize, terminal: bool) {
+fn report_band(b: &BandRow, done: usize, total: usize, terminal: bool) {
     if terminal {
         eprint!("\r  evaluated {done}/{total} bands");
     } else {
         eprintln!(
             "band {done}/{total}: k_top {} k_bottom {} (m = {}): mAP {:.2}",
-            b.band.k_top, b.band.k_bottom, b.m, b.summary.map
+            b.k_top, b.k_bottom, b.m, b.metrics.map
         );
     }
 }

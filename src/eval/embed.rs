@@ -1,96 +1,91 @@
 //! From stored rows (pre-projection features or CLIP embeddings) to L2-normalised embeddings, for
-//! plain CLIP and for IsoCLIP.
+//! plain CLIP and for IsoCLIP, projected through a [`Backend`] like every other projection.
 //!
 //! * features: plain = `x · P` (+ bias), IsoCLIP = `x · U_m Rᵀ` (the compact map: the same cosines
 //!   as the paper's full map in fewer dimensions);
-//! * embeddings (already `x · P`, possibly normalised): plain = the rows themselves, IsoCLIP =
+//! * embeddings (already `x · P`, possibly normalised): plain = the rows themselves (an identity
+//!   map: the GEMM multiplies by 1 and adds exact zeros, so the rows pass unchanged), IsoCLIP =
 //!   `e · E_img` (the exact embedding route, docs/METHOD.md §5).
 //!
-//! Rows are normalised as torch's `F.normalize` does: `v / max(‖v‖, 1e-12)`, so an all-zero row
-//! stays zero instead of becoming NaN.
+//! Rows are normalised by the backend: a zero row stays zero (as torch's
+//! `F.normalize(eps=1e-12)` leaves it), any other finite row gets unit norm (its squares summed
+//! in f64). Unlike `F.normalize`, a row whose norm is below 1e-12 is scaled to unit norm too
+//! rather than divided by 1e-12: no CLIP feature or embedding is that small.
 
 use std::path::Path;
 
-use faer::linalg::matmul::matmul;
-use faer::{Accum, MatMut, MatRef, Par};
-use rayon::prelude::*;
-
 use super::retrieval::Embeddings;
-use crate::align::{MatrixF32, ModalityMaps};
+use std::sync::Arc;
+
+use crate::align::{LinearMap, MatrixF32, ModalityMaps};
+use crate::backend::{
+    Backend, ElemType, InputKind, NonFinitePolicy, OutputForm, PreparedMap, ProjectionOptions,
+    RowsIn, RowsOut,
+};
 use crate::error::{Error, Result};
 use crate::formats::npy::{Accept, NpyDtype, NpyMatrix};
 
-const CHUNK_ROWS: usize = 2048;
-const NORM_EPS: f32 = 1e-12;
+/// Rows handed to the backend per call: bounds the f32 copy of in-memory rows, and lets a
+/// memory-mapped file release the pages of each chunk once it is projected.
+const CHUNK_ROWS: usize = 16 * 1024;
 
-/// What the input rows are.
-#[derive(Clone, Copy, Debug, Default, PartialEq, Eq, clap::ValueEnum)]
-pub enum InputKind {
-    /// Pre-projection encoder features (d_in dims): the paper's setting, exact for every model.
-    #[default]
-    Features,
-    /// Already-projected CLIP embeddings (d dims), e.g. a LAION shard: IsoCLIP through the
-    /// embedding route (exact only for bias-free projectors).
-    Embeddings,
+/// The linear map applied before normalisation.
+#[derive(Clone, Debug)]
+pub enum Projection {
+    /// The rows as they are (plain CLIP on stored embeddings).
+    Identity,
+    /// `x · weight (+ bias)`, prepared on the backend by each [`embed`] call.
+    Map(Arc<LinearMap>),
 }
 
-impl InputKind {
-    pub fn name(self) -> &'static str {
-        match self {
-            InputKind::Features => "features",
-            InputKind::Embeddings => "embeddings",
-        }
-    }
-}
-
-/// A linear map applied before normalisation (None: identity).
-#[derive(Clone, Copy, Debug)]
-pub struct Projection<'a> {
-    pub weight: Option<&'a MatrixF32>,
-    pub bias: Option<&'a [f32]>,
-}
-
-impl<'a> Projection<'a> {
-    pub const IDENTITY: Projection<'static> = Projection {
-        weight: None,
-        bias: None,
-    };
+impl Projection {
+    pub const IDENTITY: Projection = Projection::Identity;
 
     /// Plain CLIP and IsoCLIP projections of `maps` for `kind` inputs.
-    pub fn pair(
-        maps: &'a ModalityMaps,
-        kind: InputKind,
-    ) -> Result<(Projection<'a>, Projection<'a>)> {
-        match kind {
-            InputKind::Features => Ok((
-                Projection {
-                    weight: Some(&maps.plain.weight),
-                    bias: maps.plain.bias.as_deref(),
-                },
-                Projection {
-                    weight: Some(&maps.compact.weight),
-                    bias: maps.compact.bias.as_deref(),
-                },
-            )),
-            InputKind::Embeddings => match &maps.embedding_compact {
-                Ok(m) => Ok((
-                    Projection::IDENTITY,
-                    Projection {
-                        weight: Some(&m.weight),
-                        bias: None,
-                    },
-                )),
-                Err(reason) => Err(Error::invalid(format!(
-                    "the embedding route (input kind 'embeddings'): {reason}"
-                ))),
-            },
+    pub fn pair(maps: &ModalityMaps, kind: InputKind) -> Result<(Projection, Projection)> {
+        if let (InputKind::Embeddings, Err(reason)) = (kind, &maps.embedding_compact) {
+            return Err(Error::invalid(format!(
+                "the embedding route (input kind 'embeddings'): {reason}"
+            )));
         }
+        let (plain, iso) = prepare_maps(maps, kind)?;
+        Ok((
+            plain.map_or(Projection::Identity, Projection::Map),
+            Projection::Map(iso),
+        ))
     }
 
     /// The input width this projection expects, if it fixes one.
     pub fn d_in(&self) -> Option<usize> {
-        self.weight.map(|w| w.rows)
+        match self {
+            Projection::Identity => None,
+            Projection::Map(m) => Some(m.d_in()),
+        }
     }
+}
+
+/// The backend maps of plain CLIP (None: the rows themselves) and IsoCLIP (the compact form).
+/// The one place eval turns a modality's maps into what the backend applies.
+fn prepare_maps(
+    maps: &ModalityMaps,
+    kind: InputKind,
+) -> Result<(Option<Arc<LinearMap>>, Arc<LinearMap>)> {
+    let plain = match kind {
+        InputKind::Features => Some(maps.plain.clone()),
+        InputKind::Embeddings => None,
+    };
+    Ok((plain, maps.select(kind, OutputForm::Compact)?))
+}
+
+/// The `d x d` identity, the backend's map for [`Projection::Identity`].
+fn identity_map(d: usize) -> Arc<LinearMap> {
+    let mut data = vec![0.0f32; d * d];
+    data.iter_mut().step_by(d + 1).for_each(|v| *v = 1.0);
+    Arc::new(LinearMap::unbiased(MatrixF32 {
+        rows: d,
+        cols: d,
+        data,
+    }))
 }
 
 /// Rows to embed: a memory-mapped `.npy` file or rows in memory (synthetic data).
@@ -124,6 +119,39 @@ impl Rows<'_> {
             Rows::Memory { name, .. } => name.to_string(),
         }
     }
+    /// Projects rows `[start, end)` through `map` into `out` (`end - start` rows of
+    /// `map.d_out()` f32), normalised. Row errors count from `start`.
+    fn project_into(
+        &self,
+        backend: &dyn Backend,
+        map: &PreparedMap,
+        opts: &ProjectionOptions,
+        (start, end): (usize, usize),
+        out: &mut [f32],
+    ) -> Result<()> {
+        let (n, cols) = (end - start, self.cols());
+        let output = RowsOut::dense(bytemuck::cast_slice_mut(out), n, map.d_out(), ElemType::F32);
+        match self {
+            Rows::Npy(m) => {
+                let elem = match m.dtype {
+                    NpyDtype::F32 => ElemType::F32,
+                    NpyDtype::F16 => ElemType::F16,
+                    other => unreachable!("opened with Accept::Embeddings, got {other:?}"),
+                };
+                let input = RowsIn::dense(m.row_bytes(start, end), n, cols, elem);
+                let result = backend.project(map, opts, input, output);
+                m.release_rows(start, end);
+                result?;
+            }
+            Rows::Memory { data, .. } => {
+                let rows = &data[start * cols..end * cols];
+                let input = RowsIn::dense(bytemuck::cast_slice(rows), n, cols, ElemType::F32);
+                backend.project(map, opts, input, output)?;
+            }
+        }
+        Ok(())
+    }
+
     /// Rows `[start, end)` as f32, appended to `out`.
     pub fn read_f32(&self, start: usize, end: usize, out: &mut Vec<f32>) {
         match self {
@@ -172,9 +200,14 @@ pub fn open_rows_from(file: std::fs::File, len: u64, path: &Path) -> Result<NpyM
     Ok(m)
 }
 
-/// Projects every row, then L2-normalises it. Fails (naming the input) on a width mismatch or a
-/// non-finite result.
-pub fn embed(rows: Rows<'_>, proj: Projection<'_>, kind: InputKind) -> Result<Embeddings> {
+/// Projects every row through `backend`, then L2-normalises it. Fails (naming the input) on a
+/// width mismatch, a row holding NaN or Inf, or a row whose projection overflows.
+pub fn embed(
+    backend: &dyn Backend,
+    rows: Rows<'_>,
+    proj: &Projection,
+    kind: InputKind,
+) -> Result<Embeddings> {
     let (n, d_in) = (rows.rows(), rows.cols());
     if let Some(want) = proj.d_in() {
         if want != d_in {
@@ -189,57 +222,29 @@ pub fn embed(rows: Rows<'_>, proj: Projection<'_>, kind: InputKind) -> Result<Em
             )));
         }
     }
-    let d_out = proj.weight.map_or(d_in, |w| w.cols);
-    let mut data = vec![0.0f32; n * d_out];
-    let bad: Vec<usize> = data
-        .par_chunks_mut(CHUNK_ROWS * d_out)
-        .enumerate()
-        .filter_map(|(ci, out)| {
-            let start = ci * CHUNK_ROWS;
-            let end = start + out.len() / d_out;
-            let mut x = Vec::with_capacity((end - start) * d_in);
-            rows.read_f32(start, end, &mut x);
-            match proj.weight {
-                Some(w) => {
-                    let rows_here = end - start;
-                    if let Some(b) = proj.bias {
-                        for r in out.chunks_exact_mut(d_out) {
-                            r.copy_from_slice(b);
-                        }
-                    }
-                    matmul(
-                        MatMut::from_row_major_slice_mut(out, rows_here, d_out),
-                        if proj.bias.is_some() {
-                            Accum::Add
-                        } else {
-                            Accum::Replace
-                        },
-                        MatRef::from_row_major_slice(&x, rows_here, d_in),
-                        MatRef::from_row_major_slice(&w.data, w.rows, w.cols),
-                        1.0f32,
-                        Par::Seq,
-                    );
-                }
-                None => out.copy_from_slice(&x),
-            }
-            let mut first_bad = None;
-            for (i, r) in out.chunks_exact_mut(d_out).enumerate() {
-                let norm = r.iter().map(|v| v * v).sum::<f32>().sqrt();
-                if !norm.is_finite() {
-                    first_bad.get_or_insert(start + i);
-                    continue;
-                }
-                let inv = 1.0 / norm.max(NORM_EPS);
-                r.iter_mut().for_each(|v| *v *= inv);
-            }
-            first_bad
-        })
-        .collect();
-    if let Some(&row) = bad.iter().min() {
-        return Err(Error::NonFinite(format!(
-            "{}: row {row} holds NaN or Inf (or overflows once projected)",
-            rows.name()
-        )));
+    let map = backend.prepare(match proj {
+        Projection::Map(m) => m.clone(),
+        Projection::Identity => identity_map(d_in),
+    })?;
+    let opts = ProjectionOptions {
+        input_kind: kind,
+        form: OutputForm::Compact,
+        output: ElemType::F32,
+        normalize: true,
+        nonfinite: NonFinitePolicy::Error,
+    };
+    let d_out = map.d_out();
+    let mut data = crate::backend::try_zeroed::<f32>(n * d_out)?;
+    for start in (0..n).step_by(CHUNK_ROWS) {
+        let end = (start + CHUNK_ROWS).min(n);
+        rows.project_into(
+            backend,
+            &map,
+            &opts,
+            (start, end),
+            &mut data[start * d_out..end * d_out],
+        )
+        .map_err(|e| e.offset_rows(start).in_file(rows.name()))?;
     }
     Ok(Embeddings::new(n, d_out, data))
 }
@@ -247,87 +252,102 @@ pub fn embed(rows: Rows<'_>, proj: Projection<'_>, kind: InputKind) -> Result<Em
 #[cfg(test)]
 mod tests {
     use super::*;
+    use crate::backend::cpu::CpuBackend;
+
+    fn map(rows: usize, cols: usize, data: Vec<f32>, bias: Option<Vec<f32>>) -> Projection {
+        Projection::Map(Arc::new(LinearMap {
+            weight: MatrixF32 { rows, cols, data },
+            bias,
+        }))
+    }
+
+    fn memory<'a>(data: &'a [f32], cols: usize, name: &'a str) -> Rows<'a> {
+        Rows::Memory {
+            data,
+            rows: data.len() / cols,
+            cols,
+            name,
+        }
+    }
 
     #[test]
     fn projects_and_normalises_like_f_normalize() {
-        let w = MatrixF32 {
-            rows: 2,
-            cols: 2,
-            data: vec![2.0, 0.0, 0.0, 1.0],
-        };
+        let cpu = CpuBackend::new(Some(1)).unwrap();
         let x = [1.0f32, 1.0, 0.0, 0.0, 3.0, 0.0];
-        let e = embed(
-            Rows::Memory {
-                data: &x,
-                rows: 3,
-                cols: 2,
-                name: "x",
-            },
-            Projection {
-                weight: Some(&w),
-                bias: None,
-            },
-            InputKind::Features,
-        )
-        .unwrap();
+        let w = || vec![2.0, 0.0, 0.0, 1.0];
+        let p = map(2, 2, w(), None);
+        let e = embed(&cpu, memory(&x, 2, "x"), &p, InputKind::Features).unwrap();
+        // Row 0: (2, 1) / sqrt(5).
         let s = 5f32.sqrt();
         assert!((e.row(0)[0] - 2.0 / s).abs() < 1e-6 && (e.row(0)[1] - 1.0 / s).abs() < 1e-6);
         assert_eq!(e.row(1), &[0.0, 0.0]); // zero stays zero, as F.normalize(eps=1e-12)
         assert_eq!(e.row(2), &[1.0, 0.0]);
-        let bias = [0.0f32, 1.0];
-        let e = embed(
-            Rows::Memory {
-                data: &x,
-                rows: 3,
-                cols: 2,
-                name: "x",
-            },
-            Projection {
-                weight: Some(&w),
-                bias: Some(&bias),
-            },
-            InputKind::Features,
-        )
-        .unwrap();
+        let p = map(2, 2, w(), Some(vec![0.0, 1.0]));
+        let e = embed(&cpu, memory(&x, 2, "x"), &p, InputKind::Features).unwrap();
         assert_eq!(e.row(1), &[0.0, 1.0]);
     }
 
     #[test]
-    fn names_the_input_on_errors() {
-        let w = MatrixF32 {
-            rows: 3,
-            cols: 2,
-            data: vec![0.0; 6],
-        };
-        let x = [1.0f32, f32::NAN, 0.0, 0.0];
-        let err = embed(
-            Rows::Memory {
-                data: &x,
-                rows: 2,
-                cols: 2,
-                name: "feats.npy",
-            },
-            Projection {
-                weight: Some(&w),
-                bias: None,
-            },
-            InputKind::Features,
-        )
-        .unwrap_err()
-        .to_string();
-        assert!(err.contains("feats.npy") && err.contains("3"), "{err}");
-        let err = embed(
-            Rows::Memory {
-                data: &x,
-                rows: 2,
-                cols: 2,
-                name: "feats.npy",
-            },
-            Projection::IDENTITY,
+    fn identity_passes_stored_embeddings_through_normalised() {
+        let cpu = CpuBackend::new(Some(1)).unwrap();
+        // (3, 4, 0) has norm 5; (0, 0, -2) norm 2; 300 rows span several backend blocks.
+        let mut x = Vec::new();
+        for i in 0..300 {
+            x.extend(if i % 2 == 0 {
+                [3.0f32, 4.0, 0.0]
+            } else {
+                [0.0, 0.0, -2.0]
+            });
+        }
+        let e = embed(
+            &cpu,
+            memory(&x, 3, "emb"),
+            &Projection::IDENTITY,
             InputKind::Embeddings,
         )
-        .unwrap_err()
-        .to_string();
-        assert!(err.contains("feats.npy") && err.contains("row 0"), "{err}");
+        .unwrap();
+        for i in 0..300 {
+            let want: [f32; 3] = if i % 2 == 0 {
+                [0.6, 0.8, 0.0]
+            } else {
+                [0.0, 0.0, -1.0]
+            };
+            for (a, b) in e.row(i).iter().zip(want) {
+                assert!((a - b).abs() < 1e-7, "row {i}: {:?}", e.row(i));
+            }
+        }
+    }
+
+    #[test]
+    fn names_the_input_on_errors() {
+        let cpu = CpuBackend::new(Some(1)).unwrap();
+        let p = map(3, 2, vec![0.0; 6], None);
+        let x = [1.0f32, f32::NAN, 0.0, 0.0];
+        let err = embed(&cpu, memory(&x, 2, "feats.npy"), &p, InputKind::Features)
+            .unwrap_err()
+            .to_string();
+        assert!(err.contains("feats.npy") && err.contains("3"), "{err}");
+        let err = embed(
+            &cpu,
+            memory(&x, 2, "feats.npy"),
+            &Projection::IDENTITY,
+            InputKind::Embeddings,
+        )
+        .unwrap_err();
+        assert_eq!(err.to_string(), "feats.npy: row 0 contains NaN or Inf");
+        // Row numbers count from the start of the whole input, across backend calls.
+        let mut big = vec![1.0f32; 2 * (CHUNK_ROWS + 10)];
+        big[2 * (CHUNK_ROWS + 3)] = f32::INFINITY;
+        let err = embed(
+            &cpu,
+            memory(&big, 2, "big.npy"),
+            &Projection::IDENTITY,
+            InputKind::Embeddings,
+        )
+        .unwrap_err();
+        assert!(
+            matches!(err.root(), Error::NonFiniteRow { row } if *row == CHUNK_ROWS + 3),
+            "{err}"
+        );
     }
 }

@@ -4,9 +4,12 @@
 //!   [`metrics`] for the exact definitions, the mAP@R quirk and the tie rule), computed in
 //!   blocks on all cores without materialising the N x N similarity matrix;
 //! * [`ncm`]: nearest-class-mean classification (IsoNCM);
-//! * [`mod@embed`]: features or stored CLIP embeddings -> normalised CLIP / IsoCLIP embeddings;
+//! * [`mod@embed`]: features or stored CLIP embeddings -> normalised CLIP / IsoCLIP embeddings,
+//!   projected through a [`Backend`];
+//! * [`band_search`]: which band (k_top, k_bottom) retrieves best, from one SVD of Ψ;
 //! * [`labels`]: integer label files; [`plots`]: precision@K curves and similarity histograms.
 
+pub mod band_search;
 pub mod embed;
 pub mod labels;
 pub mod metrics;
@@ -14,13 +17,17 @@ pub mod ncm;
 pub mod plots;
 pub mod retrieval;
 
-pub use embed::{embed, open_rows, open_rows_from, InputKind, Projection, Rows};
+pub use band_search::{
+    search_bands, BandGrid, BandMetrics, BandRow, BandSearch, BandSearchReport, BandSearchSpec,
+};
+pub use embed::{embed, open_rows, open_rows_from, Projection, Rows};
 pub use labels::{labels_from_file, load_labels};
 pub use metrics::{QueryMetrics, RetrievalSummary};
 pub use retrieval::{
     evaluate, Embeddings, Layout, PairHistogram, RetrievalOptions, RetrievalOutcome,
 };
 
+use crate::backend::{Backend, InputKind};
 use crate::error::{Error, Result};
 
 /// The rows of a retrieval task, before projection.
@@ -95,17 +102,18 @@ impl Sets<'_> {
     }
 }
 
-/// Projects the sets with `proj`, normalises, and evaluates retrieval.
+/// Projects the sets with `proj` on `backend`, normalises, and evaluates retrieval.
 pub fn evaluate_sets(
+    backend: &dyn Backend,
     sets: Sets<'_>,
-    proj: Projection<'_>,
+    proj: &Projection,
     kind: InputKind,
     opts: RetrievalOptions,
 ) -> Result<RetrievalOutcome> {
     sets.check()?;
     match sets {
         Sets::One { rows, labels } => {
-            let e = embed(rows, proj, kind)?;
+            let e = embed(backend, rows, proj, kind)?;
             evaluate(Layout::OneSet { items: &e, labels }, opts)
         }
         Sets::QueryGallery {
@@ -114,8 +122,8 @@ pub fn evaluate_sets(
             gallery,
             gallery_labels,
         } => {
-            let q = embed(queries, proj, kind)?;
-            let g = embed(gallery, proj, kind)?;
+            let q = embed(backend, queries, proj, kind)?;
+            let g = embed(backend, gallery, proj, kind)?;
             evaluate(
                 Layout::QueryGallery {
                     queries: &q,

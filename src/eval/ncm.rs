@@ -9,8 +9,9 @@ use faer::{Accum, MatMut, MatRef, Par};
 use rayon::prelude::*;
 use serde::Serialize;
 
-use super::embed::{embed, InputKind, Projection, Rows};
+use super::embed::{embed, Projection, Rows};
 use super::retrieval::Embeddings;
+use crate::backend::{Backend, InputKind};
 use crate::error::{Error, Result};
 
 /// Per-class means of unnormalised rows.
@@ -83,12 +84,14 @@ pub struct NcmResult {
     pub predictions: Vec<i64>,
 }
 
-/// NCM with one projection: means and test rows through `proj`, normalised, nearest by cosine.
+/// NCM with one projection: means and test rows through `proj` on `backend`, normalised,
+/// nearest by cosine.
 pub fn ncm(
+    backend: &dyn Backend,
     means: &ClassMeans,
     test: Rows<'_>,
     test_labels: &[i64],
-    proj: Projection<'_>,
+    proj: &Projection,
     kind: InputKind,
 ) -> Result<NcmResult> {
     if test.rows() != test_labels.len() {
@@ -108,6 +111,7 @@ pub fn ncm(
         )));
     }
     let centres = embed(
+        backend,
         Rows::Memory {
             data: &means.means,
             rows: means.labels.len(),
@@ -117,7 +121,7 @@ pub fn ncm(
         proj,
         kind,
     )?;
-    let t = embed(test, proj, kind)?;
+    let t = embed(backend, test, proj, kind)?;
     let predictions = nearest(&t, &centres)
         .into_iter()
         .map(|c| means.labels[c])
@@ -176,6 +180,7 @@ fn nearest(x: &Embeddings, centres: &Embeddings) -> Vec<usize> {
 #[cfg(test)]
 mod tests {
     use super::*;
+    use crate::backend::cpu::CpuBackend;
 
     #[test]
     fn means_are_of_unnormalised_rows() {
@@ -192,7 +197,9 @@ mod tests {
         assert_eq!(m.counts, vec![1, 2]);
         assert_eq!(&m.means[2..], &[5.0, 0.5]);
         let t = [1.0f32, 0.6, -1.0, 0.1, 0.0, 0.0];
+        let cpu = CpuBackend::new(Some(1)).unwrap();
         let r = ncm(
+            &cpu,
             &m,
             Rows::Memory {
                 data: &t,
@@ -201,7 +208,7 @@ mod tests {
                 name: "test",
             },
             &[7, 3, 9],
-            Projection::IDENTITY,
+            &Projection::IDENTITY,
             InputKind::Embeddings,
         )
         .unwrap();
@@ -225,7 +232,9 @@ mod tests {
         };
         let m = ClassMeans::compute(train, &[0, 0, 1]).unwrap();
         let t = [1.0f32, 0.1, 1.0, 0.9];
+        let cpu = CpuBackend::new(Some(1)).unwrap();
         let r = ncm(
+            &cpu,
             &m,
             Rows::Memory {
                 data: &t,
@@ -234,7 +243,7 @@ mod tests {
                 name: "test",
             },
             &[0, 1],
-            Projection::IDENTITY,
+            &Projection::IDENTITY,
             InputKind::Embeddings,
         )
         .unwrap();

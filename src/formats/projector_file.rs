@@ -71,7 +71,7 @@ fn collect_tensors(p: &AlignedProjector) -> BTreeMap<String, Entry<'_>> {
         for (kind, map) in [
             ("full", &*maps.full),
             ("compact", &*maps.compact),
-            ("plain", &maps.plain),
+            ("plain", &*maps.plain),
         ] {
             t.insert(
                 format!("{mname}.{kind}.weight"),
@@ -369,7 +369,7 @@ pub fn from_bytes(bytes: &[u8], path: &Path) -> Result<AlignedProjector> {
             compact: Arc::new(read_map("compact", k)?),
             embedding_compact,
             embedding_full,
-            plain: read_map("plain", d)?,
+            plain: Arc::new(read_map("plain", d)?),
             gap_top: entries.gap_top,
             gap_bottom: entries.gap_bottom,
         };

@@ -65,10 +65,7 @@ pub fn evaluate<'py>(
     modality: Option<&str>,
     curve_k: usize,
 ) -> PyResult<Bound<'py, PyDict>> {
-    let kind = match options::kind(kind)? {
-        isoclip::backend::InputKind::Features => eval::InputKind::Features,
-        isoclip::backend::InputKind::Embeddings => eval::InputKind::Embeddings,
-    };
+    let kind = options::kind(kind)?;
     if curve_k == 0 {
         return Err(PyValueError::new_err("curve_k must be at least 1"));
     }
@@ -127,8 +124,10 @@ pub fn evaluate<'py>(
                 })?;
             pool.install(|| {
                 let (plain, iso) = Projection::pair(maps, kind)?;
-                let clip = eval::evaluate_sets(sets, plain, kind, opts)?;
-                let isoclip = eval::evaluate_sets(sets, iso, kind, opts)?;
+                // No thread count: the backend runs on the pool installed here.
+                let cpu = isoclip::backend::cpu::CpuBackend::new(None)?;
+                let clip = eval::evaluate_sets(&cpu, sets, &plain, kind, opts)?;
+                let isoclip = eval::evaluate_sets(&cpu, sets, &iso, kind, opts)?;
                 Ok((clip.summary, isoclip.summary))
             })
         })
