@@ -2,6 +2,7 @@
 //! the benchmarks talk only to the [`Backend`] trait; the CPU backend (SIMD + rayon) is always
 //! available, the CUDA backend plugs in behind the same trait.
 
+pub mod bf16;
 pub mod cpu;
 pub mod cuda;
 pub mod select;
