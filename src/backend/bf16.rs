@@ -188,7 +188,7 @@ impl PackedBf16Weights {
             "({k}, {j}) is outside the weights"
         );
         let pair = self.lines[(k / 2) * (self.n_pad / LANES) + j / LANES].0[j % LANES];
-        let h = if k % 2 == 0 {
+        let h = if k.is_multiple_of(2) {
             pair as u16
         } else {
             (pair >> 16) as u16
@@ -331,7 +331,7 @@ mod avx512 {
     /// bf16(src[2p+1]) << 16, zeros past the end of `src`; writes whole vectors of 16 pairs.
     #[target_feature(enable = "avx512f,avx512bf16")]
     fn convert_pairs(src: &[f32], dst: &mut [u32]) {
-        assert!(src.len() <= 2 * dst.len() && dst.len() % LANES == 0);
+        assert!(src.len() <= 2 * dst.len() && dst.len().is_multiple_of(LANES));
         let mut i = 0;
         let mut out = 0;
         while i < src.len() {
