@@ -7,6 +7,7 @@
 //! of times, from any thread. [`PreparedMaps`] keeps the maps of one projector prepared per
 //! backend, lazily, for callers that pair projectors and backends per call (the C ABI, Python).
 
+pub mod bf16;
 pub mod cpu;
 pub mod cuda;
 mod prepared;
