@@ -19,7 +19,7 @@ use isoclip::align::synthetic::{SyntheticModel, SYNTHETIC_IMAGE_BAND};
 use isoclip::align::{fit, BandSpec, LinearMap, Modality};
 use isoclip::backend::bf16::{Bf16Kernel, PackedBf16Weights};
 use isoclip::backend::cpu::CpuBackend;
-use isoclip::backend::{Backend, ElemType, PreparedMap, ProjectionOptions, RowsIn, RowsOut};
+use isoclip::backend::{Backend, ElemType, ProjectionOptions, RowsIn, RowsOut};
 use isoclip::eval::retrieval::{evaluate, Embeddings, Layout, RetrievalOptions};
 
 const CLASSES: usize = 60;
@@ -104,13 +104,11 @@ fn main() -> isoclip::Result<()> {
 /// The shipped f32 path: the CPU backend, f32 in and out, normalised.
 fn project_f32(map: &LinearMap, x: &[f32], n: usize) -> isoclip::Result<Vec<f32>> {
     let (d_in, d_out) = (map.d_in(), map.d_out());
-    let prepared = PreparedMap {
-        weight: map.weight.clone(),
-        bias: map.bias.clone(),
-    };
+    let cpu = CpuBackend::new(None)?;
+    let prepared = cpu.prepare(std::sync::Arc::new(map.clone()))?;
     let bytes: Vec<u8> = x.iter().flat_map(|v| v.to_le_bytes()).collect();
     let mut out = vec![0u8; n * d_out * 4];
-    CpuBackend::new(None)?.project(
+    cpu.project(
         &prepared,
         &ProjectionOptions {
             output: ElemType::F32,
