@@ -252,7 +252,7 @@ fn bad_shards_are_refused_before_any_work() {
     fit_projector(dir.path());
     /// (file name, npy descr, shape, Fortran order, element size, expected message parts)
     type BadShard<'a> = (&'a str, &'a str, Vec<usize>, bool, usize, Vec<&'a str>);
-    let cases: Vec<BadShard> = vec![
+    let cases: Vec<BadShard<'_>> = vec![
         (
             "f8.npy",
             "<f8",

@@ -120,7 +120,7 @@ impl PackedBf16Weights {
         lines.try_reserve_exact(line_count).map_err(|_| {
             Error::ResourceExhausted(format!(
                 "cannot allocate {} bytes for bf16 weights",
-                line_count.saturating_mul(std::mem::size_of::<Line>())
+                line_count.saturating_mul(size_of::<Line>())
             ))
         })?;
         lines.resize(line_count, Line::default());
@@ -177,7 +177,7 @@ impl PackedBf16Weights {
 
     /// Bytes of packed weights (padding included): what the kernel reads per pass.
     pub fn bytes(&self) -> usize {
-        self.lines.len() * std::mem::size_of::<Line>()
+        self.lines.len() * size_of::<Line>()
     }
 
     /// The bf16-rounded weight at (row k, column j) as f32, times the pack's power-of-two scale

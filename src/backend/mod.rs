@@ -372,7 +372,7 @@ pub fn try_zeroed<T: Default + Clone>(len: usize) -> Result<Vec<T>> {
     v.try_reserve_exact(len).map_err(|_| {
         Error::ResourceExhausted(format!(
             "cannot allocate {} bytes of working memory",
-            len.saturating_mul(std::mem::size_of::<T>())
+            len.saturating_mul(size_of::<T>())
         ))
     })?;
     v.resize(len, T::default());

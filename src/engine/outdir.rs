@@ -24,7 +24,7 @@ pub fn prospective_canonical(out: &Path) -> Result<PathBuf> {
             "the output directory is an empty path; name a directory",
         ));
     }
-    let components: Vec<Component> = out.components().collect();
+    let components: Vec<Component<'_>> = out.components().collect();
     for existing in (0..=components.len()).rev() {
         let prefix: PathBuf = components[..existing].iter().collect();
         let prefix = if prefix.as_os_str().is_empty() {

@@ -718,7 +718,7 @@ pub struct isoclip_projection_stats {
 /// The smallest `struct_size` accepted: the struct of ABI 1.0 (every field up to
 /// `nonfinite_rows`).
 const STATS_MIN_SIZE: usize =
-    offset_of!(isoclip_projection_stats, nonfinite_rows) + std::mem::size_of::<u64>();
+    offset_of!(isoclip_projection_stats, nonfinite_rows) + size_of::<u64>();
 
 /// A caller's stats struct whose `struct_size` was checked.
 struct StatsOut {
@@ -764,7 +764,7 @@ impl StatsOut {
             ),
         ];
         for (offset, value) in fields {
-            if offset + std::mem::size_of::<u64>() <= self.size {
+            if offset + size_of::<u64>() <= self.size {
                 // SAFETY: the field lies within the caller's `struct_size` bytes, which are
                 // writable per `new`'s contract, and is aligned as the struct is.
                 unsafe { self.ptr.cast::<u8>().add(offset).cast::<u64>().write(value) };

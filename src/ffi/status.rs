@@ -155,7 +155,7 @@ impl From<Error> for Failure {
     }
 }
 
-pub type FfiResult<T> = std::result::Result<T, Failure>;
+pub type FfiResult<T> = Result<T, Failure>;
 
 impl Failure {
     /// The one place where errors become C statuses.
@@ -432,11 +432,11 @@ pub unsafe fn slice_arg<'a, T>(p: *const T, len: usize, name: &'static str) -> F
     if !p.is_aligned() {
         return Err(Failure::InvalidArgument(format!(
             "argument `{name}` is not aligned to {} bytes",
-            std::mem::align_of::<T>()
+            align_of::<T>()
         )));
     }
     if len
-        .checked_mul(std::mem::size_of::<T>())
+        .checked_mul(size_of::<T>())
         .is_none_or(|b| b > isize::MAX as usize)
     {
         return Err(Failure::InvalidArgument(format!(

@@ -81,7 +81,7 @@ fn find_name<'a>(names: &[&'a str], wanted: &str, path: &Path) -> Result<Option<
 fn tensor_to_f64(
     path: &Path,
     name: &str,
-    view: &safetensors::tensor::TensorView,
+    view: &safetensors::tensor::TensorView<'_>,
 ) -> Result<Vec<f64>> {
     let data = view.data();
     Ok(match view.dtype() {
@@ -119,7 +119,12 @@ struct LoadedMatrix {
     data: Vec<f64>,
 }
 
-fn read_matrix(path: &Path, st: &SafeTensors, name: &str, layout: Layout) -> Result<LoadedMatrix> {
+fn read_matrix(
+    path: &Path,
+    st: &SafeTensors<'_>,
+    name: &str,
+    layout: Layout,
+) -> Result<LoadedMatrix> {
     let view = st
         .tensor(name)
         .map_err(|e| Error::format(path, format!("cannot read tensor '{name}': {e}")))?;
@@ -154,7 +159,7 @@ fn read_matrix(path: &Path, st: &SafeTensors, name: &str, layout: Layout) -> Res
     })
 }
 
-fn read_vector(path: &Path, st: &SafeTensors, name: &str) -> Result<Vec<f64>> {
+fn read_vector(path: &Path, st: &SafeTensors<'_>, name: &str) -> Result<Vec<f64>> {
     let view = st
         .tensor(name)
         .map_err(|e| Error::format(path, format!("cannot read tensor '{name}': {e}")))?;
@@ -304,7 +309,7 @@ pub fn load_npy_pair(
 /// Reads a 1-D float `.npy` vector (a bias): only the header, then exactly the bytes it
 /// promises (checked against the file's size first, so a lying header cannot make us allocate).
 pub fn load_npy_vector(path: &Path) -> Result<Vec<f64>> {
-    let (file, len) = crate::formats::read::open_regular(path)?;
+    let (file, len) = open_regular(path)?;
     let h = crate::formats::npy::read_header(&file, len, path)?;
     let dtype = h.dtype.filter(|d| d.is_float()).ok_or_else(|| {
         Error::unsupported(

@@ -107,7 +107,7 @@ pub fn sync_parent_dir(path: &Path) {
         } else {
             dir
         };
-        if let Ok(d) = std::fs::File::open(dir) {
+        if let Ok(d) = File::open(dir) {
             let _ = d.sync_all();
         }
     }

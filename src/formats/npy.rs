@@ -299,7 +299,7 @@ mod header_dict {
         }
     }
 
-    type Res<T> = std::result::Result<T, String>;
+    type Res<T> = Result<T, String>;
 
     struct Cursor<'a> {
         chars: std::iter::Peekable<std::str::Chars<'a>>,
@@ -556,7 +556,7 @@ impl NpyMatrix {
 
     /// [`NpyMatrix::open`] on a file already opened (a regular file of `len` bytes); `path` is
     /// the name errors give (a path or a URL).
-    pub fn from_file(file: std::fs::File, len: u64, path: &Path, accept: Accept) -> Result<Self> {
+    pub fn from_file(file: File, len: u64, path: &Path, accept: Accept) -> Result<Self> {
         let header = read_header(&file, len, path)?;
         let (rows, cols, dtype) = check_matrix(&header, path, len, accept)?;
         // SAFETY: the file is opened read-only; we never write through the map. A concurrent

@@ -108,7 +108,7 @@ fn collect_tensors(p: &AlignedProjector) -> BTreeMap<String, Entry<'_>> {
     t
 }
 
-fn entry_bytes(e: &Entry) -> Vec<u8> {
+fn entry_bytes(e: &Entry<'_>) -> Vec<u8> {
     match e.data {
         TensorData::F32(d) => d.iter().flat_map(|v| v.to_le_bytes()).collect(),
         TensorData::F64(d) => d.iter().flat_map(|v| v.to_le_bytes()).collect(),

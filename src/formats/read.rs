@@ -176,7 +176,7 @@ pub fn scan_safetensors_header(
     struct Scan(SafetensorsLimits);
     impl<'de> Visitor<'de> for Scan {
         type Value = u64;
-        fn expecting(&self, f: &mut std::fmt::Formatter) -> std::fmt::Result {
+        fn expecting(&self, f: &mut std::fmt::Formatter<'_>) -> std::fmt::Result {
             f.write_str("a JSON object of tensors")
         }
         fn visit_map<A: MapAccess<'de>>(self, mut map: A) -> Result<u64, A::Error> {

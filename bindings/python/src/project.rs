@@ -254,7 +254,7 @@ pub fn project<'py>(
         None => {
             let elem = want.unwrap_or(in_elem);
             let fresh = match elem {
-                ElemType::F16 => PyArray2::<half::f16>::zeros(py, [rows, d_out], false).into_any(),
+                ElemType::F16 => PyArray2::<f16>::zeros(py, [rows, d_out], false).into_any(),
                 ElemType::F32 => PyArray2::<f32>::zeros(py, [rows, d_out], false).into_any(),
             };
             (fresh.cast_into::<PyUntypedArray>()?, elem)

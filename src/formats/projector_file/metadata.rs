@@ -319,7 +319,7 @@ where
             return Ok(None);
         };
         self.current = Some((key, value));
-        let field: StrDeserializer<EntryError> = key[self.prefix.len()..].into_deserializer();
+        let field: StrDeserializer<'_, EntryError> = key[self.prefix.len()..].into_deserializer();
         // The only error a field name can give: a struct with no such field.
         seed.deserialize(field).map(Some).map_err(|_| {
             EntryError::Message(format!("projector metadata has an unknown entry '{key}'"))
@@ -334,7 +334,7 @@ where
             .current
             .take()
             .expect("serde reads a value right after its key");
-        let text: StrDeserializer<EntryError> = value.as_str().into_deserializer();
+        let text: StrDeserializer<'_, EntryError> = value.as_str().into_deserializer();
         seed.deserialize(text).map_err(|e| match e {
             EntryError::Message(what) => {
                 EntryError::Message(format!("projector metadata '{key}' {what}"))

@@ -187,7 +187,7 @@ impl Worker {
         let (start, stop) = timing_events(&self.ctx)?;
         let src = host.as_slice().map_err(drv("pinned access"))?;
         let (dst, _g) = dev.device_ptr_mut(&s);
-        // SAFETY (both copies): `dev` holds `bytes`, the pinned source outlives the stream
+        // SAFETY: (both copies) `dev` holds `bytes`, the pinned source outlives the stream
         // synchronisation below.
         unsafe { cu::memcpy_htod_async(dst, src, s.cu_stream()) }.map_err(drv("copy"))?;
         start.record(&s).map_err(drv("event"))?;
