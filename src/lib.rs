@@ -9,11 +9,11 @@
 //!   interface;
 //! - [`engine`]: the streaming, resumable projection of galleries (one worker or many);
 //! - [`ffi`]: the C ABI (`include/isoclip.h`), a translation layer over the rest;
-//! - [`cli`]: the `isoclip` command line.
+//!
+//! The `isoclip` command line (`src/cli/`) is part of the binary, not of the library's API.
 
 pub mod align;
 pub mod backend;
-pub mod cli;
 pub mod engine;
 pub mod error;
 pub mod eval;

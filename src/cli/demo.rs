@@ -12,14 +12,14 @@ use super::project::{print_summary as print_project_summary, run_interruptible, 
 use super::signals::atomic_output;
 use super::spectrum::write_spectrum_svg;
 use super::targets::check_output_dir;
-use crate::align::synthetic::{SyntheticModel, SYNTHETIC_IMAGE_BAND};
-use crate::align::{fit, AlignedProjector, BandSpec, Modality};
-use crate::backend::{select_backend, DeviceChoice};
-use crate::engine::gallery::GallerySpec;
-use crate::engine::JobSpec;
-use crate::error::{Error, Result};
-use crate::formats::npy::NpyDtype;
-use crate::formats::projector_file;
+use isoclip::align::synthetic::{SyntheticModel, SYNTHETIC_IMAGE_BAND};
+use isoclip::align::{fit, AlignedProjector, BandSpec, Modality};
+use isoclip::backend::{select_backend, DeviceChoice};
+use isoclip::engine::gallery::GallerySpec;
+use isoclip::engine::JobSpec;
+use isoclip::error::{Error, Result};
+use isoclip::formats::npy::NpyDtype;
+use isoclip::formats::projector_file;
 
 #[derive(Args, Debug)]
 #[command(

@@ -11,17 +11,17 @@ use super::project::{parse_key_value, parse_location};
 use super::signals::atomic_output;
 use super::targets::check_output_file;
 use super::values;
-use crate::align::synthetic::{SyntheticModel, SYNTHETIC_IMAGE_BAND};
-use crate::align::{self, AlignedProjector, BandSpec, Modality, ModalityMaps};
-use crate::backend::{select_backend, Backend, DeviceChoice, InputKind};
-use crate::error::{Error, Result};
-use crate::eval::ncm::{ncm, ClassMeans, NcmResult};
-use crate::eval::{
+use isoclip::align::synthetic::{SyntheticModel, SYNTHETIC_IMAGE_BAND};
+use isoclip::align::{self, AlignedProjector, BandSpec, Modality, ModalityMaps};
+use isoclip::backend::{select_backend, Backend, DeviceChoice, InputKind};
+use isoclip::error::{Error, Result};
+use isoclip::eval::ncm::{ncm, ClassMeans, NcmResult};
+use isoclip::eval::{
     self, labels_from_file, open_rows_from, plots, Projection, RetrievalOptions, RetrievalOutcome,
     RetrievalSummary, Rows, Sets,
 };
-use crate::formats::npy::NpyMatrix;
-use crate::storage::{self, Location};
+use isoclip::formats::npy::NpyMatrix;
+use isoclip::storage::{self, Location};
 
 /// Rows of the built-in synthetic evaluation set, its classes and its seed.
 pub const SYNTHETIC_ROWS: usize = 3000;
@@ -548,7 +548,9 @@ fn svg_paths(prefix: &Path) -> [PathBuf; 3] {
 
 /// Writes `bytes` to `path` atomically; a signal during the write leaves no temporary file.
 fn write_svg(path: &Path, svg: &str) -> Result<()> {
-    atomic_output(path, || crate::formats::atomic_write(path, svg.as_bytes()))
+    atomic_output(path, || {
+        isoclip::formats::atomic_write(path, svg.as_bytes())
+    })
 }
 
 fn write_svgs(

@@ -10,9 +10,9 @@ use super::signals::atomic_output;
 use super::targets::check_output_file;
 use super::values;
 use super::weights_args::{preset_help, BandArgs, WeightsArgs};
-use crate::align::{self, AlignedProjector, Modality, ModalityMaps};
-use crate::error::Result;
-use crate::formats::projector_file;
+use isoclip::align::{self, AlignedProjector, Modality, ModalityMaps};
+use isoclip::error::Result;
+use isoclip::formats::projector_file;
 
 #[derive(Args, Debug)]
 #[command(after_help = fit_after_help())]

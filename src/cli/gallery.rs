@@ -9,10 +9,10 @@ use super::project::interrupted_line;
 use super::signals;
 use super::targets::check_output_dir;
 use super::values;
-use crate::backend::ElemType;
-use crate::engine::gallery::{human_bytes, write_random_gallery, GallerySpec};
-use crate::error::{Error, Result};
-use crate::formats::npy::NpyDtype;
+use isoclip::backend::ElemType;
+use isoclip::engine::gallery::{human_bytes, write_random_gallery, GallerySpec};
+use isoclip::error::{Error, Result};
+use isoclip::formats::npy::NpyDtype;
 
 #[derive(Args, Debug)]
 #[command(
@@ -76,7 +76,7 @@ pub fn write_gallery(dir: &Path, spec: &GallerySpec) -> Result<Vec<PathBuf>> {
         Err(e) if matches!(e.root(), Error::Cancelled) => {
             eprintln!(
                 "{}",
-                interrupted_line(done, &crate::storage::Location::from(dir))
+                interrupted_line(done, &isoclip::storage::Location::from(dir))
             );
             Err(e)
         }

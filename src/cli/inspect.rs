@@ -6,8 +6,8 @@ use clap::Args;
 use serde_json::json;
 
 use super::fit::{maps_json, print_summary};
-use crate::error::Result;
-use crate::formats::projector_file;
+use isoclip::error::Result;
+use isoclip::formats::projector_file;
 
 #[derive(Args, Debug)]
 #[command(

@@ -76,24 +76,24 @@ pub enum Command {
 /// What the command line can add to a library error: the flag that changes the outcome, keyed
 /// on the variant (library messages never name flags). Only `project` has such flags: `eval` and
 /// `sweep` stop at a NaN row with nothing to pass.
-fn hint(e: &crate::Error, project_flags: bool) -> Option<&'static str> {
+fn hint(e: &isoclip::Error, project_flags: bool) -> Option<&'static str> {
     if !project_flags {
         return None;
     }
     match e.root() {
-        crate::Error::NonFiniteRow { .. } => {
+        isoclip::Error::NonFiniteRow { .. } => {
             Some("pass --nonfinite zero to write zeros for such rows instead")
         }
-        crate::Error::Unrepresentable { .. } => Some(
+        isoclip::Error::Unrepresentable { .. } => Some(
             "normalise the output, write --dtype f32, or pass --nonfinite zero to write zeros for such rows",
         ),
-        crate::Error::DeviceUnavailable(_) => Some("use --device auto or --device cpu"),
+        isoclip::Error::DeviceUnavailable(_) => Some("use --device auto or --device cpu"),
         _ => None,
     }
 }
 
 /// The line the command line prints for a failed command: the library's message, then the hint.
-fn error_line(e: &crate::Error, project_flags: bool) -> String {
+fn error_line(e: &isoclip::Error, project_flags: bool) -> String {
     match hint(e, project_flags) {
         Some(h) => format!("error: {e} ({h})"),
         None => format!("error: {e}"),
@@ -139,7 +139,7 @@ pub fn main() -> i32 {
         Ok(()) => EXIT_OK,
         Err(e) if output::is_broken_pipe(&e) => EXIT_OK,
         // The command has said what was kept; the exit code says which signal stopped it.
-        Err(e) if matches!(e.root(), crate::Error::Cancelled) => signals::exit_code(),
+        Err(e) if matches!(e.root(), isoclip::Error::Cancelled) => signals::exit_code(),
         Err(e) => {
             eprintln!("{}", error_line(&e, project_flags));
             EXIT_FAILURE
@@ -150,7 +150,7 @@ pub fn main() -> i32 {
 #[cfg(test)]
 mod tests {
     use super::*;
-    use crate::Error;
+    use isoclip::Error;
 
     #[test]
     fn the_flag_is_the_command_lines_not_the_librarys() {

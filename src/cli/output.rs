@@ -8,7 +8,7 @@
 
 use std::io::Write;
 
-use crate::error::{Error, Result};
+use isoclip::error::{Error, Result};
 
 /// The name standard output gets in an error.
 pub const STDOUT: &str = "standard output";

@@ -10,12 +10,12 @@ use super::output::{count, human_rate};
 use super::signals;
 use super::targets::check_output_dir;
 use super::values;
-use crate::align::{AlignedProjector, Modality};
-use crate::backend::{select_backend, Backend, DeviceChoice};
-use crate::backend::{ElemType, InputKind, NonFinitePolicy, OutputForm, ProjectionOptions};
-use crate::engine::{run_job, JobSpec, JobSummary, ProgressSink, ShardSelection};
-use crate::error::{Error, Result};
-use crate::storage::{self, Location};
+use isoclip::align::{AlignedProjector, Modality};
+use isoclip::backend::{select_backend, Backend, DeviceChoice};
+use isoclip::backend::{ElemType, InputKind, NonFinitePolicy, OutputForm, ProjectionOptions};
+use isoclip::engine::{run_job, JobSpec, JobSummary, ProgressSink, ShardSelection};
+use isoclip::error::{Error, Result};
+use isoclip::storage::{self, Location};
 
 #[derive(Args, Debug)]
 #[command(

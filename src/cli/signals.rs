@@ -96,6 +96,6 @@ impl Drop for RemoveOnSignal {
 /// Writes `path` through `write` (an atomic writer that uses `formats::temporary_path(path)`)
 /// so that a signal in the middle removes the temporary file.
 pub fn atomic_output<T>(path: &Path, write: impl FnOnce() -> T) -> T {
-    let _guard = remove_on_signal(&crate::formats::temporary_path(path));
+    let _guard = remove_on_signal(&isoclip::formats::temporary_path(path));
     write()
 }

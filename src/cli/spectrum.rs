@@ -8,10 +8,10 @@ use super::signals::atomic_output;
 use super::targets::check_output_file;
 use super::values;
 use super::weights_args::{BandArgs, WeightsArgs};
-use crate::align::{BandSpec, Modality, PsiSpectrum};
-use crate::error::{Error, Result};
-use crate::formats::projector_file;
-use crate::report::svg::{Plot, Series, Shade};
+use isoclip::align::{BandSpec, Modality, PsiSpectrum};
+use isoclip::error::{Error, Result};
+use isoclip::formats::projector_file;
+use isoclip::report::svg::{Plot, Series, Shade};
 
 #[derive(Args, Debug)]
 #[command(
@@ -111,7 +111,7 @@ pub fn write_spectrum_svg(
         }
     }
     atomic_output(path, || {
-        crate::formats::atomic_write(path, plot.render().as_bytes())
+        isoclip::formats::atomic_write(path, plot.render().as_bytes())
     })
 }
 

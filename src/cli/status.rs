@@ -4,9 +4,9 @@ use clap::Args;
 
 use super::output::count;
 use super::project::{parse_key_value, parse_location};
-use crate::engine::status::{gallery_status, ShardState, StatusSpec};
-use crate::error::Result;
-use crate::storage::Location;
+use isoclip::engine::status::{gallery_status, ShardState, StatusSpec};
+use isoclip::error::Result;
+use isoclip::storage::Location;
 
 /// Exit code while any shard is missing or stale.
 pub const EXIT_INCOMPLETE: i32 = 3;

@@ -15,12 +15,12 @@ use super::signals::atomic_output;
 use super::targets::check_output_file;
 use super::values;
 use super::weights_args::WeightsArgs;
-use crate::align::synthetic::SyntheticModel;
-use crate::align::{AlignedProjector, Modality, PsiSpectrum};
-use crate::backend::InputKind;
-use crate::error::{Error, Result};
-use crate::eval::{search_bands, BandGrid, BandMetrics, BandRow, BandSearchSpec, Sets};
-use crate::formats::projector_file;
+use isoclip::align::synthetic::SyntheticModel;
+use isoclip::align::{AlignedProjector, Modality, PsiSpectrum};
+use isoclip::backend::InputKind;
+use isoclip::error::{Error, Result};
+use isoclip::eval::{search_bands, BandGrid, BandMetrics, BandRow, BandSearchSpec, Sets};
+use isoclip::formats::projector_file;
 
 #[derive(Args, Debug)]
 #[command(

@@ -4,8 +4,8 @@
 
 use std::path::Path;
 
-use crate::error::{Error, Result};
-use crate::formats::read::check_regular;
+use isoclip::error::{Error, Result};
+use isoclip::formats::read::check_regular;
 
 /// `path` will be written as a file: it must be absent or a regular file.
 pub fn check_output_file(path: &Path) -> Result<()> {

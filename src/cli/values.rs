@@ -6,8 +6,8 @@
 
 use clap::builder::{PossibleValue, PossibleValuesParser, TypedValueParser};
 
-use crate::align::Modality;
-use crate::backend::{DeviceChoice, ElemType, InputKind, NonFinitePolicy, OutputForm};
+use isoclip::align::Modality;
+use isoclip::backend::{DeviceChoice, ElemType, InputKind, NonFinitePolicy, OutputForm};
 
 /// A parser accepting exactly the names of `values`, returning the value paired with the name.
 /// Bad values get clap's usual error listing the possible values.

@@ -4,11 +4,11 @@ use std::path::PathBuf;
 
 use clap::Args;
 
-use crate::align::presets::{self, Preset};
-use crate::align::synthetic::{SyntheticModel, SYNTHETIC_IMAGE_BAND, SYNTHETIC_TEXT_BAND};
-use crate::align::{BandSpec, Modality, ProjectorWeights};
-use crate::error::{Error, Result};
-use crate::formats::checkpoint;
+use isoclip::align::presets::{self, Preset};
+use isoclip::align::synthetic::{SyntheticModel, SYNTHETIC_IMAGE_BAND, SYNTHETIC_TEXT_BAND};
+use isoclip::align::{BandSpec, Modality, ProjectorWeights};
+use isoclip::error::{Error, Result};
+use isoclip::formats::checkpoint;
 
 #[derive(Args, Debug, Clone, Default)]
 pub struct WeightsArgs {

@@ -1,7 +1,7 @@
 //! Rows of an input shard in memory, as both shard readers hand them out: the local reader
 //! (`engine::reader`, `pread` from a file) and the object-store reader
 //! (`storage::objects::shards`, ranged GETs). What they share lives here, below both: the chunk
-//! they yield ([`RowChunk`]), the aligned buffer it is read into ([`AlignedBuffer`]), and how a
+//! they yield ([`RowChunk`]), the aligned buffer it is read into (`AlignedBuffer`), and how a
 //! shard's `.npy` header is sized before it is read ([`announced_header_end`],
 //! [`check_header_size`]), so the two readers refuse the same headers with the same words.
 
