@@ -16,6 +16,9 @@
 //! Buckets are created per test (unsigned `PUT /bucket`, which moto accepts: object_store
 //! cannot create buckets), so tests never see each other's objects.
 
+// The object-store clients exist only with the `cloud` feature (on by default).
+#![cfg(feature = "cloud")]
+
 mod common;
 
 use std::collections::BTreeMap;

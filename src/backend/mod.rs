@@ -272,6 +272,42 @@ impl<'a> RowsOut<'a> {
     }
 }
 
+/// The bytes a strided view of `rows` rows of `cols` elements spans (`(rows - 1) * row_stride +
+/// cols * size`, 0 for no rows), or `Error::InvalidArgument` when the stride is smaller than a
+/// row or the span does not fit in memory. The one shape check of strided views: the backends'
+/// [`RowsIn::validate`]/[`RowsOut::validate`] and the C ABI's raw pointers both use it. `what`
+/// names the view in messages ("input", "output").
+pub fn view_span(
+    rows: usize,
+    cols: usize,
+    row_stride: usize,
+    elem: ElemType,
+    what: &str,
+) -> Result<usize> {
+    if rows == 0 {
+        return Ok(0);
+    }
+    let row_bytes = cols
+        .checked_mul(elem.size())
+        .ok_or_else(|| Error::invalid(format!("{what}: {cols} columns overflow")))?;
+    if row_stride < row_bytes {
+        return Err(Error::invalid(format!(
+            "{what} row stride {row_stride} bytes is smaller than a row ({cols} x {} = \
+             {row_bytes} bytes)",
+            elem.name()
+        )));
+    }
+    (rows - 1)
+        .checked_mul(row_stride)
+        .and_then(|v| v.checked_add(row_bytes))
+        .filter(|&v| v <= isize::MAX as usize)
+        .ok_or_else(|| {
+            Error::invalid(format!(
+                "{what}: {rows} rows with a stride of {row_stride} bytes do not fit in memory"
+            ))
+        })
+}
+
 fn validate_view(
     len: usize,
     rows: usize,
@@ -280,20 +316,7 @@ fn validate_view(
     elem: ElemType,
     what: &str,
 ) -> Result<()> {
-    if rows == 0 {
-        return Ok(());
-    }
-    let row_bytes = cols * elem.size();
-    if stride < row_bytes {
-        return Err(Error::invalid(format!(
-            "{what} row stride {stride} bytes is smaller than a row ({cols} x {} = {row_bytes} bytes)",
-            elem.name()
-        )));
-    }
-    let need = (rows - 1)
-        .checked_mul(stride)
-        .and_then(|v| v.checked_add(row_bytes))
-        .ok_or_else(|| Error::invalid(format!("{what} buffer size overflows")))?;
+    let need = view_span(rows, cols, stride, elem, what)?;
     if len < need {
         return Err(Error::invalid(format!(
             "{what} buffer holds {len} bytes but {rows} rows with stride {stride} need {need}"

@@ -17,8 +17,8 @@ use super::status::{
 use crate::align::Modality;
 use crate::backend::cpu::{CpuBackend, MAX_THREADS};
 use crate::backend::{
-    select_backend, Backend, BlockStats, DeviceChoice, ElemType, InputKind, NonFinitePolicy,
-    OutputForm, PreparedMap, ProjectionOptions, RowsIn, RowsOut,
+    select_backend, view_span, Backend, BlockStats, DeviceChoice, ElemType, InputKind,
+    NonFinitePolicy, OutputForm, PreparedMap, ProjectionOptions, RowsIn, RowsOut,
 };
 use crate::error::Error;
 
@@ -773,7 +773,7 @@ impl StatsOut {
     }
 }
 
-/// The bytes a strided view spans, or an error.
+/// The bytes a strided view spans, or an error (the backends' own check, `view_span`).
 fn view_bytes(
     rows: usize,
     cols: usize,
@@ -781,28 +781,10 @@ fn view_bytes(
     elem: ElemType,
     what: &str,
 ) -> FfiResult<usize> {
-    if rows == 0 {
-        return Ok(0);
-    }
-    let row_bytes = cols
-        .checked_mul(elem.size())
-        .ok_or_else(|| Failure::InvalidArgument(format!("{what}: {cols} columns overflow")))?;
-    if row_stride < row_bytes {
-        return Err(Failure::InvalidArgument(format!(
-            "{what} row stride {row_stride} bytes is smaller than a row ({cols} x {} = \
-             {row_bytes} bytes)",
-            elem.name()
-        )));
-    }
-    (rows - 1)
-        .checked_mul(row_stride)
-        .and_then(|v| v.checked_add(row_bytes))
-        .filter(|&v| v <= isize::MAX as usize)
-        .ok_or_else(|| {
-            Failure::InvalidArgument(format!(
-                "{what}: {rows} rows with a stride of {row_stride} bytes do not fit in memory"
-            ))
-        })
+    view_span(rows, cols, row_stride, elem, what).map_err(|e| match e {
+        Error::InvalidArgument(m) => Failure::InvalidArgument(m),
+        other => Failure::Core(other),
+    })
 }
 
 /// Projects `rows` rows through the projector into the caller's output buffer, on `backend`.
