@@ -14,7 +14,7 @@
 //!   in `nonfinite_rows`, exactly like a NaN/Inf input row; zero-norm rows are zeros, counted in
 //!   `zero_norm_rows`.
 //!
-//! Block boundaries are fixed multiples of [`BLOCK_ROWS`] from the start of each call, so a row's
+//! Block boundaries are fixed multiples of `BLOCK_ROWS` (128) from the start of each call, so a row's
 //! result never depends on the thread count: reruns are byte-identical.
 //!
 //! Memory: the GEMM runs through `gemm::gemm`, which allocates a small packing buffer per call
@@ -37,12 +37,12 @@ use crate::align::LinearMap;
 use crate::error::{Error, Result};
 
 /// Rows per block: the f32 input block (128 x 768 x 4 = 384 KiB) and output block stay in L2.
-pub const BLOCK_ROWS: usize = 128;
+pub(crate) const BLOCK_ROWS: usize = 128;
 
 /// The most compute threads a CPU backend starts. Far above any useful count (the work is
 /// memory-bound beyond a few dozen cores), low enough that a typo cannot make the process spend
 /// minutes spawning threads or exhaust the host's thread limit.
-pub const MAX_THREADS: usize = 1024;
+pub(crate) const MAX_THREADS: usize = 1024;
 
 /// Rows whose largest |value| lies in [2^-SAFE_EXP, 2^SAFE_EXP] go through the GEMM unscaled;
 /// others are first scaled by an exact power of two into [1, 2). With projector weights below
@@ -57,7 +57,7 @@ pub struct CpuBackend {
 
 impl CpuBackend {
     /// `threads = None` (or `Some(0)`) uses every core (rayon's global pool). More than
-    /// [`MAX_THREADS`] is `Error::InvalidArgument`; a pool the system refuses to start is
+    /// `MAX_THREADS` (1024) is `Error::InvalidArgument`; a pool the system refuses to start is
     /// `Error::ResourceExhausted`.
     pub fn new(threads: Option<usize>) -> Result<Self> {
         match threads {
@@ -554,7 +554,7 @@ fn output_row_is_finite(out: &[u8], elem: ElemType) -> bool {
     }
 }
 /// Converts one little-endian row to f32.
-pub fn read_row(bytes: &[u8], elem: ElemType, dst: &mut [f32]) {
+pub(crate) fn read_row(bytes: &[u8], elem: ElemType, dst: &mut [f32]) {
     match elem {
         ElemType::F16 => match bytemuck::try_cast_slice::<u8, f16>(bytes) {
             Ok(h) => h.convert_to_f32_slice(dst),
@@ -576,7 +576,7 @@ pub fn read_row(bytes: &[u8], elem: ElemType, dst: &mut [f32]) {
 }
 
 /// Converts one f32 row to little-endian output bytes.
-pub fn write_row(row: &[f32], elem: ElemType, out: &mut [u8]) {
+pub(crate) fn write_row(row: &[f32], elem: ElemType, out: &mut [u8]) {
     match elem {
         ElemType::F16 => match bytemuck::try_cast_slice_mut::<u8, f16>(out) {
             Ok(h) => h.convert_from_f32_slice(row),
