@@ -81,7 +81,9 @@ if [ "$FULL" = 1 ]; then
   step "Miri on the FFI and the file parsers (nightly)"
   rustup toolchain install nightly --profile minimal --component miri >/dev/null
   cargo +nightly miri setup >/dev/null
-  MIRIFLAGS="-Zmiri-disable-isolation" cargo +nightly miri test --lib --no-default-features -- \
+  # Tree Borrows: rayon's crossbeam-epoch breaks Stacked Borrows' rules but not Tree Borrows'
+  # (crossbeam-rs/crossbeam#545, #996; rayon-rs/rayon#1185), and the FFI tests start pools.
+  MIRIFLAGS="-Zmiri-disable-isolation -Zmiri-tree-borrows" cargo +nightly miri test --lib --no-default-features -- \
     ffi:: formats::npy formats::checkpoint formats::read error::
 fi
 
