@@ -83,7 +83,8 @@ if [ "$FULL" = 1 ]; then
   cargo +nightly miri setup >/dev/null
   # Tree Borrows: rayon's crossbeam-epoch breaks Stacked Borrows' rules but not Tree Borrows'
   # (crossbeam-rs/crossbeam#545, #996; rayon-rs/rayon#1185), and the FFI tests start pools.
-  MIRIFLAGS="-Zmiri-disable-isolation -Zmiri-tree-borrows" cargo +nightly miri test --lib --no-default-features -- \
+  # Leaks are ignored: those pools' threads and epoch bags live until the process ends.
+  MIRIFLAGS="-Zmiri-disable-isolation -Zmiri-tree-borrows -Zmiri-ignore-leaks" cargo +nightly miri test --lib --no-default-features -- \
     ffi:: formats::npy formats::checkpoint formats::read error::
 fi
 
