@@ -8,16 +8,8 @@
 # torch and torchmetrics go into the venv benches/peers.sh makes (target/bench-venv).
 set -euo pipefail
 cd "$(dirname "$0")/.."
-VENV=target/bench-venv
-if [ ! -x "$VENV/bin/python" ]; then
-  python3 -m venv --system-site-packages "$VENV"
-fi
-PY="$VENV/bin/python"
-"$PY" -c "import numpy, faiss" 2>/dev/null || "$PY" -m pip install -q numpy faiss-cpu
-if ! "$PY" -c "import torch" 2>/dev/null; then
-  "$PY" -m pip install -q torch --index-url https://download.pytorch.org/whl/cpu 2>/dev/null ||
-    "$PY" -m pip install -q torch
-fi
+# shellcheck source=benches/_venv.sh
+. benches/_venv.sh
 "$PY" -c "import torchmetrics; assert torchmetrics.__version__ == '1.4.0.post0'" 2>/dev/null ||
   "$PY" -m pip install -q torchmetrics==1.4.0.post0
 cargo build --release --quiet

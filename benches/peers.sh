@@ -11,15 +11,7 @@
 # CUDA runtime packages too: about 4 GB; only the CPU is used).
 set -euo pipefail
 cd "$(dirname "$0")/.."
-VENV=target/bench-venv
-if [ ! -x "$VENV/bin/python" ]; then
-  python3 -m venv --system-site-packages "$VENV"
-fi
-PY="$VENV/bin/python"
-"$PY" -c "import numpy, threadpoolctl, faiss" 2>/dev/null || "$PY" -m pip install -q numpy threadpoolctl faiss-cpu
-if ! "$PY" -c "import torch" 2>/dev/null; then
-  "$PY" -m pip install -q torch --index-url https://download.pytorch.org/whl/cpu 2>/dev/null ||
-    "$PY" -m pip install -q torch
-fi
+# shellcheck source=benches/_venv.sh
+. benches/_venv.sh
 cargo build --release --quiet
 exec "$PY" benches/peers.py "$@"
