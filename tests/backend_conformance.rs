@@ -1,6 +1,7 @@
 //! The contracts every [`Backend`] keeps, one generic function per contract, run for every
-//! backend this machine has: the CPU backend always (with 1 and 3 threads), the CUDA backend when
-//! `select_backend` finds a usable GPU (elsewhere that part is compiled but not run).
+//! backend this machine has: the CPU backend always (with 1 and 3 threads), in bf16 precision too
+//! on a CPU with AVX-512 BF16, the CUDA backend when `select_backend` finds a usable GPU
+//! (elsewhere those parts are compiled but not run).
 //!
 //! Expected values come from an f64 reference written here (`reference_row`), never from the
 //! code under test.
@@ -10,9 +11,10 @@ use isoclip::align::synthetic::Rng;
 use std::sync::Arc;
 
 use isoclip::align::{LinearMap, MatrixF32};
+use isoclip::backend::bf16::Bf16Kernel;
 use isoclip::backend::cpu::CpuBackend;
 use isoclip::backend::{
-    select_backend, Backend, BlockStats, DeviceChoice, ElemType, NonFinitePolicy,
+    select_backend, Backend, BlockStats, DeviceChoice, ElemType, NonFinitePolicy, Precision,
     ProjectionOptions, RowsIn, RowsOut,
 };
 use isoclip::Error;
@@ -21,6 +23,8 @@ use isoclip::Error;
 struct Subject {
     name: String,
     backend: Box<dyn Backend>,
+    /// The precision every call of the contracts runs at.
+    precision: Precision,
     /// Largest allowed |got − want| of a normalised output value with f32 output.
     tolerance: f64,
 }
@@ -35,7 +39,11 @@ impl Subject {
         output: RowsOut<'_>,
     ) -> Result<BlockStats, Error> {
         let prepared = self.backend.prepare(Arc::new(map.clone()))?;
-        self.backend.project(&prepared, opts, input, output)
+        let opts = ProjectionOptions {
+            precision: self.precision,
+            ..*opts
+        };
+        self.backend.project(&prepared, &opts, input, output)
     }
 }
 
@@ -44,19 +52,37 @@ fn subjects() -> Vec<Subject> {
         Subject {
             name: "cpu x1".into(),
             backend: Box::new(CpuBackend::new(Some(1)).unwrap()),
+            precision: Precision::F32,
             tolerance: 1e-5,
         },
         Subject {
             name: "cpu x3".into(),
             backend: Box::new(CpuBackend::new(Some(3)).unwrap()),
+            precision: Precision::F32,
             tolerance: 1e-5,
         },
     ];
+    if Bf16Kernel::new().is_some() {
+        for threads in [1, 3] {
+            v.push(Subject {
+                name: format!("cpu x{threads} bf16"),
+                backend: Box::new(CpuBackend::new(Some(threads)).unwrap()),
+                precision: Precision::Bf16,
+                // Inputs and weights rounded to 8 significant bits (2^-9 relative each), f32
+                // sums: about 2^-8 · Σ|x w| per value, over a norm of ~Σ|x w| / sqrt(d_in)
+                // for these random rows.
+                tolerance: 3e-2,
+            });
+        }
+    } else {
+        eprintln!("no AVX-512 BF16 on this CPU: the bf16 contracts are not run");
+    }
     // `Cuda` (not `Auto`) so that a CPU fallback is never mistaken for a GPU.
     if let Ok((backend, _)) = select_backend(DeviceChoice::Cuda(None), Some(1)) {
         v.push(Subject {
             name: backend.describe(),
             backend,
+            precision: Precision::F32,
             // fp16 tensor cores with f32 accumulation.
             tolerance: 3e-3,
         });

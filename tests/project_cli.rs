@@ -441,3 +441,79 @@ fn disk_full_mid_run_then_rerun_completes() {
     );
     assert_eq!(npy_files(&out), npy_files(&dir.path().join("clean")));
 }
+
+/// `--precision bf16` (on a CPU with AVX-512 BF16): close to the f64 reference at bf16's
+/// accuracy, recorded per shard, never mixed with f32 outputs on a rerun, and refused on a GPU.
+#[test]
+fn bf16_precision_is_recorded_and_never_mixed_with_f32() {
+    if isoclip::backend::bf16::Bf16Kernel::new().is_none() {
+        let d = setup(1, 10);
+        let o = project(d.path(), "g", "o", &["--precision", "bf16"]);
+        assert_fails_with(&o, &["bf16 precision needs a CPU with AVX-512 BF16"]);
+        eprintln!("skipped: no AVX-512 BF16 on this CPU (the refusal was checked)");
+        return;
+    }
+    let dir = tempfile::tempdir().unwrap();
+    let p = fit_projector(dir.path());
+    let g = gallery(dir.path(), "g", 2, 300);
+    let run = |extra: &[&str]| {
+        let mut args = vec!["--json", "--dtype", "f32"];
+        args.extend(extra);
+        let o = project(dir.path(), "g", "o", &args);
+        assert!(o.status.success(), "{}", stderr(&o));
+        serde_json::from_str::<serde_json::Value>(&stdout(&o)).unwrap()
+    };
+    let f32_run = run(&[]);
+    assert_eq!(f32_run["arithmetic"], "f32");
+    let f32_out = npy_files(&dir.path().join("o"));
+
+    // Another precision redoes every shard, and says so.
+    let s = run(&["--precision", "bf16"]);
+    assert_eq!(s["arithmetic"], "bf16");
+    assert_eq!(s["shards_processed"], 2);
+    assert_eq!(run(&["--precision", "bf16"])["shards_skipped"], 2);
+    let manifest = std::fs::read_to_string(dir.path().join("o/isoclip-manifest.json")).unwrap();
+    assert_eq!(manifest.matches("\"arithmetic\": \"bf16\"").count(), 2);
+
+    // Close to the f64 reference at bf16's accuracy (8 significant bits per operand), and not
+    // the f32 bytes.
+    let bf16_out = npy_files(&dir.path().join("o"));
+    assert_ne!(f32_out, bf16_out);
+    let maps = projector_file::load(&p).unwrap().image.unwrap();
+    let (rows, cols, x) = read_rows(&g.join("img_emb_0001.npy"));
+    let (_, ocols, y) = read_rows(&dir.path().join("o/img_emb_0001.npy"));
+    let mut worst_cos = 1.0f64;
+    for r in 0..rows {
+        let xr: Vec<f32> = x[r * cols..(r + 1) * cols]
+            .iter()
+            .map(|v| *v as f32)
+            .collect();
+        let want = maps.compact.apply_row(&xr);
+        let n = want.iter().map(|v| v * v).sum::<f64>().sqrt();
+        let got = &y[r * ocols..(r + 1) * ocols];
+        let cos: f64 = got.iter().zip(&want).map(|(g, w)| g * w / n).sum();
+        worst_cos = worst_cos.min(cos);
+        for (c, (g, w)) in got.iter().zip(&want).enumerate() {
+            assert!(
+                (g - w / n).abs() <= 2e-2,
+                "row {r} col {c}: {g} vs {}",
+                w / n
+            );
+        }
+    }
+    assert!(worst_cos > 0.999, "{worst_cos}");
+
+    // Back to f32: the bf16 shards are redone, and the bytes are the first run's again.
+    assert_eq!(run(&[])["shards_processed"], 2);
+    assert_eq!(npy_files(&dir.path().join("o")), f32_out);
+
+    // bf16 is a CPU kernel: an explicit GPU is refused (before any work), never ignored.
+    let o = project(
+        dir.path(),
+        "g",
+        "o2",
+        &["--precision", "bf16", "--device", "cuda"],
+    );
+    assert_eq!(o.status.code(), Some(1), "{}", stderr(&o));
+    assert!(!dir.path().join("o2/img_emb_0000.npy").exists());
+}

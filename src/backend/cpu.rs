@@ -27,10 +27,11 @@ use half::f16;
 use half::slice::HalfFloatSliceExt;
 use rayon::prelude::*;
 
-use std::sync::Arc;
+use std::sync::{Arc, OnceLock};
 
+use super::bf16::{Bf16Kernel, PackedBf16Weights};
 use super::{
-    check_shapes, try_zeroed, Backend, BackendId, BlockStats, ElemType, NonFinitePolicy,
+    check_shapes, try_zeroed, Backend, BackendId, BlockStats, ElemType, NonFinitePolicy, Precision,
     PreparedMap, ProjectionOptions, RowsIn, RowsOut,
 };
 use crate::align::LinearMap;
@@ -53,6 +54,52 @@ pub struct CpuBackend {
     id: BackendId,
     pool: Option<rayon::ThreadPool>,
     threads: usize,
+    /// The AVX-512 BF16 kernel, when this CPU has it ([`Precision::Bf16`]).
+    bf16: Option<Bf16Kernel>,
+}
+
+/// What the CPU backend keeps for a prepared map: the weights in the bf16 kernel's layout,
+/// packed on the first bf16 call (f32 projections never pay for them).
+#[derive(Debug, Default)]
+pub(crate) struct CpuPrepared {
+    bf16: OnceLock<PackedBf16Weights>,
+}
+
+impl CpuPrepared {
+    fn bf16_weights(&self, map: &LinearMap) -> Result<&PackedBf16Weights> {
+        if let Some(w) = self.bf16.get() {
+            return Ok(w);
+        }
+        // Two threads may both pack on a first call; one result is kept, both are the same.
+        let packed = PackedBf16Weights::pack(&map.weight.data, map.d_in(), map.d_out())?;
+        Ok(self.bf16.get_or_init(|| packed))
+    }
+}
+
+/// The GEMM of a call: the f32 weights as they are, or the packed bf16 ones.
+#[derive(Clone, Copy)]
+enum Gemm<'a> {
+    F32(&'a [f32]),
+    Bf16(Bf16Kernel, &'a PackedBf16Weights),
+}
+
+impl Gemm<'_> {
+    /// `y = x · w` for row-major `x` (n x d_in), `y` (n x d_out).
+    fn run(&self, x: &[f32], y: &mut [f32], n: usize, d_in: usize, d_out: usize) {
+        match self {
+            Gemm::F32(w) => gemm_rows(x, w, y, n, d_in, d_out),
+            Gemm::Bf16(kernel, w) => kernel.gemm_rows(x, w, y, n, d_in, d_out),
+        }
+    }
+}
+
+/// Why bf16 precision is refused on this CPU.
+fn bf16_unavailable() -> Error {
+    Error::DeviceUnavailable(
+        "bf16 precision needs a CPU with AVX-512 BF16 (AMD Zen 4 or later, Intel Cooper Lake, \
+         Sapphire Rapids or later); this one lacks it, and isoclip does not emulate it: use f32"
+            .into(),
+    )
 }
 
 impl CpuBackend {
@@ -65,6 +112,7 @@ impl CpuBackend {
                 id: BackendId::fresh(),
                 pool: None,
                 threads: rayon::current_num_threads(),
+                bf16: Bf16Kernel::new(),
             }),
             Some(n) if n > MAX_THREADS => Err(Error::invalid(format!(
                 "{n} compute threads requested; at most {MAX_THREADS} are allowed (0 uses every \
@@ -82,6 +130,7 @@ impl CpuBackend {
                     id: BackendId::fresh(),
                     pool: Some(pool),
                     threads: n,
+                    bf16: Bf16Kernel::new(),
                 })
             }
         }
@@ -91,16 +140,24 @@ impl CpuBackend {
         self.threads
     }
 
-    /// [`Backend::project`] on a plain map: what a prepared map holds for this backend today
-    /// (the CUDA backend runs the shapes its kernels do not cover through this).
-    pub(crate) fn project_map(
+    /// [`Backend::project`] on a map and this backend's state for it (the CUDA backend runs the
+    /// shapes its kernels do not cover through this, with a state of its own).
+    pub(crate) fn project_prepared(
         &self,
         map: &LinearMap,
+        state: &CpuPrepared,
         opts: &ProjectionOptions,
         input: RowsIn<'_>,
         output: RowsOut<'_>,
     ) -> Result<BlockStats> {
         check_shapes(map, &input, &output)?;
+        let gemm = match opts.precision {
+            Precision::F32 => Gemm::F32(&map.weight.data),
+            Precision::Bf16 => {
+                let kernel = self.bf16.ok_or_else(bf16_unavailable)?;
+                Gemm::Bf16(kernel, state.bf16_weights(map)?)
+            }
+        };
         if input.rows == 0 {
             return Ok(BlockStats::default());
         }
@@ -108,9 +165,9 @@ impl CpuBackend {
         // scratch. Dispatching to a pool costs more than the work at this size, and the block
         // goes through the same code, so its bytes are the same as in a pooled call.
         if input.rows <= BLOCK_ROWS {
-            return project_inline(map, opts, input, output);
+            return project_inline(map, gemm, opts, input, output);
         }
-        let run = || project_blocks(map, opts, input, output);
+        let run = || project_blocks(map, gemm, opts, input, output);
         match &self.pool {
             Some(p) => p.install(run),
             None => run(),
@@ -140,9 +197,18 @@ impl Backend for CpuBackend {
         self.id
     }
 
-    /// Nothing to do yet: the blocks read the shared f32 weights directly.
+    /// f32 blocks read the shared weights directly; the bf16 layout is packed on first use.
     fn prepare(&self, map: Arc<LinearMap>) -> Result<PreparedMap> {
-        Ok(PreparedMap::new(self.id, self.describe(), map, None))
+        let state = Arc::new(CpuPrepared::default());
+        Ok(PreparedMap::new(self.id, self.describe(), map, Some(state)))
+    }
+
+    fn arithmetic(&self, _map: &LinearMap, opts: &ProjectionOptions) -> Result<&'static str> {
+        match opts.precision {
+            Precision::F32 => Ok("f32"),
+            Precision::Bf16 if self.bf16.is_some() => Ok("bf16"),
+            Precision::Bf16 => Err(bf16_unavailable()),
+        }
     }
 
     fn row_block(&self) -> usize {
@@ -157,7 +223,10 @@ impl Backend for CpuBackend {
         output: RowsOut<'_>,
     ) -> Result<BlockStats> {
         map.check_owner(self)?;
-        self.project_map(map.linear(), opts, input, output)
+        let state = map.state::<CpuPrepared>().ok_or_else(|| {
+            Error::invalid("the map carries no CPU state although this backend prepared it")
+        })?;
+        self.project_prepared(map.linear(), state, opts, input, output)
     }
 }
 
@@ -170,6 +239,7 @@ thread_local! {
 /// Projects at most one block on the calling thread.
 fn project_inline(
     map: &LinearMap,
+    gemm: Gemm<'_>,
     opts: &ProjectionOptions,
     input: RowsIn<'_>,
     output: RowsOut<'_>,
@@ -188,7 +258,7 @@ fn project_inline(
             out_stride: output.row_stride,
             out_elem: output.elem,
         };
-        project_one_block(map, opts, &input, &block, output.bytes, scratch)
+        project_one_block(map, gemm, opts, &input, &block, output.bytes, scratch)
             .map_err(BlockFailure::into_error)
     })
 }
@@ -256,6 +326,7 @@ type BlockOutcome = std::result::Result<BlockStats, BlockFailure>;
 
 fn project_blocks(
     map: &LinearMap,
+    gemm: Gemm<'_>,
     opts: &ProjectionOptions,
     input: RowsIn<'_>,
     output: RowsOut<'_>,
@@ -282,7 +353,7 @@ fn project_blocks(
                     out_stride,
                     out_elem,
                 };
-                project_one_block(map, opts, &input, &block, out_bytes, scratch)
+                project_one_block(map, gemm, opts, &input, &block, out_bytes, scratch)
             },
         )
         .reduce(
@@ -312,8 +383,55 @@ const NONFINITE_INPUT: i32 = i32::MIN;
 
 /// One block: read and pre-scale the rows, GEMM, then finish, convert and check row by row in
 /// order, so the first failing row of the block is the lowest.
+///
+/// The work around the GEMM (finiteness and magnitude of each input row, f64 norms, scaling) is
+/// compiled twice: for the baseline x86-64 (SSE2) and, chosen at run time, with AVX2. Both run
+/// the same operations in the same order (no fused multiply-adds, no reassociation), so they
+/// give the same bits; AVX2 only makes them wider.
 fn project_one_block(
     map: &LinearMap,
+    gemm: Gemm<'_>,
+    opts: &ProjectionOptions,
+    input: &RowsIn<'_>,
+    block: &Block,
+    out_bytes: &mut [u8],
+    scratch: &mut Scratch,
+) -> BlockOutcome {
+    #[cfg(target_arch = "x86_64")]
+    if std::arch::is_x86_feature_detected!("avx2") {
+        // SAFETY: AVX2 was detected on this CPU just above (the feature the function is
+        // compiled for); it has no other precondition.
+        return unsafe {
+            project_one_block_avx2(map, gemm, opts, input, block, out_bytes, scratch)
+        };
+    }
+    project_one_block_body(map, gemm, opts, input, block, out_bytes, scratch)
+}
+
+/// [`project_one_block_body`] compiled with AVX2.
+///
+/// # Safety
+/// The CPU supports AVX2.
+#[cfg(target_arch = "x86_64")]
+#[target_feature(enable = "avx2")]
+unsafe fn project_one_block_avx2(
+    map: &LinearMap,
+    gemm: Gemm<'_>,
+    opts: &ProjectionOptions,
+    input: &RowsIn<'_>,
+    block: &Block,
+    out_bytes: &mut [u8],
+    scratch: &mut Scratch,
+) -> BlockOutcome {
+    project_one_block_body(map, gemm, opts, input, block, out_bytes, scratch)
+}
+
+/// The body of [`project_one_block`]; it and the helpers it calls are inlined into each
+/// compiled variant.
+#[inline(always)]
+fn project_one_block_body(
+    map: &LinearMap,
+    gemm: Gemm<'_>,
     opts: &ProjectionOptions,
     input: &RowsIn<'_>,
     block: &Block,
@@ -326,7 +444,7 @@ fn project_one_block(
     let exponents = &mut scratch.exponents[..n];
     read_block(input, block.start, map.bias.is_some(), x, exponents);
     let y = &mut scratch.y[..n * d_out];
-    gemm_rows(x, &map.weight.data, y, n, d_in, d_out);
+    gemm.run(x, y, n, d_in, d_out);
     let mut stats = BlockStats::default();
     let out_row_bytes = d_out * block.out_elem.size();
     for (r, row) in y.chunks_exact_mut(d_out.max(1)).take(n).enumerate() {
@@ -361,6 +479,7 @@ fn project_one_block(
 
 /// Converts the block's input rows to f32 in `x`, zeroing rows with NaN/Inf (marked
 /// [`NONFINITE_INPUT`]) and pre-scaling rows of extreme magnitude (their exponent recorded).
+#[inline(always)]
 fn read_block(
     input: &RowsIn<'_>,
     start: usize,
@@ -434,6 +553,7 @@ enum RowResult {
 
 /// Bias, normalisation (or undoing the pre-scale), conversion into `out`, and the check that
 /// the converted row is finite.
+#[inline(always)]
 fn finish_and_write(
     row: &mut [f32],
     bias: Option<&[f32]>,
@@ -457,6 +577,7 @@ fn finish_and_write(
 
 /// Adds the bias (scaled like the row), then normalises the row, or undoes its pre-scale when
 /// not normalising. The squares are summed in f64: exact for any finite f32 row.
+#[inline(always)]
 fn finish_row(row: &mut [f32], bias: Option<&[f32]>, exponent: i32, normalize: bool) -> RowResult {
     if let Some(b) = bias {
         if exponent == 0 {
@@ -486,6 +607,7 @@ fn finish_row(row: &mut [f32], bias: Option<&[f32]>, exponent: i32, normalize: b
 }
 
 /// Σ v² in f64 over eight partial sums (vectorised); no finite f32 row overflows or underflows.
+#[inline(always)]
 fn sum_squares_f64(v: &[f32]) -> f64 {
     let mut acc = [0.0f64; 8];
     let chunks = v.chunks_exact(8);
@@ -504,15 +626,14 @@ fn sum_squares_f64(v: &[f32]) -> f64 {
 }
 
 /// The largest |value| of a row, or None when it holds NaN or Inf.
+///
+/// On the bits: with the sign cleared, IEEE 754 orders non-negative values like unsigned
+/// integers, and Inf and every NaN lie above the largest finite value, so one integer maximum
+/// (which vectorises, unlike a float maximum with NaN semantics) gives both answers.
+#[inline(always)]
 fn max_abs_if_finite(v: &[f32]) -> Option<f32> {
-    let mut finite = true;
-    let mut max = 0.0f32;
-    for x in v {
-        let a = x.abs();
-        finite &= a <= f32::MAX;
-        max = if a > max { a } else { max };
-    }
-    finite.then_some(max)
+    let max_bits = v.iter().fold(0u32, |m, x| m.max(x.to_bits() & 0x7fff_ffff));
+    (max_bits < f32::INFINITY.to_bits()).then(|| f32::from_bits(max_bits))
 }
 
 /// The exact power-of-two exponent `s` that brings a row with this largest |value| into [1, 2)
@@ -537,12 +658,14 @@ fn pow2(e: i32) -> f64 {
 }
 
 /// Multiplies a row by 2^e, rounding once to f32 (exact unless a value leaves the normal range).
+#[inline(always)]
 fn scale_by_pow2(v: &mut [f32], e: i32) {
     let f = pow2(e);
     v.iter_mut().for_each(|x| *x = (f64::from(*x) * f) as f32);
 }
 
 /// Whether every converted output element is finite.
+#[inline(always)]
 fn output_row_is_finite(out: &[u8], elem: ElemType) -> bool {
     match elem {
         ElemType::F16 => out

@@ -89,6 +89,28 @@ pub enum NonFinitePolicy {
     Zero,
 }
 
+/// The arithmetic of the GEMM at the heart of a projection.
+#[derive(Clone, Copy, Debug, Default, PartialEq, Eq, Hash)]
+pub enum Precision {
+    /// f32 inputs and weights, f32 sums: the reference path (default).
+    #[default]
+    F32,
+    /// Inputs and weights rounded to bf16 (8 significant bits), f32 sums: the CPU backend's
+    /// AVX-512 BF16 kernel ([`bf16`]), about twice the f32 rate; cosines move by up to about
+    /// 1e-3. A CPU without AVX-512 BF16 refuses it (`Error::DeviceUnavailable`): it is never
+    /// emulated, and never silently computed in another precision.
+    Bf16,
+}
+
+impl Precision {
+    pub fn name(self) -> &'static str {
+        match self {
+            Precision::F32 => "f32",
+            Precision::Bf16 => "bf16",
+        }
+    }
+}
+
 /// How rows are projected, independent of where they come from.
 #[derive(Clone, Copy, Debug, PartialEq, Eq, Hash)]
 pub struct ProjectionOptions {
@@ -97,6 +119,7 @@ pub struct ProjectionOptions {
     pub output: ElemType,
     pub normalize: bool,
     pub nonfinite: NonFinitePolicy,
+    pub precision: Precision,
 }
 
 impl Default for ProjectionOptions {
@@ -107,6 +130,7 @@ impl Default for ProjectionOptions {
             output: ElemType::F16,
             normalize: true,
             nonfinite: NonFinitePolicy::Error,
+            precision: Precision::F32,
         }
     }
 }
@@ -364,6 +388,13 @@ pub trait Backend: Send + Sync {
     /// a call modulo this, so callers that cut a stream of rows into calls at multiples of it get
     /// the same bytes as one call (the CPU: its 128-row blocks).
     fn row_block(&self) -> usize;
+
+    /// The arithmetic [`Backend::project`] uses for `map` under `opts`, as output records name
+    /// it: `"f32"` and `"bf16"` on the CPU, `"cuda-fp16"` for the CUDA kernels (fp16 operands,
+    /// f32 sums). Outputs made with different arithmetic differ in their last bits, so the
+    /// engine redoes a shard whose record names another. An error when this backend cannot
+    /// compute at `opts.precision` (the same error `project` would give).
+    fn arithmetic(&self, map: &LinearMap, opts: &ProjectionOptions) -> Result<&'static str>;
 
     /// Output bytes per call the engine aims for when the user does not set a chunk size.
     fn preferred_chunk_bytes(&self) -> usize {

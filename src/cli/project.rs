@@ -12,7 +12,9 @@ use super::targets::check_output_dir;
 use super::values;
 use isoclip::align::{AlignedProjector, Modality};
 use isoclip::backend::{select_backend, Backend, DeviceChoice};
-use isoclip::backend::{ElemType, InputKind, NonFinitePolicy, OutputForm, ProjectionOptions};
+use isoclip::backend::{
+    ElemType, InputKind, NonFinitePolicy, OutputForm, Precision, ProjectionOptions,
+};
 use isoclip::engine::{run_job, JobSpec, JobSummary, ProgressSink, ShardSelection};
 use isoclip::error::{Error, Result};
 use isoclip::storage::{self, Location};
@@ -64,6 +66,10 @@ pub struct ProjectArgs {
     /// Rows with NaN or Inf: fail (default) or write zeros.
     #[arg(long, default_value = "error", value_parser = values::nonfinite_policy())]
     pub nonfinite: NonFinitePolicy,
+    /// Arithmetic of the CPU GEMM. bf16 runs on the CPU (with --device auto too) and is
+    /// recorded per shard: a rerun at another precision redoes the shards.
+    #[arg(long, default_value = "f32", value_parser = values::precision())]
+    pub precision: Precision,
     /// Where to compute: the GPU(s) when usable (auto), the CPU, every visible GPU or an error
     /// (cuda), or one GPU by CUDA ordinal or an error (cuda:N).
     #[arg(long, default_value = "auto", value_name = "auto|cpu|cuda|cuda:N", value_parser = values::device)]
@@ -219,6 +225,7 @@ impl ProjectArgs {
             output: self.dtype,
             normalize: !self.no_normalize,
             nonfinite: self.nonfinite,
+            precision: self.precision,
         }
     }
 }
@@ -249,7 +256,12 @@ pub fn run(a: ProjectArgs) -> Result<()> {
     projector
         .only_modality(modality)
         .map_err(|e| e.in_file(a.projector.to_string()))?;
-    let (backend, notice) = select_backend(a.device, a.threads)?;
+    // bf16 is a CPU kernel: `auto` means the CPU then; an explicit GPU is refused by the backend.
+    let device = match (a.precision, a.device) {
+        (Precision::Bf16, DeviceChoice::Auto(_)) => DeviceChoice::Cpu,
+        (_, device) => device,
+    };
+    let (backend, notice) = select_backend(device, a.threads)?;
     let mut spec = JobSpec::new(input, output);
     spec.shards = shards;
     spec.storage_options = a.storage_options.clone();
@@ -277,12 +289,13 @@ pub fn print_summary(s: &JobSummary, synthetic: bool) -> Result<()> {
         outln!("SYNTHETIC projector (built-in CLIP-like model, not a real checkpoint)")?;
     }
     outln!(
-        "projected {} in {} ({} skipped as already done, {}) on {}",
+        "projected {} in {} ({} skipped as already done, {}) on {}, {} arithmetic",
         count(s.rows_processed, "row", "rows"),
         count(s.shards_processed as u64, "shard", "shards"),
         s.shards_skipped,
         count(s.rows_skipped, "row", "rows"),
-        s.backend
+        s.backend,
+        s.arithmetic
     )?;
     outln!(
         "  {} {} -> {} {} dims ({}{}), into {}",

@@ -257,6 +257,7 @@ pub(crate) fn run_options(
     projector_id: &str,
     modality: &str,
     opts: &ProjectionOptions,
+    arithmetic: &str,
     d_out: usize,
 ) -> RunOptions {
     RunOptions {
@@ -271,6 +272,7 @@ pub(crate) fn run_options(
             NonFinitePolicy::Zero => "zero".into(),
         },
         cols_out: d_out as u64,
+        arithmetic: arithmetic.into(),
     }
 }
 
@@ -416,8 +418,16 @@ pub fn run_job(
     let maps = projector.only_modality(spec.modality)?;
     // Selected now (its shape checks the inputs), prepared for the backend before the work.
     let map = maps.select(opts.input_kind, opts.form)?;
+    // What computes it: refused here, before any work, when the backend cannot.
+    let arithmetic = backend.arithmetic(&map, &opts)?;
     let projector_id = projector_file::content_digest(projector);
-    let run = run_options(&projector_id, maps.modality.name(), &opts, map.d_out());
+    let run = run_options(
+        &projector_id,
+        maps.modality.name(),
+        &opts,
+        arithmetic,
+        map.d_out(),
+    );
     let context = StorageContext::new(spec.storage_options.clone())?;
     let worker = format!("{}/{}", spec.shards.index, spec.shards.count);
 
@@ -489,6 +499,7 @@ pub fn run_job(
         input_kind: opts.input_kind.name().into(),
         modality: maps.modality.name().into(),
         projector: projector_id.clone(),
+        arithmetic: arithmetic.into(),
         ..Default::default()
     };
     let mut todo = Vec::new();

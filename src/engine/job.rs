@@ -147,6 +147,8 @@ pub struct JobSummary {
     pub input_kind: String,
     pub modality: String,
     pub projector: String,
+    /// The arithmetic of the projection (`Backend::arithmetic`): "f32", "bf16", "cuda-fp16".
+    pub arithmetic: String,
 }
 
 struct OpenShard {
@@ -217,6 +219,8 @@ fn run_local_job(
     let maps = projector.only_modality(spec.modality)?;
     // Selected now (its shape checks the inputs), prepared for the backend before the work.
     let map = maps.select(opts.input_kind, opts.form)?;
+    // What computes it: refused here, before any work, when the backend cannot.
+    let arithmetic = backend.arithmetic(&map, &opts)?;
     let projector_id = projector_file::content_digest(projector);
 
     // 1. Every shard, validated before any work.
@@ -253,7 +257,13 @@ fn run_local_job(
     }
     let mut committer = Committer::new(out_dir, manifest, fault);
     let out_elem = opts.output;
-    let run_record = run_record(&projector_id, maps.modality.name(), &opts, map.d_out());
+    let run_record = run_record(
+        &projector_id,
+        maps.modality.name(),
+        &opts,
+        arithmetic,
+        map.d_out(),
+    );
     let mut todo = Vec::new();
     let mut summary = JobSummary {
         backend: backend.describe(),
@@ -267,6 +277,7 @@ fn run_local_job(
         input_kind: opts.input_kind.name().into(),
         modality: maps.modality.name().into(),
         projector: projector_id.clone(),
+        arithmetic: arithmetic.into(),
         ..Default::default()
     };
     for (i, s) in open.iter().enumerate() {
@@ -374,6 +385,7 @@ fn run_record(
     projector_id: &str,
     modality: &str,
     opts: &ProjectionOptions,
+    arithmetic: &str,
     d_out: usize,
 ) -> ShardRecord {
     ShardRecord {
@@ -394,6 +406,7 @@ fn run_record(
             NonFinitePolicy::Error => "error".into(),
             NonFinitePolicy::Zero => "zero".into(),
         },
+        arithmetic: arithmetic.into(),
         zero_norm_rows: 0,
         nonfinite_rows: 0,
     }

@@ -76,6 +76,9 @@ pub struct ShardRecord {
     pub dtype: String,
     pub normalize: bool,
     pub nonfinite: String,
+    /// The arithmetic that computed the output (see `records::RunOptions::arithmetic`).
+    #[serde(default = "super::records::f32_arithmetic")]
+    pub arithmetic: String,
     pub zero_norm_rows: u64,
     pub nonfinite_rows: u64,
 }
@@ -96,6 +99,7 @@ impl ShardRecord {
             && self.dtype == want.dtype
             && self.normalize == want.normalize
             && self.nonfinite == want.nonfinite
+            && self.arithmetic == want.arithmetic
     }
 }
 

@@ -76,6 +76,15 @@ pub struct RunOptions {
     pub normalize: bool,
     pub nonfinite: String,
     pub cols_out: u64,
+    /// The arithmetic that computes the outputs (`Backend::arithmetic`: "f32", "bf16",
+    /// "cuda-fp16"). Records from before this field were written by the f32 CPU path.
+    #[serde(default = "f32_arithmetic")]
+    pub arithmetic: String,
+}
+
+/// What records written before the `arithmetic` field were computed with.
+pub(crate) fn f32_arithmetic() -> String {
+    "f32".into()
 }
 
 /// `_isoclip/job.json`.
@@ -208,6 +217,13 @@ impl CompletionRecord {
             || self.cols_in != want.cols_in
         {
             Some("the input changed since it was projected")
+        } else if self.options.arithmetic != want.options.arithmetic
+            && (RunOptions {
+                arithmetic: want.options.arithmetic.clone(),
+                ..self.options.clone()
+            }) == want.options
+        {
+            Some("computed with other arithmetic (f32, bf16 or CUDA fp16)")
         } else if self.options != want.options {
             Some("projected with another projector or other options")
         } else {
@@ -241,6 +257,7 @@ mod tests {
             normalize: true,
             nonfinite: "error".into(),
             cols_out: 262,
+            arithmetic: "f32".into(),
         }
     }
 
@@ -282,6 +299,16 @@ mod tests {
     }
 
     #[test]
+    fn a_record_from_before_the_arithmetic_field_reads_as_f32() {
+        let mut v: serde_json::Value = serde_json::from_slice(&record().to_bytes()).unwrap();
+        assert_eq!(v["arithmetic"], "f32");
+        v.as_object_mut().unwrap().remove("arithmetic");
+        let old = CompletionRecord::parse(&serde_json::to_vec(&v).unwrap(), "u").unwrap();
+        assert_eq!(old.options.arithmetic, "f32");
+        assert_eq!(old.mismatch(&record()), None);
+    }
+
+    #[test]
     fn a_record_stands_only_for_the_same_input_and_options() {
         let want = record();
         let mut r = want.clone();
@@ -307,6 +334,18 @@ mod tests {
         assert_eq!(
             other.mismatch(&want),
             Some("projected with another projector or other options")
+        );
+        let mut bf16 = want.clone();
+        bf16.options.arithmetic = "bf16".into();
+        assert_eq!(
+            bf16.mismatch(&want),
+            Some("computed with other arithmetic (f32, bf16 or CUDA fp16)")
+        );
+        bf16.options.dtype = "f32".into();
+        assert_eq!(
+            bf16.mismatch(&want),
+            Some("projected with another projector or other options"),
+            "arithmetic is named only when it is the one difference"
         );
         let mut done = want.clone();
         done.output_size = 42;

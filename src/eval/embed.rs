@@ -19,8 +19,8 @@ use std::sync::Arc;
 
 use crate::align::{LinearMap, MatrixF32, ModalityMaps};
 use crate::backend::{
-    Backend, ElemType, InputKind, NonFinitePolicy, OutputForm, PreparedMap, ProjectionOptions,
-    RowsIn, RowsOut,
+    Backend, ElemType, InputKind, NonFinitePolicy, OutputForm, Precision, PreparedMap,
+    ProjectionOptions, RowsIn, RowsOut,
 };
 use crate::error::{Error, Result};
 use crate::formats::npy::{Accept, NpyDtype, NpyMatrix};
@@ -232,6 +232,7 @@ pub fn embed(
         output: ElemType::F32,
         normalize: true,
         nonfinite: NonFinitePolicy::Error,
+        precision: Precision::F32,
     };
     let d_out = map.d_out();
     let mut data = crate::backend::try_zeroed::<f32>(n * d_out)?;

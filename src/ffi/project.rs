@@ -543,6 +543,7 @@ impl isoclip_projection_options {
             output,
             normalize: self.normalize,
             nonfinite: self.nonfinite,
+            precision: crate::backend::Precision::F32,
         }
     }
 }

@@ -151,6 +151,7 @@ pub fn project_gallery<'py>(
         output: output_elem,
         normalize,
         nonfinite: options::nonfinite(nonfinite)?,
+        precision: isoclip::backend::Precision::F32,
     };
     spec.overwrite = overwrite;
     spec.trust_outputs = trust_outputs;

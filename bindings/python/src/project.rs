@@ -266,6 +266,7 @@ pub fn project<'py>(
         output: out_elem,
         normalize: request.normalize,
         nonfinite: request.nonfinite,
+        precision: isoclip::backend::Precision::F32,
     };
     let run = |i: RawIn, o: RawOut| compute(py, backend, map, opts, i, o);
     use half::f16;

@@ -42,10 +42,10 @@ use super::plan::{
     sub_chunks, unpack_output_rows, BadRow, Layout, Step, CONVERT_KERNEL, KERNEL_NAMES, MAX_BM,
 };
 use crate::align::LinearMap;
-use crate::backend::cpu::CpuBackend;
+use crate::backend::cpu::{CpuBackend, CpuPrepared};
 use crate::backend::{
-    check_shapes, Backend, BackendId, BlockStats, ElemType, NonFinitePolicy, PreparedMap,
-    ProjectionOptions, RowsIn, RowsOut,
+    check_shapes, Backend, BackendId, BlockStats, ElemType, NonFinitePolicy, Precision,
+    PreparedMap, ProjectionOptions, RowsIn, RowsOut,
 };
 use crate::error::{Error, Result};
 
@@ -74,8 +74,8 @@ pub struct CudaBackend {
 /// What [`CudaBackend::prepare`] keeps for a map (the state of its [`PreparedMap`]).
 enum CudaPrepared {
     /// The kernels do not cover this shape (more than 1024 outputs, no input column, a GPU whose
-    /// shared memory is too small): the CPU backend projects it.
-    Cpu,
+    /// shared memory is too small): the CPU backend projects it, with its own state.
+    Cpu(CpuPrepared),
     /// The packed weights on every GPU, `per_gpu[i]` on worker `i`.
     Device {
         layout: Layout,
@@ -193,6 +193,18 @@ impl CudaBackend {
         map.state::<CudaPrepared>().ok_or_else(|| {
             Error::invalid("the map carries no CUDA state although this backend prepared it")
         })
+    }
+}
+
+/// The kernels compute with fp16 operands and f32 sums; a reduced CPU precision is not theirs.
+fn check_precision(opts: &ProjectionOptions) -> Result<()> {
+    match opts.precision {
+        Precision::F32 => Ok(()),
+        other => Err(Error::invalid(format!(
+            "{} precision is a CPU path (AVX-512 BF16); the CUDA backend computes with fp16 \
+             operands and f32 sums: project on the CPU for {0}",
+            other.name()
+        ))),
     }
 }
 
@@ -596,7 +608,7 @@ impl Backend for CudaBackend {
     /// cover, keeps nothing: the CPU backend projects it).
     fn prepare(&self, map: Arc<LinearMap>) -> Result<PreparedMap> {
         let state = match self.plan(&map) {
-            None => CudaPrepared::Cpu,
+            None => CudaPrepared::Cpu(CpuPrepared::default()),
             Some((layout, stages)) => {
                 let packed = pack_weights(&map, &layout)?;
                 let bits: Vec<u16> = packed.wt.iter().map(|h| h.to_bits()).collect();
@@ -620,6 +632,15 @@ impl Backend for CudaBackend {
         ))
     }
 
+    fn arithmetic(&self, map: &LinearMap, opts: &ProjectionOptions) -> Result<&'static str> {
+        check_precision(opts)?;
+        Ok(if self.plan(map).is_some() {
+            "cuda-fp16"
+        } else {
+            "f32"
+        })
+    }
+
     /// The kernels compute every row on its own, but the shapes they do not cover run on the
     /// CPU backend, whose blocks are the coarser grain.
     fn row_block(&self) -> usize {
@@ -634,17 +655,22 @@ impl Backend for CudaBackend {
         mut output: RowsOut<'_>,
     ) -> Result<BlockStats> {
         let state = self.prepared(map)?;
+        check_precision(opts)?;
         check_shapes(map.linear(), &input, &output)?;
         if input.rows == 0 {
             return Ok(BlockStats::default());
         }
-        let CudaPrepared::Device {
-            layout,
-            stages,
-            per_gpu,
-        } = state
-        else {
-            return self.cpu.project_map(map.linear(), opts, input, output);
+        let (layout, stages, per_gpu) = match state {
+            CudaPrepared::Device {
+                layout,
+                stages,
+                per_gpu,
+            } => (layout, stages, per_gpu),
+            CudaPrepared::Cpu(cpu_state) => {
+                return self
+                    .cpu
+                    .project_prepared(map.linear(), cpu_state, opts, input, output);
+            }
         };
         let (layout, stages) = (*layout, *stages);
         let parts = split_rows(input.rows, self.workers.len(), MAX_BM);
