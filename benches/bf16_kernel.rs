@@ -1,5 +1,6 @@
-//! The AVX-512 BF16 GEMM (`backend::bf16`) against the f32 GEMM the CPU backend runs today (the
-//! `gemm` crate, `Parallelism::None`, exactly the call `cpu::gemm_rows` makes), one thread, on
+//! The AVX-512 BF16 GEMM (`backend::bf16`) and the AVX-512F f32 GEMM over pre-packed weights
+//! (`backend::packed_f32`) against the f32 GEMM the CPU backend runs today (the `gemm` crate,
+//! `Parallelism::None`, exactly the call `cpu::gemm_rows` makes), one thread, on
 //! the shapes that matter: a block of 128 rows of ViT-B/16 features (768) to the compact (262)
 //! and full (512) forms, and one row (a query). Prints the median time per call over many
 //! samples, rows/s, GFLOP/s (2 x d_in x d_out per row) and the bytes of weights each path reads.
@@ -7,13 +8,14 @@
 //!     cargo bench --bench bf16_kernel
 //!     taskset -c 1 cargo bench --bench bf16_kernel     # pinned to one core
 //!
-//! On a CPU without AVX-512 BF16 it prints the f32 numbers and says the bf16 kernel is absent.
+//! On a CPU without AVX-512 BF16 (or AVX-512F) it says which kernel is absent and skips it.
 
 use std::hint::black_box;
 use std::time::{Duration, Instant};
 
 use isoclip::align::synthetic::Rng;
 use isoclip::backend::bf16::{Bf16Kernel, PackedBf16Weights};
+use isoclip::backend::packed_f32::{F32Kernel, PackedF32Weights};
 
 /// Samples per measurement; the median is reported.
 const SAMPLES: usize = 301;
@@ -78,7 +80,7 @@ fn report(path: &str, secs: f64, n: usize, d_in: usize, d_out: usize, weight_byt
     let rows_per_s = n as f64 / secs;
     let gflops = rows_per_s * 2.0 * (d_in * d_out) as f64 / 1e9;
     println!(
-        "  {path:<5} {:>10.2} µs/call  {:>12.0} rows/s  {gflops:>7.1} GFLOP/s  weights {weight_bytes} B",
+        "  {path:<10} {:>10.2} µs/call  {:>12.0} rows/s  {gflops:>7.1} GFLOP/s  weights {weight_bytes} B",
         secs * 1e6,
         rows_per_s,
     );
@@ -86,12 +88,18 @@ fn report(path: &str, secs: f64, n: usize, d_in: usize, d_out: usize, weight_byt
 
 fn main() {
     let kernel = Bf16Kernel::new();
+    let f32_kernel = F32Kernel::new();
     println!(
-        "bf16_kernel: one thread; median of {SAMPLES} samples; bf16 kernel {}",
+        "bf16_kernel: one thread; median of {SAMPLES} samples; bf16 kernel {}; f32 packed kernel {}",
         if kernel.is_some() {
             "present (AVX-512 BF16)"
         } else {
-            "ABSENT (this CPU lacks AVX-512 BF16): f32 only"
+            "ABSENT (this CPU lacks AVX-512 BF16)"
+        },
+        if f32_kernel.is_some() {
+            "present (AVX-512F)"
+        } else {
+            "ABSENT (this CPU lacks AVX-512F)"
         }
     );
     // (rows, d_in, d_out): a block of ViT-B/16 features to compact and full; one query row.
@@ -115,6 +123,15 @@ fn main() {
             black_box(&mut y);
         });
         report("f32", f32_secs, n, d_in, d_out, w.len() * 4);
+        if let Some(k) = f32_kernel {
+            let pw = PackedF32Weights::pack(&w, d_in, d_out).expect("finite weights");
+            let packed_secs = median_secs(|| {
+                k.gemm_rows(black_box(&x), black_box(&pw), &mut y, n, d_in, d_out);
+                black_box(&mut y);
+            });
+            report("f32 packed", packed_secs, n, d_in, d_out, pw.bytes());
+            println!("  f32 packed / f32 rows/s: {:.2}x", f32_secs / packed_secs);
+        }
         if let Some(k) = kernel {
             let pw = PackedBf16Weights::pack(&w, d_in, d_out).expect("finite weights");
             let bf16_secs = median_secs(|| {

@@ -10,6 +10,7 @@
 pub mod bf16;
 pub mod cpu;
 pub mod cuda;
+pub mod packed_f32;
 mod prepared;
 pub mod select;
 
