@@ -1,8 +1,12 @@
 //! The CPU backend: rayon over fixed row blocks; per block, in cache: f16→f32 conversion (F16C
 //! via `half`'s runtime-dispatched slice conversion), an exact power-of-two pre-scale of rows
-//! whose magnitude could overflow or underflow the GEMM, a GEMM (the `gemm` crate's SIMD kernels,
-//! sequential inside a block), bias, row normalisation, conversion of the output, and a
-//! finiteness check of every converted output row.
+//! whose magnitude could overflow or underflow the GEMM, a GEMM (sequential inside a block), bias,
+//! row normalisation, conversion of the output, and a finiteness check of every converted output
+//! row.
+//!
+//! The GEMM: on a CPU with AVX-512F, `packed_f32` over weights packed once at prepare (each
+//! output element one in-order FMA chain, so a row's bits do not depend on its block); elsewhere
+//! the `gemm` crate's SIMD kernels; under [`Precision::Bf16`], the AVX-512 BF16 kernel (`bf16`).
 //!
 //! The numeric contract (the same one `tests/backend_conformance.rs` holds every backend to):
 //! - any finite input row gives a finite output row, L2-normalised to f32 rounding when
@@ -17,8 +21,8 @@
 //! Block boundaries are fixed multiples of `BLOCK_ROWS` (128) from the start of each call, so a row's
 //! result never depends on the thread count: reruns are byte-identical.
 //!
-//! Memory: the GEMM runs through `gemm::gemm`, which allocates a small packing buffer per call
-//! (about `k x n` floats), instead of faer's x86 path, whose thread-local scratch reserves twice
+//! Memory: without AVX-512F the GEMM runs through `gemm::gemm`, which allocates a small packing
+//! buffer per call (about `k x n` floats), instead of faer's x86 path, whose thread-local scratch reserves twice
 //! the L3 cache size per compute thread (520 MiB on a 260 MiB-L3 server) and aborts the process
 //! when that reservation fails. Our own per-thread scratch is reserved with `try_reserve`, so a
 //! refusal is `Error::ResourceExhausted`, not an abort.
@@ -30,6 +34,7 @@ use rayon::prelude::*;
 use std::sync::{Arc, OnceLock};
 
 use super::bf16::{Bf16Kernel, PackedBf16Weights};
+use super::packed_f32::{F32Kernel, PackedF32Weights};
 use super::{
     check_shapes, try_zeroed, Backend, BackendId, BlockStats, ElemType, NonFinitePolicy, Precision,
     PreparedMap, ProjectionOptions, RowsIn, RowsOut,
@@ -54,14 +59,18 @@ pub struct CpuBackend {
     id: BackendId,
     pool: Option<rayon::ThreadPool>,
     threads: usize,
+    /// The AVX-512F f32 kernel, when this CPU has it (otherwise the `gemm` crate's).
+    f32: Option<F32Kernel>,
     /// The AVX-512 BF16 kernel, when this CPU has it ([`Precision::Bf16`]).
     bf16: Option<Bf16Kernel>,
 }
 
-/// What the CPU backend keeps for a prepared map: the weights in the bf16 kernel's layout,
-/// packed on the first bf16 call (f32 projections never pay for them).
-#[derive(Debug, Default)]
+/// What the CPU backend keeps for a prepared map: the weights in the f32 kernel's layout (packed
+/// at prepare, on a CPU with AVX-512F) and in the bf16 kernel's (packed on the first bf16 call:
+/// f32 projections never pay for them).
+#[derive(Debug)]
 pub(crate) struct CpuPrepared {
+    f32: Option<PackedF32Weights>,
     bf16: OnceLock<PackedBf16Weights>,
 }
 
@@ -76,9 +85,11 @@ impl CpuPrepared {
     }
 }
 
-/// The GEMM of a call: the f32 weights as they are, or the packed bf16 ones.
+/// The GEMM of a call: the packed f32 weights (AVX-512F), the f32 weights as they are (the
+/// `gemm` crate, on other CPUs), or the packed bf16 ones.
 #[derive(Clone, Copy)]
 enum Gemm<'a> {
+    F32Packed(F32Kernel, &'a PackedF32Weights),
     F32(&'a [f32]),
     Bf16(Bf16Kernel, &'a PackedBf16Weights),
 }
@@ -87,6 +98,7 @@ impl Gemm<'_> {
     /// `y = x · w` for row-major `x` (n x d_in), `y` (n x d_out).
     fn run(&self, x: &[f32], y: &mut [f32], n: usize, d_in: usize, d_out: usize) {
         match self {
+            Gemm::F32Packed(kernel, w) => kernel.gemm_rows(x, w, y, n, d_in, d_out),
             Gemm::F32(w) => gemm_rows(x, w, y, n, d_in, d_out),
             Gemm::Bf16(kernel, w) => kernel.gemm_rows(x, w, y, n, d_in, d_out),
         }
@@ -112,6 +124,7 @@ impl CpuBackend {
                 id: BackendId::fresh(),
                 pool: None,
                 threads: rayon::current_num_threads(),
+                f32: F32Kernel::new(),
                 bf16: Bf16Kernel::new(),
             }),
             Some(n) if n > MAX_THREADS => Err(Error::invalid(format!(
@@ -130,6 +143,7 @@ impl CpuBackend {
                     id: BackendId::fresh(),
                     pool: Some(pool),
                     threads: n,
+                    f32: F32Kernel::new(),
                     bf16: Bf16Kernel::new(),
                 })
             }
@@ -138,6 +152,23 @@ impl CpuBackend {
 
     pub fn threads(&self) -> usize {
         self.threads
+    }
+
+    /// This backend's state for `map` (what [`Backend::prepare`] keeps; the CUDA backend keeps
+    /// one for the shapes it leaves to the CPU).
+    pub(crate) fn prepare_state(&self, map: &LinearMap) -> Result<CpuPrepared> {
+        let f32 = match self.f32 {
+            Some(_) => Some(PackedF32Weights::pack(
+                &map.weight.data,
+                map.d_in(),
+                map.d_out(),
+            )?),
+            None => None,
+        };
+        Ok(CpuPrepared {
+            f32,
+            bf16: OnceLock::new(),
+        })
     }
 
     /// [`Backend::project`] on a map and this backend's state for it (the CUDA backend runs the
@@ -152,7 +183,10 @@ impl CpuBackend {
     ) -> Result<BlockStats> {
         check_shapes(map, &input, &output)?;
         let gemm = match opts.precision {
-            Precision::F32 => Gemm::F32(&map.weight.data),
+            Precision::F32 => match (self.f32, &state.f32) {
+                (Some(kernel), Some(w)) => Gemm::F32Packed(kernel, w),
+                _ => Gemm::F32(&map.weight.data),
+            },
             Precision::Bf16 => {
                 let kernel = self.bf16.ok_or_else(bf16_unavailable)?;
                 Gemm::Bf16(kernel, state.bf16_weights(map)?)
@@ -197,9 +231,10 @@ impl Backend for CpuBackend {
         self.id
     }
 
-    /// f32 blocks read the shared weights directly; the bf16 layout is packed on first use.
+    /// Packs the f32 weights for the AVX-512F kernel (on other CPUs the blocks read the shared
+    /// weights directly); the bf16 layout is packed on first use.
     fn prepare(&self, map: Arc<LinearMap>) -> Result<PreparedMap> {
-        let state = Arc::new(CpuPrepared::default());
+        let state = Arc::new(self.prepare_state(&map)?);
         Ok(PreparedMap::new(self.id, self.describe(), map, Some(state)))
     }
 

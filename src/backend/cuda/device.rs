@@ -608,7 +608,7 @@ impl Backend for CudaBackend {
     /// cover, keeps nothing: the CPU backend projects it).
     fn prepare(&self, map: Arc<LinearMap>) -> Result<PreparedMap> {
         let state = match self.plan(&map) {
-            None => CudaPrepared::Cpu(CpuPrepared::default()),
+            None => CudaPrepared::Cpu(self.cpu.prepare_state(&map)?),
             Some((layout, stages)) => {
                 let packed = pack_weights(&map, &layout)?;
                 let bits: Vec<u16> = packed.wt.iter().map(|h| h.to_bits()).collect();
