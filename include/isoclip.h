@@ -167,7 +167,8 @@ enum isoclip_status
      */
     ISOCLIP_ERR_CANCELLED = 13,
     /**
-     * The requested device (a GPU) is not usable in this build or on this machine.
+     * The requested device (a GPU) is not usable in this build or on this machine, or the CPU
+     * lacks what the requested precision needs (`ISOCLIP_PRECISION_BF16`: AVX-512 BF16).
      */
     ISOCLIP_ERR_DEVICE_UNAVAILABLE = 14,
     /**
@@ -251,9 +252,10 @@ typedef struct isoclip_job isoclip_job;
  * `isoclip_job_options_free`; a job copies them when it is created (storage options included),
  * so they may be changed or freed afterwards. Not thread-safe: one thread at a time.
  *
- * Defaults: output `ISOCLIP_DTYPE_F16`, finished shards skipped (no overwrite), chunks of 16 MiB
- * of output, no progress callback, every shard (one worker), no storage options (the defaults
- * of `isoclip project`).
+ * Defaults: output `ISOCLIP_DTYPE_F16`, the precision of the job's projection options
+ * (`ISOCLIP_PRECISION_F32` unless set there), finished shards skipped (no overwrite), chunks of
+ * 16 MiB of output, no progress callback, every shard (one worker), no storage options (the
+ * defaults of `isoclip project`).
  */
 typedef struct isoclip_job_options isoclip_job_options;
 
@@ -263,7 +265,7 @@ typedef struct isoclip_job_options isoclip_job_options;
  * options; a `const isoclip_projection_options *` that nobody modifies may be shared by threads.
  *
  * Defaults: `ISOCLIP_MODALITY_AUTO`, `ISOCLIP_INPUT_FEATURES`, `ISOCLIP_FORM_COMPACT`, normalise,
- * `ISOCLIP_NONFINITE_ERROR` (the defaults of `isoclip project`).
+ * `ISOCLIP_NONFINITE_ERROR`, `ISOCLIP_PRECISION_F32` (the defaults of `isoclip project`).
  */
 typedef struct isoclip_projection_options isoclip_projection_options;
 
@@ -291,6 +293,11 @@ typedef int32_t isoclip_modality;
  * Element type of a buffer: a value of `ISOCLIP_DTYPE_*`. Little-endian, as the host stores it.
  */
 typedef int32_t isoclip_dtype;
+
+/**
+ * The arithmetic of a projection's GEMM: a value of `ISOCLIP_PRECISION_*`.
+ */
+typedef int32_t isoclip_precision;
 
 /**
  * Progress of a running job, called on the thread that runs it (inside `isoclip_job_run`):
@@ -470,6 +477,21 @@ typedef int32_t isoclip_nonfinite;
  * Write a zero row and count it in `isoclip_projection_stats.nonfinite_rows`.
  */
 #define ISOCLIP_NONFINITE_ZERO 2
+
+/**
+ * Inputs and weights rounded to bf16 (8 significant bits), f32 sums: the CPU backend's AVX-512
+ * BF16 kernel, about twice the f32 rate; normalised outputs move by up to about 1e-3. Only a
+ * CPU backend on a CPU with AVX-512 BF16 computes it: on another CPU a projection (or a job
+ * run) fails with `ISOCLIP_ERR_DEVICE_UNAVAILABLE`, on a CUDA backend with
+ * `ISOCLIP_ERR_INVALID_ARGUMENT`. It is never emulated, and never silently computed in another
+ * precision.
+ */
+#define ISOCLIP_PRECISION_BF16 2
+
+/**
+ * f32 inputs, weights and sums: the reference path, on every backend. The default.
+ */
+#define ISOCLIP_PRECISION_F32 1
 
 #ifdef __cplusplus
 extern "C" {
@@ -823,6 +845,28 @@ isoclip_status isoclip_job_options_set_overwrite(isoclip_job_options *options,
                                                  bool overwrite);
 
 /**
+ * Chooses the arithmetic of the job's projection (`ISOCLIP_PRECISION_F32` or
+ * `ISOCLIP_PRECISION_BF16`), in place of the precision of the projection options given to
+ * `isoclip_job_new` (which is used while this is not called; `ISOCLIP_PRECISION_F32` by
+ * default).
+ *
+ * Each finished shard records the arithmetic that computed it (`"arithmetic"` in the output's
+ * manifest or completion records: `"f32"`, `"bf16"`, `"cuda-fp16"`), so a rerun at another
+ * precision redoes the shards instead of mixing outputs. `ISOCLIP_PRECISION_BF16` needs the
+ * CPU backend on a CPU with AVX-512 BF16: `isoclip_job_run` checks it before any work and
+ * returns `ISOCLIP_ERR_DEVICE_UNAVAILABLE` on a CPU without it (`ISOCLIP_ERR_INVALID_ARGUMENT`
+ * on a CUDA backend).
+ *
+ * Returns `ISOCLIP_OK`, `ISOCLIP_ERR_NULL_POINTER`, `ISOCLIP_ERR_INVALID_ARGUMENT` (unknown
+ * value; the options are unchanged), `ISOCLIP_ERR_PANIC`.
+ *
+ * # Safety
+ * `options` is NULL or a live handle.
+ */
+isoclip_status isoclip_job_options_set_precision(isoclip_job_options *options,
+                                                 isoclip_precision precision);
+
+/**
  * Sets the progress callback and the pointer passed back to it (NULL `callback` removes it).
  * `user_data` is never dereferenced by the library; it must stay valid for as long as jobs
  * created with these options can run.
@@ -911,8 +955,10 @@ isoclip_status isoclip_job_options_shards(const isoclip_job_options *options,
  * `ISOCLIP_ERR_RESOURCE_EXHAUSTED` (memory or threads could not be obtained);
  * `ISOCLIP_ERR_UNSUPPORTED` (dtype or layout); `ISOCLIP_ERR_SHAPE` (a shard's column count does
  * not match the projector); `ISOCLIP_ERR_INVALID_ARGUMENT` (output directory inside the input,
- * or locked by another run); `ISOCLIP_ERR_INVALID_STATE` (the job is already running);
- * `ISOCLIP_ERR_NULL_POINTER`; `ISOCLIP_ERR_DEVICE_UNAVAILABLE`; `ISOCLIP_ERR_PANIC`.
+ * or locked by another run; `ISOCLIP_PRECISION_BF16` on a CUDA backend);
+ * `ISOCLIP_ERR_INVALID_STATE` (the job is already running); `ISOCLIP_ERR_NULL_POINTER`;
+ * `ISOCLIP_ERR_DEVICE_UNAVAILABLE` (the GPU failed; `ISOCLIP_PRECISION_BF16` on a CPU without
+ * AVX-512 BF16, before any work); `ISOCLIP_ERR_PANIC`.
  *
  * Thread-safety: one run of a job at a time; different jobs may run concurrently on different
  * threads (into different output directories).
@@ -1029,8 +1075,9 @@ int32_t isoclip_last_error_os_code(void);
  * `stats->struct_size` smaller than ABI 1.0's struct; `ISOCLIP_ERR_NON_FINITE_ROW` (the message
  * names the row); `ISOCLIP_ERR_UNREPRESENTABLE` (a finite row whose unnormalised result does
  * not fit the output type; the message names the row); `ISOCLIP_ERR_RESOURCE_EXHAUSTED`
- * (working memory could not be allocated); `ISOCLIP_ERR_DEVICE_UNAVAILABLE` (the GPU failed);
- * `ISOCLIP_ERR_PANIC`. On failure
+ * (working memory could not be allocated); `ISOCLIP_ERR_DEVICE_UNAVAILABLE` (the GPU failed;
+ * `ISOCLIP_PRECISION_BF16` on a CPU without AVX-512 BF16); `ISOCLIP_ERR_INVALID_ARGUMENT` also
+ * for `ISOCLIP_PRECISION_BF16` on a CUDA backend; `ISOCLIP_ERR_PANIC`. On failure
  * the output buffer's content is unspecified and `stats` is not written.
  *
  * Thread-safety: any number of threads may project at once with the same projector, backend
@@ -1160,6 +1207,28 @@ isoclip_status isoclip_projection_options_set_nonfinite(isoclip_projection_optio
  */
 isoclip_status isoclip_projection_options_set_normalize(isoclip_projection_options *options,
                                                         bool normalize);
+
+/**
+ * Chooses the arithmetic of the projection (`ISOCLIP_PRECISION_F32`, the default, or
+ * `ISOCLIP_PRECISION_BF16`), for `isoclip_project`, `isoclip_project_with_cancel` and jobs made
+ * with these options (unless their job options set a precision of their own:
+ * `isoclip_job_options_set_precision`).
+ *
+ * Whether the backend can compute at this precision is checked when projecting:
+ * `ISOCLIP_PRECISION_BF16` needs the CPU backend on a CPU with AVX-512 BF16. On a CPU without
+ * it, `isoclip_project` (and `isoclip_job_run`) return `ISOCLIP_ERR_DEVICE_UNAVAILABLE` (the
+ * message says the CPU lacks AVX-512 BF16); on a CUDA backend, `ISOCLIP_ERR_INVALID_ARGUMENT`
+ * (a backend opened with `ISOCLIP_DEVICE_AUTO` that runs on a GPU too: `isoclip_backend_device`
+ * says where it runs). For bf16, project on a CPU backend or the default one (NULL).
+ *
+ * Returns `ISOCLIP_OK`, `ISOCLIP_ERR_NULL_POINTER`, `ISOCLIP_ERR_INVALID_ARGUMENT` (unknown
+ * value; the options keep their previous precision), `ISOCLIP_ERR_PANIC`.
+ *
+ * # Safety
+ * `options` is NULL or a live handle.
+ */
+isoclip_status isoclip_projection_options_set_precision(isoclip_projection_options *options,
+                                                        isoclip_precision precision);
 
 /**
  * Sets `*k_top` and `*k_bottom` to the band of `modality`: the kept singular directions of Ψ are

@@ -19,6 +19,7 @@
 #include <exception>
 #include <functional>
 #include <memory>
+#include <optional>
 #include <stdexcept>
 #include <string>
 #include <type_traits>
@@ -117,6 +118,13 @@ enum class DType : isoclip_dtype { F16 = ISOCLIP_DTYPE_F16, F32 = ISOCLIP_DTYPE_
 enum class NonFinite : isoclip_nonfinite {
     Error = ISOCLIP_NONFINITE_ERROR,
     Zero = ISOCLIP_NONFINITE_ZERO,
+};
+/// The arithmetic of a projection: F32 (the default) or Bf16 (the CPU's AVX-512 BF16 GEMM; a
+/// CPU without it throws ISOCLIP_ERR_DEVICE_UNAVAILABLE when projecting, a CUDA backend
+/// ISOCLIP_ERR_INVALID_ARGUMENT).
+enum class Precision : isoclip_precision {
+    F32 = ISOCLIP_PRECISION_F32,
+    Bf16 = ISOCLIP_PRECISION_BF16,
 };
 enum class Device : isoclip_device {
     Auto = ISOCLIP_DEVICE_AUTO,
@@ -241,7 +249,8 @@ struct ProjectionStats {
 // ---------------------------------------------------------------------------------------------
 // Options
 
-/// How rows are projected (defaults: Auto modality, features, compact, normalised, NaN = error).
+/// How rows are projected (defaults: Auto modality, features, compact, normalised, NaN = error,
+/// f32 precision).
 /// Setters return *this so they chain.
 class ProjectionOptions {
 public:
@@ -271,6 +280,13 @@ public:
     ProjectionOptions& nonfinite(NonFinite policy) {
         detail::check(isoclip_projection_options_set_nonfinite(
             get(), static_cast<isoclip_nonfinite>(policy)));
+        return *this;
+    }
+    /// The arithmetic of projections and jobs made with these options (Precision::F32 by
+    /// default). Checked when projecting: Bf16 needs the CPU backend on a CPU with AVX-512 BF16.
+    ProjectionOptions& precision(Precision p) {
+        detail::check(isoclip_projection_options_set_precision(
+            get(), static_cast<isoclip_precision>(p)));
         return *this;
     }
     isoclip_projection_options* get() const noexcept { return handle_.get(); }
@@ -589,10 +605,14 @@ struct Progress {
     std::uint64_t rows_done, rows_total, shards_done, shards_total;
 };
 
-/// Job settings beyond the projection (defaults: fp16 output, finished shards skipped, 16 MiB
-/// chunks, no progress callback, every shard, no storage options).
+/// Job settings beyond the projection (defaults: fp16 output, the projection options'
+/// precision, finished shards skipped, 16 MiB chunks, no progress callback, every shard, no
+/// storage options).
 struct JobOptions {
     DType output_dtype = DType::F16;
+    /// The arithmetic of the job, in place of the projection options' precision (unset: theirs).
+    /// Each shard records it: a rerun at another precision redoes the shards.
+    std::optional<Precision> precision;
     bool overwrite = false;
     std::size_t chunk_bytes = 0;
     /// This worker's place among several sharing one output: it takes shard k of the sorted
@@ -630,6 +650,9 @@ public:
         detail::add_storage_options(o, options.storage_options);
         detail::check(
             isoclip_job_options_set_output_dtype(o, static_cast<isoclip_dtype>(options.output_dtype)));
+        if (options.precision)
+            detail::check(isoclip_job_options_set_precision(
+                o, static_cast<isoclip_precision>(*options.precision)));
         detail::check(isoclip_job_options_set_overwrite(o, options.overwrite));
         detail::check(isoclip_job_options_set_chunk_bytes(o, options.chunk_bytes));
         if (state_->callback)

@@ -454,3 +454,106 @@ func TestFinalizersFreeForgottenObjects(t *testing.T) {
 		t.Fatalf("%d of 16 objects finalized", n)
 	}
 }
+
+// cpuHasBF16 says whether /proc/cpuinfo lists AVX-512 BF16 (known is false where it cannot be
+// read: then either outcome of a bf16 projection is accepted).
+func cpuHasBF16() (has, known bool) {
+	info, err := os.ReadFile("/proc/cpuinfo")
+	if err != nil {
+		return false, false
+	}
+	for _, line := range strings.Split(string(info), "\n") {
+		if strings.HasPrefix(line, "flags") {
+			flags := " " + strings.Join(strings.Fields(line), " ") + " "
+			return strings.Contains(flags, " avx512f ") && strings.Contains(flags, " avx512_bf16 "), true
+		}
+	}
+	return false, false
+}
+
+// PrecisionBF16 is close to f32 but not the same bytes (or ErrDeviceUnavailable on a CPU
+// without AVX-512 BF16); jobs record it; an unknown value is ErrInvalidArgument.
+func TestPrecision(t *testing.T) {
+	p, _ := fitModel(t)
+	defer p.Close()
+	const rows = 9
+	x := randomRows(rows*12, 21)
+	f32 := make([]float32, rows*8)
+	bf16 := make([]float32, rows*8)
+	opts := ProjectOptions{Modality: ModalityImage, Form: FormFull}
+	if _, err := p.ProjectFloat32(x, f32, opts); err != nil {
+		t.Fatal(err)
+	}
+	explicit := make([]float32, rows*8)
+	opts.Precision = PrecisionF32
+	if _, err := p.ProjectFloat32(x, explicit, opts); err != nil || !slicesEqual(explicit, f32) {
+		t.Fatalf("PrecisionF32 is not the default: %v", err)
+	}
+	has, known := cpuHasBF16()
+	opts.Precision = PrecisionBF16
+	_, err := p.ProjectFloat32(x, bf16, opts)
+	switch {
+	case err == nil && (has || !known):
+		want := make([]float64, len(f32))
+		for i, v := range f32 {
+			want[i] = float64(v)
+		}
+		if d := maxDiff(bf16, want); d >= 2e-2 || d == 0 {
+			t.Fatalf("bf16 differs from f32 by %g (want 0 < diff < 2e-2)", d)
+		}
+	case errors.Is(err, ErrDeviceUnavailable) && (!has || !known):
+		if !strings.Contains(err.Error(), "bf16 precision needs a CPU with AVX-512 BF16") {
+			t.Fatalf("message: %v", err)
+		}
+	default:
+		t.Fatalf("bf16 projection (CPU has AVX-512 BF16: %v, known: %v): %v", has, known, err)
+	}
+	opts.Precision = Precision(9)
+	if _, err := p.ProjectFloat32(x, bf16, opts); !errors.Is(err, ErrInvalidArgument) ||
+		!strings.Contains(err.Error(), "unknown precision 9") {
+		t.Fatalf("unknown precision: %v", err)
+	}
+
+	// A job records its arithmetic.
+	dir := t.TempDir()
+	in := filepath.Join(dir, "in")
+	os.Mkdir(in, 0o755)
+	writeNpy(t, filepath.Join(in, "a.npy"), x, rows, 12)
+	for _, c := range []struct {
+		precision  Precision
+		arithmetic string
+	}{{0, "f32"}, {PrecisionBF16, "bf16"}} {
+		jo := JobOptions{ProjectOptions: ProjectOptions{Modality: ModalityImage, Precision: c.precision}}
+		job, err := p.NewJob(in, filepath.Join(dir, "out-"+c.arithmetic), jo)
+		if err != nil {
+			t.Fatal(err)
+		}
+		err = job.Run(context.Background())
+		if c.precision == PrecisionBF16 && known && !has {
+			if !errors.Is(err, ErrDeviceUnavailable) {
+				t.Fatalf("bf16 job on a CPU without it: %v", err)
+			}
+			job.Close()
+			continue
+		}
+		if err != nil {
+			t.Fatal(err)
+		}
+		if s, err := job.Summary(); err != nil || s.Arithmetic != c.arithmetic {
+			t.Fatalf("summary %+v %v, want arithmetic %q", s, err, c.arithmetic)
+		}
+		job.Close()
+	}
+}
+
+func slicesEqual(a, b []float32) bool {
+	if len(a) != len(b) {
+		return false
+	}
+	for i := range a {
+		if math.Float32bits(a[i]) != math.Float32bits(b[i]) {
+			return false
+		}
+	}
+	return true
+}

@@ -27,6 +27,8 @@ type Progress struct {
 // JobOptions configures a Job. The zero value is the defaults of `isoclip project`: the
 // projection defaults, fp16 output, finished shards skipped, 16 MiB chunks, no progress.
 type JobOptions struct {
+	// ProjectOptions says how rows are projected; its Precision is the job's arithmetic, which
+	// each finished shard records (a rerun at another precision redoes the shards).
 	ProjectOptions
 	// OutputDType of the output shards (zero: DTypeF16).
 	OutputDType DType
@@ -90,6 +92,8 @@ type JobSummary struct {
 	InputKind       string  `json:"input_kind"`
 	Modality        string  `json:"modality"`
 	ProjectorDigest string  `json:"projector"`
+	// Arithmetic computed the outputs: "f32", "bf16" (PrecisionBF16) or "cuda-fp16".
+	Arithmetic string `json:"arithmetic"`
 }
 
 // Job projects the .npy shards at an input path or URL (a file, a directory or prefix, or a
@@ -179,7 +183,7 @@ func (p *Projector) NewJob(input, outputDir string, opts JobOptions) (*Job, erro
 	var msg C.isoclip_go_failure
 	s := C.isoclip_go_job_new(h, b, C.int32_t(opts.Modality), C.int32_t(kindOrDefault(opts.InputKind)),
 		C.int32_t(formOrDefault(opts.Form)), C.bool(!opts.NoNormalize), C.int32_t(nonFiniteOrDefault(opts.NonFinite)),
-		C.int32_t(dtype), C.bool(opts.Overwrite), C.size_t(opts.ChunkBytes), handle,
+		C.int32_t(precisionOrDefault(opts.Precision)), C.int32_t(dtype), C.bool(opts.Overwrite), C.size_t(opts.ChunkBytes), handle,
 		C.uint32_t(numShards), C.uint32_t(opts.ShardIndex), C.bool(opts.ShardsFromEnv), keys, values, nOptions,
 		cin, cout, &job.j, &job.numShards, &job.shardIndex, &msg)
 	if err := failure(s, &msg); err != nil {

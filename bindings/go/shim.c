@@ -172,26 +172,28 @@ isoclip_status isoclip_go_backend_describe(const isoclip_backend *b, char **out,
 
 static isoclip_status projection_options(isoclip_projection_options **o, int32_t modality,
                                          int32_t kind, int32_t form, bool normalize,
-                                         int32_t nonfinite) {
+                                         int32_t nonfinite, int32_t precision) {
     isoclip_status s = isoclip_projection_options_new(o);
     if (s == ISOCLIP_OK) s = isoclip_projection_options_set_modality(*o, modality);
     if (s == ISOCLIP_OK) s = isoclip_projection_options_set_input_kind(*o, kind);
     if (s == ISOCLIP_OK) s = isoclip_projection_options_set_form(*o, form);
     if (s == ISOCLIP_OK) s = isoclip_projection_options_set_normalize(*o, normalize);
     if (s == ISOCLIP_OK) s = isoclip_projection_options_set_nonfinite(*o, nonfinite);
+    if (s == ISOCLIP_OK) s = isoclip_projection_options_set_precision(*o, precision);
     return s;
 }
 
 isoclip_status isoclip_go_project(const isoclip_projector *p, const isoclip_backend *b,
                                   int32_t modality, int32_t kind, int32_t form, bool normalize,
-                                  int32_t nonfinite, size_t rows, const void *in, int32_t in_dtype,
+                                  int32_t nonfinite, int32_t precision, size_t rows, const void *in,
+                                  int32_t in_dtype,
                                   size_t in_cols, size_t in_stride, void *out, int32_t out_dtype,
                                   size_t out_cols, size_t out_stride,
                                   const isoclip_cancel_token *token, uint64_t *zero_norm_rows,
                                   uint64_t *nonfinite_rows, isoclip_go_failure *msg) {
     isoclip_projection_options *o = NULL;
     isoclip_projection_stats stats = ISOCLIP_PROJECTION_STATS_INIT;
-    isoclip_status s = projection_options(&o, modality, kind, form, normalize, nonfinite);
+    isoclip_status s = projection_options(&o, modality, kind, form, normalize, nonfinite, precision);
     if (s == ISOCLIP_OK)
         s = token ? isoclip_project_with_cancel(p, b, o, rows, in, in_dtype, in_cols, in_stride,
                                                 out, out_dtype, out_cols, out_stride, &stats, token)
@@ -212,7 +214,7 @@ static void progress_trampoline(void *user_data, uint64_t rows_done, uint64_t ro
 
 isoclip_status isoclip_go_job_new(const isoclip_projector *p, const isoclip_backend *b,
                                   int32_t modality, int32_t kind, int32_t form, bool normalize,
-                                  int32_t nonfinite, int32_t out_dtype, bool overwrite,
+                                  int32_t nonfinite, int32_t precision, int32_t out_dtype, bool overwrite,
                                   size_t chunk_bytes, uintptr_t progress_handle, uint32_t num_shards,
                                   uint32_t shard_index, bool shards_from_env, char *const *keys,
                                   char *const *values, size_t n_options, const char *input,
@@ -220,8 +222,9 @@ isoclip_status isoclip_go_job_new(const isoclip_projector *p, const isoclip_back
                                   uint32_t *shard_index_out, isoclip_go_failure *msg) {
     isoclip_projection_options *po = NULL;
     isoclip_job_options *jo = NULL;
-    isoclip_status s = projection_options(&po, modality, kind, form, normalize, nonfinite);
+    isoclip_status s = projection_options(&po, modality, kind, form, normalize, nonfinite, precision);
     if (s == ISOCLIP_OK) s = isoclip_job_options_new(&jo);
+    if (s == ISOCLIP_OK) s = isoclip_job_options_set_precision(jo, precision);
     if (s == ISOCLIP_OK) s = isoclip_job_options_set_output_dtype(jo, out_dtype);
     if (s == ISOCLIP_OK) s = isoclip_job_options_set_overwrite(jo, overwrite);
     if (s == ISOCLIP_OK) s = isoclip_job_options_set_chunk_bytes(jo, chunk_bytes);

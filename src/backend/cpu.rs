@@ -105,13 +105,15 @@ impl Gemm<'_> {
     }
 }
 
+/// The message of [`Error::DeviceUnavailable`] when this CPU cannot compute at bf16 precision
+/// (front ends recognise it to name their own f32 option).
+pub const BF16_UNAVAILABLE: &str =
+    "bf16 precision needs a CPU with AVX-512 BF16 (AMD Zen 4 or later, Intel Cooper Lake, \
+     Sapphire Rapids or later); this one lacks it, and isoclip does not emulate it: use f32";
+
 /// Why bf16 precision is refused on this CPU.
-fn bf16_unavailable() -> Error {
-    Error::DeviceUnavailable(
-        "bf16 precision needs a CPU with AVX-512 BF16 (AMD Zen 4 or later, Intel Cooper Lake, \
-         Sapphire Rapids or later); this one lacks it, and isoclip does not emulate it: use f32"
-            .into(),
-    )
+pub fn bf16_unavailable() -> Error {
+    Error::DeviceUnavailable(BF16_UNAVAILABLE.into())
 }
 
 impl CpuBackend {

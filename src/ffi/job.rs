@@ -8,8 +8,8 @@ use std::sync::{Arc, Mutex};
 use std::thread::ThreadId;
 
 use super::project::{
-    backend_arg, isoclip_backend, isoclip_dtype, isoclip_projection_options, parse_dtype,
-    projection_options_arg,
+    backend_arg, isoclip_backend, isoclip_dtype, isoclip_precision, isoclip_projection_options,
+    parse_dtype, parse_precision, projection_options_arg,
 };
 use super::projector::{isoclip_projector, projector_arg, projector_clone_arc};
 use super::status::isoclip_status;
@@ -17,7 +17,7 @@ use super::status::{
     copy_string_out, guard, guard_infallible, location_arg, require_out, set_option, utf8_arg,
     write_out, Failure, FfiResult,
 };
-use crate::backend::ElemType;
+use crate::backend::{ElemType, Precision};
 use crate::engine::{run_job, JobSpec, JobSummary, ProgressSink, ShardSelection};
 
 /// Progress of a running job, called on the thread that runs it (inside `isoclip_job_run`):
@@ -78,12 +78,15 @@ unsafe impl Sync for Callback {}
 /// `isoclip_job_options_free`; a job copies them when it is created (storage options included),
 /// so they may be changed or freed afterwards. Not thread-safe: one thread at a time.
 ///
-/// Defaults: output `ISOCLIP_DTYPE_F16`, finished shards skipped (no overwrite), chunks of 16 MiB
-/// of output, no progress callback, every shard (one worker), no storage options (the defaults
-/// of `isoclip project`).
+/// Defaults: output `ISOCLIP_DTYPE_F16`, the precision of the job's projection options
+/// (`ISOCLIP_PRECISION_F32` unless set there), finished shards skipped (no overwrite), chunks of
+/// 16 MiB of output, no progress callback, every shard (one worker), no storage options (the
+/// defaults of `isoclip project`).
 #[derive(Clone)]
 pub struct isoclip_job_options {
     output_dtype: ElemType,
+    /// Set by `isoclip_job_options_set_precision`; `None`: the projection options' precision.
+    precision: Option<Precision>,
     overwrite: bool,
     chunk_bytes: usize,
     progress: Option<Callback>,
@@ -95,6 +98,7 @@ impl Default for isoclip_job_options {
     fn default() -> Self {
         isoclip_job_options {
             output_dtype: ElemType::F16,
+            precision: None,
             overwrite: false,
             chunk_bytes: 0,
             progress: None,
@@ -246,6 +250,37 @@ pub unsafe extern "C" fn isoclip_job_options_set_output_dtype(
     unsafe {
         set_option("isoclip_job_options_set_output_dtype", options, |o| {
             o.output_dtype = parse_dtype(dtype, "output")?;
+            Ok(())
+        })
+    }
+}
+
+/// Chooses the arithmetic of the job's projection (`ISOCLIP_PRECISION_F32` or
+/// `ISOCLIP_PRECISION_BF16`), in place of the precision of the projection options given to
+/// `isoclip_job_new` (which is used while this is not called; `ISOCLIP_PRECISION_F32` by
+/// default).
+///
+/// Each finished shard records the arithmetic that computed it (`"arithmetic"` in the output's
+/// manifest or completion records: `"f32"`, `"bf16"`, `"cuda-fp16"`), so a rerun at another
+/// precision redoes the shards instead of mixing outputs. `ISOCLIP_PRECISION_BF16` needs the
+/// CPU backend on a CPU with AVX-512 BF16: `isoclip_job_run` checks it before any work and
+/// returns `ISOCLIP_ERR_DEVICE_UNAVAILABLE` on a CPU without it (`ISOCLIP_ERR_INVALID_ARGUMENT`
+/// on a CUDA backend).
+///
+/// Returns `ISOCLIP_OK`, `ISOCLIP_ERR_NULL_POINTER`, `ISOCLIP_ERR_INVALID_ARGUMENT` (unknown
+/// value; the options are unchanged), `ISOCLIP_ERR_PANIC`.
+///
+/// # Safety
+/// `options` is NULL or a live handle.
+#[no_mangle]
+pub unsafe extern "C" fn isoclip_job_options_set_precision(
+    options: *mut isoclip_job_options,
+    precision: isoclip_precision,
+) -> isoclip_status {
+    // SAFETY: per this function's contract.
+    unsafe {
+        set_option("isoclip_job_options_set_precision", options, |o| {
+            o.precision = Some(parse_precision(precision)?);
             Ok(())
         })
     }
@@ -515,6 +550,9 @@ pub unsafe extern "C" fn isoclip_job_new(
         spec.storage_options = jo.storage_options;
         spec.modality = Some(modality);
         spec.options = proj.with_output(jo.output_dtype);
+        if let Some(precision) = jo.precision {
+            spec.options.precision = precision;
+        }
         spec.overwrite = jo.overwrite;
         spec.chunk_bytes = jo.chunk_bytes;
         let job = Box::new(isoclip_job {
@@ -562,8 +600,10 @@ unsafe fn job_arg<'a>(j: *const isoclip_job) -> FfiResult<&'a isoclip_job> {
 /// `ISOCLIP_ERR_RESOURCE_EXHAUSTED` (memory or threads could not be obtained);
 /// `ISOCLIP_ERR_UNSUPPORTED` (dtype or layout); `ISOCLIP_ERR_SHAPE` (a shard's column count does
 /// not match the projector); `ISOCLIP_ERR_INVALID_ARGUMENT` (output directory inside the input,
-/// or locked by another run); `ISOCLIP_ERR_INVALID_STATE` (the job is already running);
-/// `ISOCLIP_ERR_NULL_POINTER`; `ISOCLIP_ERR_DEVICE_UNAVAILABLE`; `ISOCLIP_ERR_PANIC`.
+/// or locked by another run; `ISOCLIP_PRECISION_BF16` on a CUDA backend);
+/// `ISOCLIP_ERR_INVALID_STATE` (the job is already running); `ISOCLIP_ERR_NULL_POINTER`;
+/// `ISOCLIP_ERR_DEVICE_UNAVAILABLE` (the GPU failed; `ISOCLIP_PRECISION_BF16` on a CPU without
+/// AVX-512 BF16, before any work); `ISOCLIP_ERR_PANIC`.
 ///
 /// Thread-safety: one run of a job at a time; different jobs may run concurrently on different
 /// threads (into different output directories).

@@ -14,6 +14,7 @@ use std::ffi::{c_char, CStr, CString};
 use std::panic::{catch_unwind, AssertUnwindSafe};
 use std::sync::Once;
 
+use crate::backend::cpu::BF16_UNAVAILABLE;
 use crate::error::Error;
 use crate::storage::Location;
 
@@ -62,7 +63,8 @@ pub enum isoclip_status {
     ISOCLIP_ERR_NUMERICAL = 12,
     /// The job was cancelled with `isoclip_job_cancel`.
     ISOCLIP_ERR_CANCELLED = 13,
-    /// The requested device (a GPU) is not usable in this build or on this machine.
+    /// The requested device (a GPU) is not usable in this build or on this machine, or the CPU
+    /// lacks what the requested precision needs (`ISOCLIP_PRECISION_BF16`: AVX-512 BF16).
     ISOCLIP_ERR_DEVICE_UNAVAILABLE = 14,
     /// The call is not valid in the object's current state (running a job that is already
     /// running, reading the summary of a job that has not finished a run).
@@ -194,6 +196,11 @@ impl Failure {
                 Error::NonFiniteRow { .. } | Error::Unrepresentable { .. } => format!(
                     "{e} (set ISOCLIP_NONFINITE_ZERO with \
                      isoclip_projection_options_set_nonfinite to write zeros for such rows instead)"
+                ),
+                // bf16 on a CPU without AVX-512 BF16: no other device helps, f32 does.
+                Error::DeviceUnavailable(m) if m == BF16_UNAVAILABLE => format!(
+                    "{e} (set ISOCLIP_PRECISION_F32 with isoclip_projection_options_set_precision \
+                     or isoclip_job_options_set_precision)"
                 ),
                 Error::DeviceUnavailable(_) => {
                     format!("{e} (ISOCLIP_DEVICE_AUTO falls back to the CPU)")
@@ -660,6 +667,29 @@ mod tests {
         // SAFETY: as above.
         let unknown = unsafe { CStr::from_ptr(isoclip_status_name(77)) };
         assert_eq!(unknown, c"ISOCLIP_UNKNOWN_STATUS");
+    }
+
+    #[test]
+    fn a_cpu_without_bf16_is_device_unavailable_naming_the_f32_setting() {
+        let s = guard("isoclip_test", || {
+            Err(Failure::Core(crate::backend::cpu::bf16_unavailable()))
+        });
+        assert_eq!(s, ISOCLIP_ERR_DEVICE_UNAVAILABLE);
+        let m = last_message();
+        assert!(m.starts_with("isoclip_test: bf16 precision needs a CPU with AVX-512 BF16"));
+        assert!(
+            m.ends_with("(set ISOCLIP_PRECISION_F32 with isoclip_projection_options_set_precision or isoclip_job_options_set_precision)"),
+            "{m}"
+        );
+        // Another device failure keeps the device hint.
+        let s = guard("isoclip_test", || {
+            Err(Failure::Core(Error::DeviceUnavailable("no GPU".into())))
+        });
+        assert_eq!(s, ISOCLIP_ERR_DEVICE_UNAVAILABLE);
+        assert_eq!(
+            last_message(),
+            "isoclip_test: no GPU (ISOCLIP_DEVICE_AUTO falls back to the CPU)"
+        );
     }
 
     #[test]

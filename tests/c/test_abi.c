@@ -1,7 +1,7 @@
 /* The ABI 1.0 additions: the default backend's thread count and its survival across fork(), the
  * size-tagged projection stats, the device index, cancellable projections, the OS error code, size
  * queries that keep the last error, reading a projection's matrix, loading a projector from
- * memory, and which calls give bit-identical rows.
+ * memory, which calls give bit-identical rows, and the precision of projections and jobs.
  *
  * Usage: test_abi PROJECTOR_FILE
  *   PROJECTOR_FILE  from `isoclip fit -o FILE` (the built-in synthetic ViT-B/16 model, image:
@@ -544,6 +544,144 @@ static void test_bit_identity(const isoclip_projector *p) {
     free(mixed_out);
 }
 
+/* Whether this CPU runs AVX-512 BF16 as the library sees it (CPUID and the OS's AVX-512 state).
+ * Valgrind presents a CPU without AVX-512, so under valgrind the refusal is what is tested. */
+static int cpu_has_bf16(void) {
+#if defined(__x86_64__) && defined(__GNUC__)
+    __builtin_cpu_init();
+    return __builtin_cpu_supports("avx512f") && __builtin_cpu_supports("avx512bf16");
+#else
+    return 0;
+#endif
+}
+
+/* Runs a job over `in` into `out` with the given options; returns its status. On success the
+ * summary JSON is checked to name `arithmetic`, and `processed` receives the shards it projected. */
+static isoclip_status run_precision_job(const isoclip_projector *p, const isoclip_projection_options *po,
+                                        const isoclip_job_options *jo, const char *in, const char *out,
+                                        const char *arithmetic, uint64_t *processed) {
+    isoclip_job *job = NULL;
+    EXPECT_OK(isoclip_job_new(p, NULL, po, jo, in, out, &job));
+    isoclip_status s = isoclip_job_run(job);
+    if (s == ISOCLIP_OK) {
+        char json[4096], want[64];
+        EXPECT_OK(isoclip_job_summary_json(job, json, sizeof json, NULL));
+        FORMAT(want, "\"arithmetic\":\"%s\"", arithmetic);
+        CHECK(strstr(json, want) != NULL);
+        EXPECT_OK(isoclip_job_stat(job, ISOCLIP_JOB_STAT_SHARDS_PROCESSED, processed));
+    }
+    isoclip_job_free(job);
+    return s;
+}
+
+/* Whether the output's manifest records `arithmetic` for its shards. */
+static int manifest_says(const char *out, const char *arithmetic) {
+    char path[700], want[64];
+    FORMAT(path, "%s/isoclip-manifest.json", out);
+    FORMAT(want, "\"arithmetic\": \"%s\"", arithmetic);
+    size_t len = 0;
+    unsigned char *m = read_file(path, &len);
+    if (!m) return 0;
+    char *text = malloc(len + 1);
+    memcpy(text, m, len);
+    text[len] = 0;
+    int found = strstr(text, want) != NULL;
+    free(text);
+    free(m);
+    return found;
+}
+
+/* ISOCLIP_PRECISION_BF16: close to f32 but not the same bytes where the CPU has AVX-512 BF16,
+ * ISOCLIP_ERR_DEVICE_UNAVAILABLE where it does not; unknown values refused; jobs record it. */
+static void test_precision(const isoclip_projector *p) {
+    enum { ROWS = 7 };
+    const int bf16 = cpu_has_bf16();
+    printf("bf16: this CPU %s AVX-512 BF16 (as the program sees it)\n", bf16 ? "has" : "lacks");
+    float x[ROWS * D_IN], y_default[ROWS * D_COMPACT], y_f32[ROWS * D_COMPACT], y_bf16[ROWS * D_COMPACT];
+    random_rows(x, ROWS, D_IN, 4242);
+    isoclip_projection_options *o = NULL;
+    EXPECT_OK(isoclip_projection_options_new(&o));
+    EXPECT_STATUS(ISOCLIP_ERR_INVALID_ARGUMENT, isoclip_projection_options_set_precision(o, 0));
+    EXPECT_MESSAGE("isoclip_projection_options_set_precision: unknown precision 0 (expected "
+                   "ISOCLIP_PRECISION_F32 or ISOCLIP_PRECISION_BF16)");
+    EXPECT_STATUS(ISOCLIP_ERR_INVALID_ARGUMENT, isoclip_projection_options_set_precision(o, 3));
+    EXPECT_STATUS(ISOCLIP_ERR_NULL_POINTER,
+                  isoclip_projection_options_set_precision(NULL, ISOCLIP_PRECISION_BF16));
+    /* The refused values left the default, f32: the bytes of NULL options. */
+    EXPECT_OK(project(p, NULL, ROWS, x, D_IN, y_default, D_COMPACT));
+    EXPECT_OK(project(p, o, ROWS, x, D_IN, y_f32, D_COMPACT));
+    CHECK(memcmp(y_default, y_f32, sizeof y_f32) == 0);
+    EXPECT_OK(isoclip_projection_options_set_precision(o, ISOCLIP_PRECISION_F32));
+    EXPECT_OK(project(p, o, ROWS, x, D_IN, y_f32, D_COMPACT));
+    CHECK(memcmp(y_default, y_f32, sizeof y_f32) == 0);
+
+    EXPECT_OK(isoclip_projection_options_set_precision(o, ISOCLIP_PRECISION_BF16));
+    isoclip_status s = project(p, o, ROWS, x, D_IN, y_bf16, D_COMPACT);
+    if (bf16) {
+        EXPECT_STATUS(ISOCLIP_OK, s);
+        double worst = max_diff(y_bf16, y_f32, ROWS * D_COMPACT);
+        printf("bf16 vs f32, %d normalised rows: max |diff| %g\n", ROWS, worst);
+        CHECK(worst < 2e-2);
+        CHECK(memcmp(y_bf16, y_f32, sizeof y_f32) != 0);
+    } else {
+        EXPECT_STATUS(ISOCLIP_ERR_DEVICE_UNAVAILABLE, s);
+        EXPECT_MESSAGE_HAS("bf16 precision needs a CPU with AVX-512 BF16");
+        EXPECT_MESSAGE_HAS("(set ISOCLIP_PRECISION_F32 with isoclip_projection_options_set_precision");
+    }
+
+    /* Jobs: the projection options' precision, or the job options' in its place. */
+    char *dir = make_temp_dir();
+    CHECK(dir != NULL);
+    if (!dir) {
+        isoclip_projection_options_free(o);
+        return;
+    }
+    char in[600], path[700], out_bf16[600], out_f32[600];
+    FORMAT(in, "%s/in", dir);
+    mkdir(in, 0755);
+    FORMAT(path, "%s/a.npy", in);
+    CHECK(write_npy(path, x, ROWS, D_IN, 0) == 0);
+    FORMAT(out_bf16, "%s/bf16", dir);
+    FORMAT(out_f32, "%s/f32", dir);
+    isoclip_job_options *jo = NULL;
+    EXPECT_OK(isoclip_job_options_new(&jo));
+    EXPECT_STATUS(ISOCLIP_ERR_INVALID_ARGUMENT, isoclip_job_options_set_precision(jo, 7));
+    EXPECT_MESSAGE("isoclip_job_options_set_precision: unknown precision 7 (expected "
+                   "ISOCLIP_PRECISION_F32 or ISOCLIP_PRECISION_BF16)");
+    EXPECT_STATUS(ISOCLIP_ERR_NULL_POINTER, isoclip_job_options_set_precision(NULL, ISOCLIP_PRECISION_F32));
+    uint64_t processed = 0;
+    /* bf16 from the projection options (the job options set none). */
+    s = run_precision_job(p, o, jo, in, out_bf16, "bf16", &processed);
+    if (bf16) {
+        EXPECT_STATUS(ISOCLIP_OK, s);
+        CHECK(processed == 1);
+        CHECK(manifest_says(out_bf16, "bf16"));
+    } else {
+        EXPECT_STATUS(ISOCLIP_ERR_DEVICE_UNAVAILABLE, s);
+        EXPECT_MESSAGE_HAS("isoclip_job_run: bf16 precision needs a CPU with AVX-512 BF16");
+        FORMAT(path, "%s/a.npy", out_bf16);
+        CHECK(access(path, F_OK) != 0);
+    }
+    /* The job options' f32 over the projection options' bf16: runs everywhere. */
+    EXPECT_OK(isoclip_job_options_set_precision(jo, ISOCLIP_PRECISION_F32));
+    EXPECT_OK(run_precision_job(p, o, jo, in, out_f32, "f32", &processed));
+    CHECK(processed == 1);
+    CHECK(manifest_says(out_f32, "f32"));
+    /* A rerun at bf16 (job options over f32 projection options) redoes the shard, recorded as
+     * bf16, rather than keeping the f32 one. */
+    if (bf16) {
+        EXPECT_OK(isoclip_projection_options_set_precision(o, ISOCLIP_PRECISION_F32));
+        EXPECT_OK(isoclip_job_options_set_precision(jo, ISOCLIP_PRECISION_BF16));
+        EXPECT_OK(run_precision_job(p, o, jo, in, out_f32, "bf16", &processed));
+        CHECK(processed == 1);
+        CHECK(manifest_says(out_f32, "bf16") && !manifest_says(out_f32, "f32"));
+    }
+    isoclip_job_options_free(jo);
+    isoclip_projection_options_free(o);
+    remove_tree(dir);
+    free(dir);
+}
+
 int main(int argc, char **argv) {
     if (argc != 2) {
         fprintf(stderr, "usage: %s PROJECTOR_FILE\n", argv[0]);
@@ -563,6 +701,7 @@ int main(int argc, char **argv) {
     test_matrix_with_bias();
     test_load_from_memory(p, argv[1]);
     test_bit_identity(p);
+    test_precision(p);
     isoclip_projector_free(p);
     return finish("test_abi");
 }

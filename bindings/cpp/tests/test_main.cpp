@@ -442,6 +442,63 @@ void test_job_scale_out_arguments(const isoclip::Projector& p) {
     unsetenv("ISOCLIP_NUM_SHARDS");
 }
 
+// Whether this CPU runs AVX-512 BF16 as the library sees it (valgrind presents one without it).
+bool cpu_has_bf16() {
+#if defined(__x86_64__) && defined(__GNUC__)
+    __builtin_cpu_init();
+    return __builtin_cpu_supports("avx512f") && __builtin_cpu_supports("avx512bf16");
+#else
+    return false;
+#endif
+}
+
+// Precision::Bf16: close to f32 and not the same bytes (or refused on a CPU without AVX-512
+// BF16); a job records the arithmetic; an unknown value is refused.
+void test_precision(const isoclip::Projector& p, const std::string& dir) {
+    const bool bf16 = cpu_has_bf16();
+    const std::size_t rows = 9;
+    auto x = features(rows, DI, 31);
+    std::vector<float> y32(rows * D), y16(rows * D);
+    isoclip::ProjectionOptions o;
+    o.modality(isoclip::Modality::Image).form(isoclip::Form::Full).precision(isoclip::Precision::F32);
+    p.project(x, DI, y32, D, &o);
+    o.precision(isoclip::Precision::Bf16);
+    if (bf16) {
+        p.project(x, DI, y16, D, &o);
+        CHECK(max_diff(y16, y32) < 2e-2);
+        CHECK(y16 != y32);
+    } else {
+        EXPECT_ERROR(ISOCLIP_ERR_DEVICE_UNAVAILABLE, "bf16 precision needs a CPU with AVX-512 BF16",
+                     p.project(x, DI, y16, D, &o));
+    }
+    EXPECT_ERROR(ISOCLIP_ERR_INVALID_ARGUMENT,
+                 "isoclip_projection_options_set_precision: unknown precision 5",
+                 o.precision(static_cast<isoclip::Precision>(5)));
+
+    // The job options' precision in place of the projection options' (still Bf16 here).
+    const std::string in = dir + "/prec_in";
+    mkdir(in.c_str(), 0755);
+    write_npy(in + "/a.npy", x, rows, DI);
+    isoclip::JobOptions jo;
+    jo.precision = isoclip::Precision::F32;
+    isoclip::Job f32_job(p, in, dir + "/prec_f32", &o, jo);
+    f32_job.run();
+    CHECK(f32_job.summary_json().find("\"arithmetic\":\"f32\"") != std::string::npos);
+    jo.precision = isoclip::Precision::Bf16;
+    isoclip::ProjectionOptions o32;  // f32 by default: the job options' Bf16 wins
+    o32.modality(isoclip::Modality::Image).form(isoclip::Form::Full);
+    isoclip::Job bf16_job(p, in, dir + "/prec_bf16", &o32, jo);
+    if (bf16) {
+        bf16_job.run();
+        CHECK(bf16_job.summary_json().find("\"arithmetic\":\"bf16\"") != std::string::npos);
+    } else {
+        EXPECT_ERROR(ISOCLIP_ERR_DEVICE_UNAVAILABLE, "isoclip_job_run: bf16 precision", bf16_job.run());
+    }
+    jo.precision = static_cast<isoclip::Precision>(0);
+    EXPECT_ERROR(ISOCLIP_ERR_INVALID_ARGUMENT, "isoclip_job_options_set_precision: unknown precision 0",
+                 isoclip::Job(p, in, dir + "/prec_bad", &o, jo));
+}
+
 void remove_tree(const std::string& dir) {
     std::string cmd = "rm -rf '" + dir + "'";
     CHECK(std::system(cmd.c_str()) == 0);
@@ -467,6 +524,7 @@ int main(int argc, char** argv) {
         std::string dir = temp_dir();
         CHECK(!dir.empty());
         test_jobs(p, dir);
+        test_precision(p, dir);
         remove_tree(dir);
     } catch (const std::exception& e) {
         ++failures;

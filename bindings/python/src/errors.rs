@@ -3,6 +3,7 @@
 //! from errors to statuses) and carrying the library's message. Python-side hints are keyed on
 //! the variant, as the CLI and the C ABI add theirs.
 
+use isoclip::backend::cpu::BF16_UNAVAILABLE;
 use isoclip::ffi::status::Failure;
 use isoclip::Error;
 use pyo3::prelude::*;
@@ -12,6 +13,10 @@ fn message(e: &Error) -> String {
     match e.root() {
         Error::NonFiniteRow { .. } | Error::Unrepresentable { .. } => {
             format!("{e} (pass nonfinite=\"zero\" to write zeros for such rows instead)")
+        }
+        // bf16 on a CPU without AVX-512 BF16: no other device helps, f32 does.
+        Error::DeviceUnavailable(m) if m == BF16_UNAVAILABLE => {
+            format!("{e} (pass precision=\"f32\")")
         }
         Error::DeviceUnavailable(_) => format!("{e} (device=\"auto\" falls back to the CPU)"),
         _ => e.to_string(),

@@ -8,7 +8,7 @@ use std::sync::atomic::{AtomicBool, AtomicU64, AtomicUsize, Ordering};
 use std::sync::{Arc, Mutex};
 use std::time::Duration;
 
-use isoclip::backend::{ElemType, ProjectionOptions};
+use isoclip::backend::{DeviceChoice, ElemType, Precision, ProjectionOptions};
 use isoclip::engine::{run_job, JobSpec, JobSummary, ProgressSink, ShardSelection};
 use isoclip::storage::Location;
 use isoclip::{AlignedProjector, Error};
@@ -109,7 +109,7 @@ fn summary_dict<'py>(
 }
 
 #[pyfunction]
-#[pyo3(signature = (input, output, projector, *, form="compact", dtype=None, kind="features", modality=None, normalize=true, nonfinite="error", num_shards=None, shard_index=None, storage_options=None, overwrite=false, trust_outputs=false, device="auto", threads=None, progress=true, chunk_bytes=0))]
+#[pyo3(signature = (input, output, projector, *, form="compact", dtype=None, kind="features", modality=None, normalize=true, nonfinite="error", precision="f32", num_shards=None, shard_index=None, storage_options=None, overwrite=false, trust_outputs=false, device="auto", threads=None, progress=true, chunk_bytes=0))]
 #[allow(clippy::too_many_arguments)]
 pub fn project_gallery<'py>(
     py: Python<'py>,
@@ -122,6 +122,7 @@ pub fn project_gallery<'py>(
     modality: Option<&str>,
     normalize: bool,
     nonfinite: &str,
+    precision: &str,
     num_shards: Option<usize>,
     shard_index: Option<usize>,
     storage_options: Option<&Bound<'py, PyDict>>,
@@ -151,7 +152,7 @@ pub fn project_gallery<'py>(
         output: output_elem,
         normalize,
         nonfinite: options::nonfinite(nonfinite)?,
-        precision: isoclip::backend::Precision::F32,
+        precision: options::precision(precision)?,
     };
     spec.overwrite = overwrite;
     spec.trust_outputs = trust_outputs;
@@ -164,6 +165,14 @@ pub fn project_gallery<'py>(
             None => e,
         })
         .py(py)?;
+    // bf16 is a CPU kernel: "auto" means the CPU then (as the CLI's --device auto); an explicit
+    // GPU is refused by the backend.
+    let auto = matches!(DeviceChoice::parse(device), Some(DeviceChoice::Auto(_)));
+    let device = if spec.options.precision == Precision::Bf16 && auto {
+        "cpu"
+    } else {
+        device
+    };
     let (backend, notice) = crate::backend::for_job(device, threads).py(py)?;
     let reporter = py
         .import("isoclip._progress")?

@@ -1,7 +1,7 @@
-//! Keyword values shared by the functions: `form`, `kind`, `modality`, `nonfinite`, `dtype`,
-//! `storage_options`. Unknown values are `ValueError`s naming what is accepted.
+//! Keyword values shared by the functions: `form`, `kind`, `modality`, `nonfinite`,
+//! `precision`, `dtype`, `storage_options`. Unknown values are `ValueError`s naming what is accepted.
 
-use isoclip::backend::{ElemType, InputKind, NonFinitePolicy, OutputForm};
+use isoclip::backend::{ElemType, InputKind, NonFinitePolicy, OutputForm, Precision};
 use isoclip::Modality;
 use numpy::{dtype, PyArrayDescr, PyArrayDescrMethods};
 use pyo3::exceptions::{PyTypeError, PyValueError};
@@ -42,6 +42,15 @@ pub fn nonfinite(s: &str) -> PyResult<NonFinitePolicy> {
         "error" => Ok(NonFinitePolicy::Error),
         "zero" => Ok(NonFinitePolicy::Zero),
         _ => Err(unknown("nonfinite policy", s, "\"error\" or \"zero\"")),
+    }
+}
+
+/// `precision=`: the arithmetic of the projection's GEMM.
+pub fn precision(s: &str) -> PyResult<Precision> {
+    match s {
+        "f32" => Ok(Precision::F32),
+        "bf16" => Ok(Precision::Bf16),
+        _ => Err(unknown("precision", s, "\"f32\" or \"bf16\"")),
     }
 }
 

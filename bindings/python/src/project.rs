@@ -9,8 +9,8 @@
 use std::sync::Arc;
 
 use isoclip::backend::{
-    Backend, ElemType, InputKind, NonFinitePolicy, OutputForm, PreparedMap, ProjectionOptions,
-    RowsIn, RowsOut,
+    Backend, ElemType, InputKind, NonFinitePolicy, OutputForm, Precision, PreparedMap,
+    ProjectionOptions, RowsIn, RowsOut,
 };
 use isoclip::Modality;
 use numpy::{Element, PyArray2, PyArrayMethods, PyUntypedArray, PyUntypedArrayMethods};
@@ -28,6 +28,7 @@ pub struct Request {
     pub modality: Option<Modality>,
     pub nonfinite: NonFinitePolicy,
     pub normalize: bool,
+    pub precision: Precision,
 }
 
 /// Input rows as the backend reads them: address, shape and row stride in bytes.
@@ -266,7 +267,7 @@ pub fn project<'py>(
         output: out_elem,
         normalize: request.normalize,
         nonfinite: request.nonfinite,
-        precision: isoclip::backend::Precision::F32,
+        precision: request.precision,
     };
     let run = |i: RawIn, o: RawOut| compute(py, backend, map, opts, i, o);
     use half::f16;

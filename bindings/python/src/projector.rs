@@ -243,7 +243,7 @@ impl Projector {
     }
 
     /// Projects rows; see the package's documentation (`isoclip.Projector.project`).
-    #[pyo3(signature = (x, form="compact", dtype=None, normalize=true, kind="features", modality=None, nonfinite="error", out=None))]
+    #[pyo3(signature = (x, form="compact", dtype=None, normalize=true, kind="features", modality=None, nonfinite="error", out=None, precision="f32"))]
     #[allow(clippy::too_many_arguments)]
     fn project<'py>(
         &self,
@@ -255,6 +255,7 @@ impl Projector {
         modality: Option<&str>,
         nonfinite: &str,
         out: Option<&Bound<'py, PyAny>>,
+        precision: &str,
     ) -> PyResult<Bound<'py, PyAny>> {
         let request = crate::project::Request {
             form: options::form(form)?,
@@ -262,6 +263,7 @@ impl Projector {
             modality: options::modality(modality)?,
             nonfinite: options::nonfinite(nonfinite)?,
             normalize,
+            precision: options::precision(precision)?,
         };
         crate::project::project(self, x, dtype, request, out)
     }

@@ -32,6 +32,19 @@ def cli(*args: str) -> str:
     return done.stdout
 
 
+def cpu_has_bf16() -> bool:
+    """Whether /proc/cpuinfo lists AVX-512F and AVX-512 BF16 (what precision="bf16" needs)."""
+    try:
+        info = Path("/proc/cpuinfo").read_text()
+    except OSError:
+        return False
+    for line in info.splitlines():
+        if line.startswith("flags"):
+            flags = set(line.split())
+            return "avx512f" in flags and "avx512_bf16" in flags
+    return False
+
+
 def rows(n: int, cols: int, seed: int, dtype=np.float32) -> np.ndarray:
     return np.random.default_rng(seed).standard_normal((n, cols)).astype(dtype)
 

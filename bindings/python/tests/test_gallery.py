@@ -12,7 +12,7 @@ import pytest
 
 import isoclip
 from isoclip import _native
-from conftest import FEATURES, cli, rows
+from conftest import FEATURES, cli, cpu_has_bf16, rows
 
 SHARDS = {"a.npy": 120, "b.npy": 1, "c.npy": 77, "d.npy": 200}
 
@@ -91,6 +91,28 @@ def test_keyboard_interrupt_cancels_and_a_rerun_completes(core_projector_path, c
     assert summary["shards_processed"] + summary["shards_skipped"] == 6
     assert summary["shards_processed"] >= 1
     assert npy_files(out) == npy_files(reference)
+
+
+def test_gallery_precision_is_recorded_and_a_rerun_at_another_redoes_the_shards(gallery, cli_output, core_projector, tmp_path):
+    with pytest.raises(ValueError, match=r'unknown precision "f16" \(expected "f32" or "bf16"\)'):
+        isoclip.project_gallery(gallery, tmp_path / "bad", core_projector, precision="f16", progress=False)
+    out = tmp_path / "out"
+    if not cpu_has_bf16():
+        with pytest.raises(isoclip.DeviceUnavailableError):
+            isoclip.project_gallery(gallery, out, core_projector, precision="bf16", progress=False)
+        return
+    summary = isoclip.project_gallery(gallery, out, core_projector, precision="bf16", progress=False)
+    assert summary["arithmetic"] == "bf16" and summary["shards_processed"] == 4
+    assert summary["backend"].startswith("cpu")  # device="auto" means the CPU for bf16
+    bf16 = {name: np.load(out / name).astype(np.float32) for name in SHARDS}
+    assert npy_files(out) != cli_output
+    manifest = (out / "isoclip-manifest.json").read_text()
+    assert manifest.count('"arithmetic": "bf16"') == 4 and '"arithmetic": "f32"' not in manifest
+    again = isoclip.project_gallery(gallery, out, core_projector, progress=False)
+    assert again["arithmetic"] == "f32" and again["shards_processed"] == 4
+    assert npy_files(out) == cli_output
+    for name in SHARDS:  # f16 outputs: bf16 within 2e-2 of f32
+        assert np.abs(bf16[name] - np.load(out / name).astype(np.float32)).max() < 2e-2
 
 
 def test_gallery_errors(gallery, core_projector, tmp_path):

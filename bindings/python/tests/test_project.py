@@ -9,7 +9,7 @@ import numpy as np
 import pytest
 
 import isoclip
-from conftest import EMBEDDINGS, FEATURES, cli, rows
+from conftest import EMBEDDINGS, FEATURES, cli, cpu_has_bf16, rows
 
 
 def cli_project(projector_path: str, x: np.ndarray, tmp: Path, form: str, dtype: str, kind: str) -> np.ndarray:
@@ -111,6 +111,29 @@ def test_nonfinite_rows(core_projector):
     assert e.value.status == "ISOCLIP_ERR_NON_FINITE_ROW"
     y = core_projector.project(x, nonfinite="zero")
     assert not y[3].any() and y[2].any()
+
+
+def test_bf16_precision_is_close_to_f32_and_matches_the_cli(core_projector, core_projector_path, tmp_path):
+    x = rows(200, FEATURES, seed=40)
+    f32 = core_projector.project(x, dtype="f32")
+    assert core_projector.project(x, dtype="f32", precision="f32").tobytes() == f32.tobytes()
+    if not cpu_has_bf16():
+        with pytest.raises(isoclip.DeviceUnavailableError, match='precision="f32"'):
+            core_projector.project(x, precision="bf16")
+        return
+    bf16 = core_projector.project(x, dtype="f32", precision="bf16")
+    assert bf16.dtype == np.float32 and bf16.shape == f32.shape
+    assert 0 < np.abs(bf16 - f32).max() < 2e-2
+    assert bf16.tobytes() != f32.tobytes()
+    np.save(tmp_path / "x.npy", x)
+    cli("project", "--projector", core_projector_path, "--input", tmp_path / "x.npy", "--output",
+        tmp_path / "out", "--dtype", "f32", "--precision", "bf16", "--quiet")
+    assert np.load(tmp_path / "out" / "x.npy").tobytes() == bf16.tobytes()
+
+
+def test_an_unknown_precision_is_a_value_error(core_projector):
+    with pytest.raises(ValueError, match=r'unknown precision "fp16" \(expected "f32" or "bf16"\)'):
+        core_projector.project(rows(2, FEATURES, seed=41), precision="fp16")
 
 
 def test_zero_rows(core_projector):

@@ -82,6 +82,7 @@ def project_gallery(
     modality: Optional[str] = None,
     normalize: bool = True,
     nonfinite: str = "error",
+    precision: str = "f32",
     num_shards: Optional[int] = None,
     shard_index: Optional[int] = None,
     storage_options: Optional[Dict[str, str]] = None,
@@ -97,6 +98,9 @@ def project_gallery(
     (paths or URLs); ``output``: a directory or prefix. A rerun skips finished shards.
     ``num_shards``/``shard_index`` split the sorted listing between workers (default: from
     SLURM_ARRAY_TASK_*, JOB_COMPLETION_INDEX or ISOCLIP_NUM_SHARDS/ISOCLIP_SHARD_INDEX).
+    ``precision``: "f32" or "bf16" (the CPU's AVX-512 BF16 GEMM, as ``--precision bf16``; with
+    ``device="auto"`` it runs on the CPU), recorded per shard: a rerun at another precision
+    redoes the shards.
     Ctrl-C stops the job at its next chunk (finished shards kept) and raises KeyboardInterrupt.
     Returns the run's summary (the CLI's ``--json``) as a dict.
     """
@@ -110,6 +114,7 @@ def project_gallery(
         modality=modality,
         normalize=normalize,
         nonfinite=nonfinite,
+        precision=precision,
         num_shards=num_shards,
         shard_index=shard_index,
         storage_options=storage_options,

@@ -70,7 +70,8 @@ class CancelledError(Error):
 
 
 class DeviceUnavailableError(Error):
-    """The requested device (a GPU) is not usable in this build or on this machine."""
+    """The requested device (a GPU) is not usable in this build or on this machine, or the CPU
+    lacks AVX-512 BF16 for ``precision="bf16"``."""
 
 
 class ResourceExhaustedError(Error):
