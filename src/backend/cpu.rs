@@ -22,9 +22,9 @@
 //! result never depends on the thread count: reruns are byte-identical.
 //!
 //! Memory: without AVX-512F the GEMM runs through `gemm::gemm`, which allocates a small packing
-//! buffer per call (about `k x n` floats), instead of faer's x86 path, whose thread-local scratch reserves twice
-//! the L3 cache size per compute thread (520 MiB on a 260 MiB-L3 server) and aborts the process
-//! when that reservation fails. Our own per-thread scratch is reserved with `try_reserve`, so a
+//! buffer per call (about `k x n` floats), instead of faer's x86 path, whose thread-local scratch
+//! reserves twice the L3 cache size per compute thread (520 MiB on a 260 MiB-L3 server) and
+//! aborts the process when that reservation fails. Our own per-thread scratch is reserved with `try_reserve`, so a
 //! refusal is `Error::ResourceExhausted`, not an abort.
 
 use half::f16;
