@@ -464,7 +464,12 @@ fn bf16_precision_is_recorded_and_never_mixed_with_f32() {
         serde_json::from_str::<serde_json::Value>(&stdout(&o)).unwrap()
     };
     let f32_run = run(&[]);
-    assert_eq!(f32_run["arithmetic"], "f32");
+    let f32_kernel = if isoclip::backend::packed_f32::F32Kernel::new().is_some() {
+        "f32"
+    } else {
+        "f32-gemm"
+    };
+    assert_eq!(f32_run["arithmetic"], f32_kernel);
     let f32_out = npy_files(&dir.path().join("o"));
 
     // Another precision redoes every shard, and says so.
@@ -516,4 +521,39 @@ fn bf16_precision_is_recorded_and_never_mixed_with_f32() {
     );
     assert_eq!(o.status.code(), Some(1), "{}", stderr(&o));
     assert!(!dir.path().join("o2/img_emb_0000.npy").exists());
+}
+
+/// A manifest written before records named their arithmetic (made by the `gemm` crate's f32
+/// kernels) is redone where this build computes f32 with another kernel, and kept where it
+/// computes with the same one: a gallery never mixes the two kernels' last bits.
+#[test]
+fn outputs_recorded_before_the_arithmetic_field_are_redone_only_by_another_kernel() {
+    let dir = setup(2, 200);
+    let run = || {
+        let o = project(dir.path(), "g", "o", &["--json"]);
+        assert!(o.status.success(), "{}", stderr(&o));
+        serde_json::from_str::<serde_json::Value>(&stdout(&o)).unwrap()
+    };
+    assert_eq!(run()["shards_processed"], 2);
+    let manifest_path = dir.path().join("o/isoclip-manifest.json");
+    let mut manifest: serde_json::Value =
+        serde_json::from_slice(&std::fs::read(&manifest_path).unwrap()).unwrap();
+    for record in manifest["shards"].as_object_mut().unwrap().values_mut() {
+        record
+            .as_object_mut()
+            .unwrap()
+            .remove("arithmetic")
+            .unwrap();
+    }
+    std::fs::write(
+        &manifest_path,
+        serde_json::to_vec_pretty(&manifest).unwrap(),
+    )
+    .unwrap();
+    let s = run();
+    if isoclip::backend::packed_f32::F32Kernel::new().is_some() {
+        assert_eq!(s["shards_processed"], 2, "{s}");
+    } else {
+        assert_eq!(s["shards_skipped"], 2, "{s}");
+    }
 }

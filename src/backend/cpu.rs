@@ -111,6 +111,10 @@ pub const BF16_UNAVAILABLE: &str =
     "bf16 precision needs a CPU with AVX-512 BF16 (AMD Zen 4 or later, Intel Cooper Lake, \
      Sapphire Rapids or later); this one lacks it, and isoclip does not emulate it: use f32";
 
+/// The arithmetic name of the `gemm` crate's f32 kernels (CPUs without AVX-512F; every CPU
+/// before the packed f32 kernel, so also what output records without the field were made with).
+pub const GEMM_CRATE_ARITHMETIC: &str = "f32-gemm";
+
 /// Why bf16 precision is refused on this CPU.
 pub fn bf16_unavailable() -> Error {
     Error::DeviceUnavailable(BF16_UNAVAILABLE.into())
@@ -242,7 +246,9 @@ impl Backend for CpuBackend {
 
     fn arithmetic(&self, _map: &LinearMap, opts: &ProjectionOptions) -> Result<&'static str> {
         match opts.precision {
-            Precision::F32 => Ok("f32"),
+            // The two f32 kernels sum in different orders: their last bits differ.
+            Precision::F32 if self.f32.is_some() => Ok("f32"),
+            Precision::F32 => Ok(GEMM_CRATE_ARITHMETIC),
             Precision::Bf16 if self.bf16.is_some() => Ok("bf16"),
             Precision::Bf16 => Err(bf16_unavailable()),
         }

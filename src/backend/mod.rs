@@ -391,8 +391,9 @@ pub trait Backend: Send + Sync {
     fn row_block(&self) -> usize;
 
     /// The arithmetic [`Backend::project`] uses for `map` under `opts`, as output records name
-    /// it: `"f32"` and `"bf16"` on the CPU, `"cuda-fp16"` for the CUDA kernels (fp16 operands,
-    /// f32 sums). Outputs made with different arithmetic differ in their last bits, so the
+    /// it: on the CPU `"f32"` (the AVX-512F kernel), `"f32-gemm"` (the `gemm` crate's, on CPUs
+    /// without AVX-512F) and `"bf16"`; `"cuda-fp16"` for the CUDA kernels (fp16 operands, f32
+    /// sums). Outputs made with different arithmetic differ in their last bits, so the
     /// engine redoes a shard whose record names another. An error when this backend cannot
     /// compute at `opts.precision` (the same error `project` would give).
     fn arithmetic(&self, map: &LinearMap, opts: &ProjectionOptions) -> Result<&'static str>;

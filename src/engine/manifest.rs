@@ -77,7 +77,7 @@ pub struct ShardRecord {
     pub normalize: bool,
     pub nonfinite: String,
     /// The arithmetic that computed the output (see `records::RunOptions::arithmetic`).
-    #[serde(default = "super::records::f32_arithmetic")]
+    #[serde(default = "super::records::legacy_arithmetic")]
     pub arithmetic: String,
     pub zero_norm_rows: u64,
     pub nonfinite_rows: u64,

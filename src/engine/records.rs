@@ -76,15 +76,16 @@ pub struct RunOptions {
     pub normalize: bool,
     pub nonfinite: String,
     pub cols_out: u64,
-    /// The arithmetic that computes the outputs (`Backend::arithmetic`: "f32", "bf16",
-    /// "cuda-fp16"). Records from before this field were written by the f32 CPU path.
-    #[serde(default = "f32_arithmetic")]
+    /// The arithmetic that computes the outputs (`Backend::arithmetic`: "f32", "f32-gemm",
+    /// "bf16", "cuda-fp16"). Records from before this field were written by the `gemm` crate's
+    /// f32 kernels: they read as "f32-gemm".
+    #[serde(default = "legacy_arithmetic")]
     pub arithmetic: String,
 }
 
 /// What records written before the `arithmetic` field were computed with.
-pub(crate) fn f32_arithmetic() -> String {
-    "f32".into()
+pub(crate) fn legacy_arithmetic() -> String {
+    crate::backend::cpu::GEMM_CRATE_ARITHMETIC.into()
 }
 
 /// `_isoclip/job.json`.
@@ -223,7 +224,7 @@ impl CompletionRecord {
                 ..self.options.clone()
             }) == want.options
         {
-            Some("computed with other arithmetic (f32, bf16 or CUDA fp16)")
+            Some("computed with other arithmetic (another precision, CPU kernel or device)")
         } else if self.options != want.options {
             Some("projected with another projector or other options")
         } else {
@@ -299,13 +300,21 @@ mod tests {
     }
 
     #[test]
-    fn a_record_from_before_the_arithmetic_field_reads_as_f32() {
+    fn a_record_from_before_the_arithmetic_field_reads_as_the_gemm_crates_f32() {
         let mut v: serde_json::Value = serde_json::from_slice(&record().to_bytes()).unwrap();
         assert_eq!(v["arithmetic"], "f32");
         v.as_object_mut().unwrap().remove("arithmetic");
         let old = CompletionRecord::parse(&serde_json::to_vec(&v).unwrap(), "u").unwrap();
-        assert_eq!(old.options.arithmetic, "f32");
-        assert_eq!(old.mismatch(&record()), None);
+        assert_eq!(old.options.arithmetic, "f32-gemm");
+        // Its bytes are not the packed kernel's: the shard is redone...
+        assert_eq!(
+            old.mismatch(&record()),
+            Some("computed with other arithmetic (another precision, CPU kernel or device)")
+        );
+        // ...except where this build computes with the gemm crate too.
+        let mut gemm = record();
+        gemm.options.arithmetic = "f32-gemm".into();
+        assert_eq!(old.mismatch(&gemm), None);
     }
 
     #[test]
@@ -339,7 +348,7 @@ mod tests {
         bf16.options.arithmetic = "bf16".into();
         assert_eq!(
             bf16.mismatch(&want),
-            Some("computed with other arithmetic (f32, bf16 or CUDA fp16)")
+            Some("computed with other arithmetic (another precision, CPU kernel or device)")
         );
         bf16.options.dtype = "f32".into();
         assert_eq!(

@@ -634,11 +634,11 @@ impl Backend for CudaBackend {
 
     fn arithmetic(&self, map: &LinearMap, opts: &ProjectionOptions) -> Result<&'static str> {
         check_precision(opts)?;
-        Ok(if self.plan(map).is_some() {
-            "cuda-fp16"
+        if self.plan(map).is_some() {
+            Ok("cuda-fp16")
         } else {
-            "f32"
-        })
+            self.cpu.arithmetic(map, opts)
+        }
     }
 
     /// The kernels compute every row on its own, but the shapes they do not cover run on the
