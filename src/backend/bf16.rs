@@ -31,7 +31,8 @@
 
 #![deny(unsafe_op_in_unsafe_fn)]
 
-use crate::error::{Error, Result};
+use super::packing::{check_weights, gemm_prologue, zeroed_lines};
+use crate::error::Result;
 
 /// f32 lanes per AVX-512 vector; the packed weights' column padding.
 pub const LANES: usize = 16;
@@ -94,36 +95,11 @@ impl PackedBf16Weights {
     /// d_in x d_out is `Error::Shape`, a NaN or Inf weight `Error::NonFinite`, memory that cannot
     /// be reserved `Error::ResourceExhausted`.
     pub fn pack(weight: &[f32], d_in: usize, d_out: usize) -> Result<Self> {
-        let expected = d_in.checked_mul(d_out).ok_or_else(|| {
-            Error::Shape(format!("bf16 weights: {d_in} x {d_out} overflows usize"))
-        })?;
-        if weight.len() != expected {
-            return Err(Error::Shape(format!(
-                "bf16 weights: {} values for a {d_in} x {d_out} matrix (expected {expected})",
-                weight.len()
-            )));
-        }
-        if let Some(i) = weight.iter().position(|v| !v.is_finite()) {
-            return Err(Error::NonFinite(format!(
-                "bf16 weights: the weight at row {}, column {} is {}",
-                i / d_out.max(1),
-                i % d_out.max(1),
-                weight[i]
-            )));
-        }
+        const WHAT: &str = "bf16 weights";
+        check_weights(weight, d_in, d_out, WHAT)?;
         let k_pairs = d_in.div_ceil(2);
         let n_pad = d_out.div_ceil(LANES) * LANES;
-        let line_count = k_pairs
-            .checked_mul(n_pad / LANES)
-            .ok_or_else(|| Error::Shape(format!("bf16 weights: {d_in} x {d_out} is too large")))?;
-        let mut lines = Vec::new();
-        lines.try_reserve_exact(line_count).map_err(|_| {
-            Error::ResourceExhausted(format!(
-                "cannot allocate {} bytes for bf16 weights",
-                line_count.saturating_mul(size_of::<Line>())
-            ))
-        })?;
-        lines.resize(line_count, Line::default());
+        let mut lines: Vec<Line> = zeroed_lines(k_pairs, n_pad / LANES, WHAT, d_in, d_out)?;
         let max_abs = weight.iter().fold(0.0f32, |m, v| m.max(v.abs()));
         let exponent = if max_abs == 0.0 {
             0
@@ -231,18 +207,7 @@ impl Bf16Kernel {
         d_in: usize,
         d_out: usize,
     ) {
-        assert!(
-            w.d_in == d_in && w.d_out == d_out,
-            "packed weights are {} x {}, the call is {d_in} x {d_out}",
-            w.d_in,
-            w.d_out
-        );
-        assert!(x.len() == n * d_in && y.len() == n * d_out);
-        if n == 0 || d_out == 0 {
-            return;
-        }
-        if d_in == 0 {
-            y.fill(0.0);
+        if !gemm_prologue((w.d_in, w.d_out), x, y, n, d_in, d_out) {
             return;
         }
         #[cfg(target_arch = "x86_64")]
@@ -763,23 +728,10 @@ mod tests {
         let Some(k) = kernel_or_skip("degenerate_shapes_and_nonfinite_rows") else {
             return;
         };
-        // d_in = 0: zeros (like the f32 GEMM); n = 0 and d_out = 0: nothing to do.
-        let pw = PackedBf16Weights::pack(&[], 0, 5).unwrap();
-        let mut y = vec![f32::NAN; 10];
-        k.gemm_rows(&[], &pw, &mut y, 2, 0, 5);
-        assert_eq!(y, vec![0.0; 10]);
-        let pw = PackedBf16Weights::pack(&[], 4, 0).unwrap();
-        k.gemm_rows(&[1.0; 8], &pw, &mut [], 2, 4, 0);
-        let pw = PackedBf16Weights::pack(&[1.0; 12], 4, 3).unwrap();
-        k.gemm_rows(&[], &pw, &mut [], 0, 4, 3);
-        // A NaN in one row poisons that row only.
-        let mut x = vec![1.0f32; 3 * 4];
-        x[4 + 2] = f32::NAN;
-        let mut y = vec![0.0f32; 9];
-        k.gemm_rows(&x, &pw, &mut y, 3, 4, 3);
-        assert_eq!(&y[..3], &[4.0; 3]);
-        assert!(y[3..6].iter().all(|v| v.is_nan()));
-        assert_eq!(&y[6..], &[4.0; 3]);
+        crate::backend::packing::check_degenerate_shapes(
+            |w, d_in, d_out| PackedBf16Weights::pack(w, d_in, d_out).unwrap(),
+            |x, w, y, n, d_in, d_out| k.gemm_rows(x, w, y, n, d_in, d_out),
+        );
     }
 
     #[test]

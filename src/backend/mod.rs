@@ -11,6 +11,7 @@ pub mod bf16;
 pub mod cpu;
 pub mod cuda;
 pub mod packed_f32;
+mod packing;
 mod prepared;
 pub mod select;
 

@@ -25,7 +25,8 @@
 
 #![deny(unsafe_op_in_unsafe_fn)]
 
-use crate::error::{Error, Result};
+use super::packing::{check_weights, gemm_prologue, zeroed_lines};
+use crate::error::Result;
 
 /// f32 lanes per AVX-512 vector; the packed weights' column padding.
 pub const LANES: usize = 16;
@@ -63,36 +64,11 @@ impl PackedF32Weights {
     /// `Error::Shape`, a NaN or Inf weight `Error::NonFinite`, memory that cannot be reserved
     /// `Error::ResourceExhausted`.
     pub fn pack(weight: &[f32], d_in: usize, d_out: usize) -> Result<Self> {
-        let expected = d_in.checked_mul(d_out).ok_or_else(|| {
-            Error::Shape(format!("f32 weights: {d_in} x {d_out} overflows usize"))
-        })?;
-        if weight.len() != expected {
-            return Err(Error::Shape(format!(
-                "f32 weights: {} values for a {d_in} x {d_out} matrix (expected {expected})",
-                weight.len()
-            )));
-        }
-        if let Some(i) = weight.iter().position(|v| !v.is_finite()) {
-            return Err(Error::NonFinite(format!(
-                "f32 weights: the weight at row {}, column {} is {}",
-                i / d_out.max(1),
-                i % d_out.max(1),
-                weight[i]
-            )));
-        }
+        const WHAT: &str = "f32 weights";
+        check_weights(weight, d_in, d_out, WHAT)?;
         let n_pad = d_out.div_ceil(LANES) * LANES;
         let lines_per_row = n_pad / LANES;
-        let line_count = d_in
-            .checked_mul(lines_per_row)
-            .ok_or_else(|| Error::Shape(format!("f32 weights: {d_in} x {d_out} is too large")))?;
-        let mut lines = Vec::new();
-        lines.try_reserve_exact(line_count).map_err(|_| {
-            Error::ResourceExhausted(format!(
-                "cannot allocate {} bytes for f32 weights",
-                line_count.saturating_mul(size_of::<Line>())
-            ))
-        })?;
-        lines.resize(line_count, Line::default());
+        let mut lines: Vec<Line> = zeroed_lines(d_in, lines_per_row, WHAT, d_in, d_out)?;
         if d_out > 0 {
             for (row, src) in lines
                 .chunks_exact_mut(lines_per_row)
@@ -157,18 +133,7 @@ impl F32Kernel {
         d_in: usize,
         d_out: usize,
     ) {
-        assert!(
-            w.d_in == d_in && w.d_out == d_out,
-            "packed weights are {} x {}, the call is {d_in} x {d_out}",
-            w.d_in,
-            w.d_out
-        );
-        assert!(x.len() == n * d_in && y.len() == n * d_out);
-        if n == 0 || d_out == 0 {
-            return;
-        }
-        if d_in == 0 {
-            y.fill(0.0);
+        if !gemm_prologue((w.d_in, w.d_out), x, y, n, d_in, d_out) {
             return;
         }
         #[cfg(target_arch = "x86_64")]
@@ -407,6 +372,7 @@ mod avx512 {
 mod tests {
     use super::*;
     use crate::align::synthetic::Rng;
+    use crate::error::Error;
 
     fn kernel_or_skip(test: &str) -> Option<F32Kernel> {
         let k = F32Kernel::new();
@@ -596,23 +562,10 @@ mod tests {
         let Some(k) = kernel_or_skip("degenerate_shapes_and_nonfinite_rows") else {
             return;
         };
-        // d_in = 0: zeros (like the f32 GEMM); n = 0 and d_out = 0: nothing to do.
-        let pw = PackedF32Weights::pack(&[], 0, 5).unwrap();
-        let mut y = vec![f32::NAN; 10];
-        k.gemm_rows(&[], &pw, &mut y, 2, 0, 5);
-        assert_eq!(y, vec![0.0; 10]);
-        let pw = PackedF32Weights::pack(&[], 4, 0).unwrap();
-        k.gemm_rows(&[1.0; 8], &pw, &mut [], 2, 4, 0);
-        let pw = PackedF32Weights::pack(&[1.0; 12], 4, 3).unwrap();
-        k.gemm_rows(&[], &pw, &mut [], 0, 4, 3);
-        // A NaN in one row poisons that row only.
-        let mut x = vec![1.0f32; 3 * 4];
-        x[4 + 2] = f32::NAN;
-        let mut y = vec![0.0f32; 9];
-        k.gemm_rows(&x, &pw, &mut y, 3, 4, 3);
-        assert_eq!(&y[..3], &[4.0; 3]);
-        assert!(y[3..6].iter().all(|v| v.is_nan()));
-        assert_eq!(&y[6..], &[4.0; 3]);
+        crate::backend::packing::check_degenerate_shapes(
+            |w, d_in, d_out| PackedF32Weights::pack(w, d_in, d_out).unwrap(),
+            |x, w, y, n, d_in, d_out| k.gemm_rows(x, w, y, n, d_in, d_out),
+        );
     }
 
     #[test]
