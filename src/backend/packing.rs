@@ -40,15 +40,12 @@ pub(crate) fn zeroed_lines<L: Default + Clone>(
     let count = rows
         .checked_mul(lines_per_row)
         .ok_or_else(|| Error::Shape(format!("{what}: {d_in} x {d_out} is too large")))?;
-    let mut lines = Vec::new();
-    lines.try_reserve_exact(count).map_err(|_| {
+    super::try_zeroed(count).map_err(|_| {
         Error::ResourceExhausted(format!(
             "cannot allocate {} bytes for {what}",
             count.saturating_mul(size_of::<L>())
         ))
-    })?;
-    lines.resize(count, L::default());
-    Ok(lines)
+    })
 }
 
 /// The degenerate shapes every packed kernel handles alike: d_in = 0 gives zeros, n = 0 and
